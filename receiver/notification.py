@@ -1,0 +1,126 @@
+"""Gateway-neutral types: what a verified notification says, and what became of it.
+
+Everything here is pure: the status and amount rules are functions on plain values, tested
+without a database.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class Status(enum.StrEnum):
+    """An order's status as stored in `orders.status`."""
+
+    PENDING = "pending"
+    PAID = "paid"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+class Outcome(enum.StrEnum):
+    """What became of one notification; stored in `notifications.outcome`."""
+
+    APPLIED = "applied"
+    APPLIED_LATE = "applied_late"
+    DUPLICATE = "duplicate"
+    STALE = "stale"
+    NOOP = "noop"
+    MALFORMED = "malformed"
+    BAD_SIGNATURE = "bad_signature"
+    EXPIRED = "expired"
+    REPLAYED = "replayed"
+    IP_DENIED = "ip_denied"
+    UNKNOWN_MERCHANT = "unknown_merchant"
+    UNKNOWN_ORDER = "unknown_order"
+    AMOUNT_MISMATCH = "amount_mismatch"
+    CURRENCY_MISMATCH = "currency_mismatch"
+
+    @property
+    def accepted(self) -> bool:
+        """True when the gateway should stop retrying."""
+        return self in _ACCEPTED
+
+
+_ACCEPTED = frozenset(
+    {Outcome.APPLIED, Outcome.APPLIED_LATE, Outcome.DUPLICATE, Outcome.STALE, Outcome.NOOP}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """One HTTP notification exactly as received, before anything is trusted."""
+
+    provider: str
+    body: bytes
+    headers: Mapping[str, str]
+    content_type: str
+    charset: str | None
+    remote_addr: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Notification:
+    """A verified notification in gateway-neutral terms.
+
+    `target` is None when the gateway only says the payment is still awaited.
+    `order_amount_minor` is the order's amount as the gateway states it (None when it does not);
+    `paid_amount_minor` is what the gateway says was paid. `underpay_channels` names order
+    channels for which paying less than the order amount is legitimate (prepaid cards).
+    `signed_headers` are the headers kept with the raw notification.
+    """
+
+    provider: str
+    merchant_id: str
+    out_trade_no: str
+    target: Status | None
+    paid_amount_minor: int | None
+    order_amount_minor: int | None = None
+    currency: str | None = None
+    provider_trade_no: str | None = None
+    paid_at: datetime | None = None
+    underpay_channels: frozenset[str] = frozenset()
+    nonce: str | None = None
+    signed_headers: Mapping[str, str] = field(default_factory=dict)
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """The decision for one notification against one order's current status."""
+
+    outcome: Outcome
+    new_status: Status | None  # None: nothing to write
+
+
+def decide_transition(current: Status, target: Status | None) -> Transition:
+    """Apply SPEC's status rules: forward once, late money accepted, paid is final."""
+    if target is None:
+        return Transition(Outcome.NOOP, None)
+    if target is current:
+        return Transition(Outcome.DUPLICATE, None)
+    if current is Status.PENDING:
+        return Transition(Outcome.APPLIED, target)
+    if target is Status.PAID:
+        return Transition(Outcome.APPLIED_LATE, target)
+    # paid -> anything, failed <-> closed: the order already has a final word.
+    return Transition(Outcome.STALE, None)
+
+
+def check_amount(
+    n: Notification, *, amount_minor: int, currency: str, channel: str | None
+) -> Outcome | None:
+    """Compare what the gateway says with the merchant's order; None when they agree."""
+    if n.currency is not None and n.currency != currency:
+        return Outcome.CURRENCY_MISMATCH
+    if n.order_amount_minor is not None and n.order_amount_minor != amount_minor:
+        return Outcome.AMOUNT_MISMATCH
+    if n.target is not Status.PAID or n.paid_amount_minor is None:
+        return None
+    paid = n.paid_amount_minor
+    if channel is not None and channel in n.underpay_channels:
+        return None if 0 < paid <= amount_minor else Outcome.AMOUNT_MISMATCH
+    return None if paid == amount_minor else Outcome.AMOUNT_MISMATCH
