@@ -108,7 +108,9 @@ def load_config(explicit: str | None = None, environ: Mapping[str, str] | None =
     except OSError as exc:
         raise ConfigError(source=str(path), key="(file)", problem=_os_problem(exc)) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(source=str(path), key="(file)", problem=f"not valid TOML: {exc}") from None
+        raise ConfigError(
+            source=str(path), key="(file)", problem=f"not valid TOML: {exc}"
+        ) from None
     return parse_config(data, source=str(path), base=path.parent, environ=env)
 
 
@@ -116,9 +118,7 @@ def _os_problem(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
-def parse_config(
-    data: Table, *, source: str, base: Path, environ: Mapping[str, str]
-) -> Config:
+def parse_config(data: Table, *, source: str, base: Path, environ: Mapping[str, str]) -> Config:
     """Build a Config from parsed TOML; relative paths are relative to `base`."""
     r = _Reader(source=source, base=base, environ=environ)
     r.only(data, "", {"server", "database", "log", "gopay", "baofoo"})
@@ -234,7 +234,9 @@ class _Reader:
             raise self.fail("database.pool_max", "need 1 <= pool_min <= pool_max")
         return DatabaseConfig(
             url=url,
-            data_dir=self.path("database.data_dir", self.get(t, "database.data_dir", str, ".receiver")),
+            data_dir=self.path(
+                "database.data_dir", self.get(t, "database.data_dir", str, ".receiver")
+            ),
             pool_min=pool_min,
             pool_max=pool_max,
         )
@@ -243,8 +245,12 @@ class _Reader:
         self.only(t, "log.", {"format", "level"})
         fmt = self.get(t, "log.format", str, "json")
         level = self.get(t, "log.level", str, "info").lower()
-        self.checked("log.format", fmt, lambda f: f in {"json", "console"}, 'must be "json" or "console"')
-        self.checked("log.level", level, lambda v: v in _LEVELS, f"must be one of {', '.join(_LEVELS)}")
+        self.checked(
+            "log.format", fmt, lambda f: f in {"json", "console"}, 'must be "json" or "console"'
+        )
+        self.checked(
+            "log.level", level, lambda v: v in _LEVELS, f"must be one of {', '.join(_LEVELS)}"
+        )
         return LogConfig(format=fmt, level=level)
 
     def gopay(self, t: Table) -> GoPayConfig:
@@ -271,7 +277,9 @@ class _Reader:
         keys = self.get(t, f"{key}.platform_public_keys", list, [])
         if not keys or not all(isinstance(k, str) and k for k in keys):
             raise self.fail(f"{key}.platform_public_keys", "must be a non-empty list of file paths")
-        return GoPayMerchant(mchid=mchid, platform_public_keys=tuple(self.path(key, k) for k in keys))
+        return GoPayMerchant(
+            mchid=mchid, platform_public_keys=tuple(self.path(key, k) for k in keys)
+        )
 
     def baofoo(self, t: Table) -> BaofooConfig:
         self.only(t, "baofoo.", {"allowed_ips", "merchants"})
@@ -280,7 +288,9 @@ class _Reader:
             for i, m in enumerate(self.tables(t, "baofoo.merchants"))
         )
         self.unique(
-            [f"{m.member_id}/{m.terminal_id}" for m in merchants], "baofoo.merchants", "member_id/terminal_id"
+            [f"{m.member_id}/{m.terminal_id}" for m in merchants],
+            "baofoo.merchants",
+            "member_id/terminal_id",
         )
         return BaofooConfig(allowed_ips=self.networks(t, "baofoo.allowed_ips"), merchants=merchants)
 
@@ -288,7 +298,9 @@ class _Reader:
         self.only(t, key + ".", {"member_id", "terminal_id", "md5_key", "md5_key_env"})
         member_id = self.required_str(t, key, "member_id")
         terminal_id = self.required_str(t, key, "terminal_id")
-        return BaofooMerchant(member_id=member_id, terminal_id=terminal_id, md5_key=self.md5_key(t, key))
+        return BaofooMerchant(
+            member_id=member_id, terminal_id=terminal_id, md5_key=self.md5_key(t, key)
+        )
 
     def md5_key(self, t: Table, key: str) -> str:
         env_name = self.get(t, f"{key}.md5_key_env", str, "")
@@ -325,4 +337,10 @@ class _Reader:
 
 
 _LEVELS = ("debug", "info", "warning", "error")
-_KIND_NAMES = {str: "a string", int: "an integer", float: "a number", list: "a list", bool: "true or false"}
+_KIND_NAMES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    list: "a list",
+    bool: "true or false",
+}

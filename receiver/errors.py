@@ -1,9 +1,9 @@
 """The receiver's exceptions, a small tree; HTTP translation happens in handlers.py only.
 
-    ReceiverError
-    ├── ConfigError            configuration file or environment is wrong (exit 2)
-    ├── Rejected               a notification refused by a gateway adapter, with its Outcome
-    └── DatabaseUnavailable    PostgreSQL cannot be reached: nothing was recorded (503)
+ReceiverError
+├── ConfigError            configuration file or environment is wrong (exit 2)
+├── Rejected               a notification refused by a gateway adapter, with its Outcome
+└── DatabaseUnavailable    PostgreSQL cannot be reached: nothing was recorded (503)
 """
 
 from __future__ import annotations

@@ -7,9 +7,11 @@ without a database.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 
 
 class Status(enum.StrEnum):
@@ -124,3 +126,21 @@ def check_amount(
     if channel is not None and channel in n.underpay_channels:
         return None if 0 < paid <= amount_minor else Outcome.AMOUNT_MISMATCH
     return None if paid == amount_minor else Outcome.AMOUNT_MISMATCH
+
+
+_MONEY = re.compile(r"^(0|[1-9][0-9]{0,14})(?:\.([0-9]{1,3}))?$")
+
+
+def parse_money(text: str) -> int:
+    """A decimal amount ("100.000", "1.66") in minor units (fen, paise); raise ValueError.
+
+    Up to three decimals are accepted because GoPay writes three, but the value must be a
+    whole number of minor units: "1.665" is refused rather than rounded.
+    """
+    m = _MONEY.match(text)
+    if m is None:
+        raise ValueError("not a decimal amount")
+    minor = Decimal(text) * 100
+    if minor != minor.to_integral_value():
+        raise ValueError("not a whole number of minor units")
+    return int(minor)

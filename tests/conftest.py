@@ -1,0 +1,160 @@
+"""Fixtures: a real PostgreSQL (TEST_DATABASE_URL or an embedded server), real keys, real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
+from receiver import database
+from receiver.app import create_app
+from receiver.config import (
+    BaofooConfig,
+    BaofooMerchant,
+    Config,
+    DatabaseConfig,
+    GoPayConfig,
+    GoPayMerchant,
+)
+from receiver.ledger import NewOrder, create_order
+from tests.gopay_signer import GoPaySigner, new_rsa_key, public_key_text
+
+GOPAY_MCHID = "100001"
+BAOFOO_MEMBER = "100000178"
+BAOFOO_TERMINAL = "10000001"
+
+TABLES = "order_events, notifications, orders, gopay_nonces"
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """TEST_DATABASE_URL when set, else an embedded server for this test session."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    server = database.EmbeddedPostgres(tmp_path_factory.mktemp("pg"), cleanup_mode="delete")
+    url = asyncio.run(server.start())
+    yield url
+    asyncio.run(server.stop())
+
+
+@pytest.fixture(scope="session")
+async def migrated(database_url: str) -> str:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await database.migrate(conn)
+    finally:
+        await conn.close()
+    return database_url
+
+
+@pytest.fixture
+async def db(migrated: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to a database whose tables were emptied for this test."""
+    conn = await asyncpg.connect(migrated)
+    await conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def gopay_key() -> RSAPrivateKey:
+    return new_rsa_key()
+
+
+@pytest.fixture(scope="session")
+def gopay_key_file(gopay_key: RSAPrivateKey, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("keys") / "gopay-platform.pem"
+    path.write_text(public_key_text(gopay_key, "spki_pem"))
+    return path
+
+
+@pytest.fixture
+def signer(gopay_key: RSAPrivateKey) -> GoPaySigner:
+    return GoPaySigner(gopay_key)
+
+
+@pytest.fixture(scope="session")
+def baofoo_md5_key() -> str:
+    return secrets.token_hex(16)
+
+
+@pytest.fixture
+def config(migrated: str, gopay_key_file: Path, baofoo_md5_key: str, tmp_path: Path) -> Config:
+    """A configuration with one merchant per gateway, on the test database."""
+    return Config(
+        database=DatabaseConfig(
+            url=migrated, data_dir=tmp_path / "unused", pool_min=1, pool_max=10
+        ),
+        gopay=GoPayConfig(
+            merchants=(GoPayMerchant(mchid=GOPAY_MCHID, platform_public_keys=(gopay_key_file,)),),
+        ),
+        baofoo=BaofooConfig(
+            merchants=(
+                BaofooMerchant(
+                    member_id=BAOFOO_MEMBER, terminal_id=BAOFOO_TERMINAL, md5_key=baofoo_md5_key
+                ),
+            )
+        ),
+        source="tests",
+    )
+
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+async def client(
+    db: asyncpg.Connection, config: Config, aiohttp_client: ClientFactory
+) -> TestClient[Any, Any]:
+    """The receiver over real HTTP on an emptied database."""
+    return await aiohttp_client(create_app(config))
+
+
+@pytest.fixture
+def with_config() -> Callable[..., Config]:
+    """Derive a config with some sections replaced."""
+
+    def derive(base: Config, **sections: Any) -> Config:
+        return replace(base, **sections)
+
+    return derive
+
+
+@pytest.fixture
+def make_order(db: asyncpg.Connection) -> Callable[..., Awaitable[asyncpg.Record]]:
+    """Create a pending order the way a merchant's checkout would."""
+
+    async def make(
+        out_trade_no: str,
+        *,
+        provider: str = "gopay",
+        merchant_id: str | None = None,
+        amount_minor: int = 10000,
+        currency: str = "CNY",
+        channel: str | None = None,
+    ) -> asyncpg.Record:
+        default_merchant = GOPAY_MCHID if provider == "gopay" else BAOFOO_MEMBER
+        order = NewOrder(
+            provider=provider,
+            merchant_id=merchant_id or default_merchant,
+            out_trade_no=out_trade_no,
+            amount_minor=amount_minor,
+            currency=currency,
+            channel=channel,
+        )
+        return await create_order(db, order)
+
+    return make
