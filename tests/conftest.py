@@ -27,6 +27,7 @@ from receiver.config import (
 )
 from receiver.ledger import NewOrder, create_order
 from tests.gopay_signer import GoPaySigner, new_rsa_key, public_key_text
+from tests.pgproxy import PgProxy
 
 GOPAY_MCHID = "100001"
 BAOFOO_MEMBER = "100000178"
@@ -124,13 +125,17 @@ async def client(
 
 
 @pytest.fixture
-def with_config() -> Callable[..., Config]:
-    """Derive a config with some sections replaced."""
-
-    def derive(base: Config, **sections: Any) -> Config:
-        return replace(base, **sections)
-
-    return derive
+async def proxied(
+    db: asyncpg.Connection, config: Config, aiohttp_client: ClientFactory
+) -> AsyncIterator[tuple[TestClient[Any, Any], PgProxy]]:
+    """The receiver reaching its database through a proxy the test can cut and restore."""
+    proxy = PgProxy(config.database.url)
+    await proxy.start()
+    try:
+        app = create_app(replace(config, database=replace(config.database, url=proxy.url)))
+        yield await aiohttp_client(app), proxy
+    finally:
+        await proxy.close()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -13,10 +12,8 @@ import pytest
 import structlog
 from aiohttp.test_utils import TestClient
 
-from receiver.app import create_app
 from tests.conftest import GOPAY_MCHID
 from tests.gopay_signer import GoPaySigner, new_rsa_key
-from tests.pgproxy import PgProxy
 
 SUCCESS = b'{"result_code":"OK","result_msg":"SUCCESS"}'
 FAIL = b'{"result_code":"OK","result_msg":"FAIL"}'
@@ -324,20 +321,14 @@ async def test_healthz_and_readyz(client, db):
     assert resp.status == 200 and (await resp.json())["status"] == "ready"
 
 
-async def test_database_outage_gives_503_and_heals(db, config, signer, make_order, aiohttp_client):
+async def test_database_outage_gives_503_and_heals(db, signer, make_order, proxied):
     await make_order("DB1")
-    proxy = PgProxy(config.database.url)
-    await proxy.start()
-    try:
-        app = create_app(replace(config, database=replace(config.database, url=proxy.url)))
-        client = await aiohttp_client(app)
-        await proxy.cut()
-        assert await post(client, signer, charge("DB1")) == (503, FAIL)
-        assert (await client.get("/readyz")).status == 503
-        assert await db.fetchval("SELECT count(*) FROM notifications") == 0
-        await proxy.restore()
-        assert await post(client, signer, charge("DB1")) == (200, SUCCESS)
-        assert (await client.get("/readyz")).status == 200
-        assert (await order_row(db, "DB1"))["status"] == "paid"
-    finally:
-        await proxy.close()
+    client, proxy = proxied
+    await proxy.cut()
+    assert await post(client, signer, charge("DB1")) == (503, FAIL)
+    assert (await client.get("/readyz")).status == 503
+    assert await db.fetchval("SELECT count(*) FROM notifications") == 0
+    await proxy.restore()
+    assert await post(client, signer, charge("DB1")) == (200, SUCCESS)
+    assert (await client.get("/readyz")).status == 200
+    assert (await order_row(db, "DB1"))["status"] == "paid"

@@ -1,0 +1,287 @@
+"""Baofoo 4.0: a urlencoded form in the request's charset, signed with a keyed MD5; reply `OK`.
+
+Pure: bytes in, a `Notification` or `Rejected` out; no I/O. The order of work follows
+"verify before you trust": form -> required fields -> merchant -> signature -> business fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta, timezone
+from urllib.parse import unquote_to_bytes
+
+from receiver.config import BaofooConfig, BaofooMerchant, Network
+from receiver.errors import Rejected
+from receiver.gateways import Reply, http_status
+from receiver.notification import Inbound, Notification, Outcome, Status
+
+PROVIDER = "baofoo"
+FORM_TYPE = "application/x-www-form-urlencoded"
+CURRENCY = "CNY"
+CHINA_TIME = timezone(timedelta(hours=8), "UTC+08:00")
+
+SIGNED_FIELDS = (
+    "MemberID",
+    "TerminalID",
+    "TransID",
+    "Result",
+    "ResultDesc",
+    "FactMoney",
+    "AdditionalInfo",
+    "SuccTime",
+)
+SIGNATURE_FIELD = "Md5Sign"
+REQUIRED_FIELDS = frozenset(SIGNED_FIELDS) - {"AdditionalInfo"} | {SIGNATURE_FIELD}
+_KNOWN_FIELDS = frozenset(SIGNED_FIELDS) | {SIGNATURE_FIELD}
+
+# Prepaid cards (seed 4.3.1, PayID 101-116) may pay less than the order: a card's face value
+# need not match what the customer ordered.
+PREPAID_CARD_PAY_IDS = frozenset(str(pay_id) for pay_id in range(101, 117))
+
+# gb2312 is read as GBK, as browsers do (WHATWG): GBK is a superset, senders label GBK bodies
+# gb2312, and GBK re-encodes every GB2312 character to the same bytes, so signatures still hold.
+_CHARSETS = {
+    "utf-8": "utf-8",
+    "utf8": "utf-8",
+    "gbk": "gbk",
+    "x-gbk": "gbk",
+    "cp936": "gbk",
+    "gb2312": "gbk",
+    "gb-2312": "gbk",
+    "csgb2312": "gbk",
+    "gb18030": "gb18030",
+    "gb-18030": "gb18030",
+}
+
+# Seed section 4.2: ResultDesc codes of a failed payment.
+RESULT_DESCRIPTIONS = {
+    "0000": "支付失败 payment failed",
+    "0001": "系统错误 system error",
+    "0002": "订单超时 order timed out",
+    "0011": "系统维护 system maintenance",
+    "0012": "无效商户 invalid merchant",
+    "0013": "余额不足 insufficient balance",
+    "0014": "超过支付限额 payment limit exceeded",
+    "0015": "卡号和卡密错误 wrong card number or card password",
+    "0016": "不合法的 IP 地址 IP address not allowed",
+    "0017": "重复订单金额不符 repeated order with a different amount",
+    "0018": "卡密已被使用 card password already used",
+    "0019": "订单金额错误 wrong order amount",
+    "0020": "支付的类型错误 wrong payment type",
+    "0021": "卡类型有误 wrong card type",
+    "0022": "卡信息不完整 incomplete card information",
+    "0023": "卡号、卡密、金额不正确 wrong card number, password or amount",
+    "0024": "不能用此卡继续做交易 this card cannot be used further",
+    "0025": "订单无效 invalid order",
+}
+
+_HEX_DIGEST = re.compile(r"[0-9a-fA-F]{32}", re.ASCII)
+_FEN = re.compile(r"[0-9]{1,15}", re.ASCII)
+_SUCC_TIME = re.compile(r"[0-9]{14}", re.ASCII)
+_FAILURE_CODE = re.compile(r"[0-9A-Za-z]{0,16}", re.ASCII)
+_MAX_ID_LENGTH = 64
+
+
+def baofoo_signature(fields: Mapping[str, str], md5_key: str, *, encoding: str = "utf-8") -> str:
+    """Lower-case hex MD5 of a notification's signed text; a missing field counts as empty."""
+    parts = [f"{name}={fields.get(name, '')}" for name in SIGNED_FIELDS]
+    parts.append(f"{SIGNATURE_FIELD}={md5_key}")
+    return _md5_hex("~|~".join(parts).encode(encoding))
+
+
+def query_reply_signature(parts: Sequence[str], md5_key: str) -> str:
+    """Lower-case hex MD5 of an order-query reply: MemberID|...|SuccTime|md5_key."""
+    if len(parts) != 6:
+        raise ValueError("an order-query reply has six signed parts")
+    return _md5_hex("|".join([*parts, md5_key]).encode("utf-8"))
+
+
+def _md5_hex(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()  # noqa: S324 - the protocol mandates MD5
+
+
+class BaofooGateway:
+    """The Baofoo 4.0 adapter: verify form notifications, answer `OK` or `FAIL`."""
+
+    provider = PROVIDER
+
+    def __init__(
+        self, merchants: Iterable[BaofooMerchant], *, allowed_ips: Sequence[Network] = ()
+    ) -> None:
+        self.allowed_ips: tuple[Network, ...] = tuple(allowed_ips)
+        self._keys = {(m.member_id, m.terminal_id): m.md5_key for m in merchants}
+
+    @classmethod
+    def from_config(cls, cfg: BaofooConfig) -> BaofooGateway:
+        """The adapter for the `[baofoo]` configuration section."""
+        return cls(cfg.merchants, allowed_ips=cfg.allowed_ips)
+
+    def __repr__(self) -> str:
+        # Merchant pairs only: the MD5 keys must never reach a log line.
+        return f"BaofooGateway(merchants={sorted(self._keys)!r})"
+
+    def parse(self, inbound: Inbound) -> Notification:
+        """Verify and parse one notification; raise `Rejected` with the outcome otherwise."""
+        charset = _request_charset(inbound)
+        fields = parse_form(inbound.body, encoding=charset)
+        _require_fields(fields)
+        md5_key = self._md5_key(fields)
+        verified_with = _verify(fields, md5_key, charset=charset)
+        return _notification(fields, charset=charset, verified_with=verified_with)
+
+    def reply(self, outcome: Outcome | None) -> Reply:
+        """`OK` when Baofoo should stop resending, `FAIL` (never starting with OK) otherwise."""
+        body = b"OK" if outcome is not None and outcome.accepted else b"FAIL"
+        return Reply(status=http_status(outcome), body=body, content_type="text/plain")
+
+    def _md5_key(self, fields: Mapping[str, str]) -> str:
+        key = self._keys.get((fields["MemberID"], fields["TerminalID"]))
+        if key is None:
+            raise _rejected(Outcome.UNKNOWN_MERCHANT, "MemberID/TerminalID not configured", fields)
+        return key
+
+
+def _request_charset(inbound: Inbound) -> str:
+    """The Python codec for the request, or 415 for another content type or charset."""
+    media_type = inbound.content_type.split(";", 1)[0].strip().lower()
+    if media_type != FORM_TYPE:
+        raise Rejected(Outcome.MALFORMED, f"content type must be {FORM_TYPE}", http_status=415)
+    label = (inbound.charset or "utf-8").strip().strip('"').lower().replace("_", "-")
+    codec = _CHARSETS.get(label)
+    if codec is None:
+        raise Rejected(Outcome.MALFORMED, "charset must be UTF-8, GBK or GB18030", http_status=415)
+    return codec
+
+
+def parse_form(body: bytes, *, encoding: str) -> dict[str, str]:
+    """The notification's fields from an urlencoded body; unknown names are dropped."""
+    fields: dict[str, str] = {}
+    for piece in body.split(b"&"):
+        if not piece:
+            continue
+        raw_name, _, raw_value = piece.partition(b"=")
+        name = _form_decode(raw_name, encoding=encoding)
+        if name not in _KNOWN_FIELDS:
+            continue
+        if name in fields:
+            # Which of two values was signed is anyone's guess: refuse rather than pick one.
+            raise _rejected(Outcome.MALFORMED, f"field {name} given twice", fields)
+        fields[name] = _form_decode(raw_value, encoding=encoding)
+    return fields
+
+
+def _form_decode(raw: bytes, *, encoding: str) -> str:
+    """One name or value: `+` is a space, then percent-decoding, then the charset."""
+    try:
+        return unquote_to_bytes(raw.replace(b"+", b" ")).decode(encoding)
+    except UnicodeDecodeError:
+        raise Rejected(Outcome.MALFORMED, f"form is not valid {encoding}") from None
+
+
+def _require_fields(fields: Mapping[str, str]) -> None:
+    missing = sorted(REQUIRED_FIELDS - fields.keys())
+    if missing:
+        raise _rejected(Outcome.MALFORMED, f"missing field(s): {', '.join(missing)}", fields)
+
+
+def _verify(fields: Mapping[str, str], md5_key: str, *, charset: str) -> str:
+    """The encoding under which Md5Sign matches; BAD_SIGNATURE when none does."""
+    given = fields[SIGNATURE_FIELD]
+    if _HEX_DIGEST.fullmatch(given) is None:
+        raise _rejected(Outcome.BAD_SIGNATURE, "Md5Sign is not 32 hex digits", fields)
+    # Some senders sign the UTF-8 text yet post the form in GBK, so UTF-8 is always a candidate.
+    candidates = (charset,) if charset == "utf-8" else (charset, "utf-8")
+    for encoding in candidates:
+        if _signature_matches(fields, md5_key, encoding=encoding, given=given):
+            return encoding
+    raise _rejected(Outcome.BAD_SIGNATURE, "Md5Sign does not match", fields)
+
+
+def _signature_matches(
+    fields: Mapping[str, str], md5_key: str, *, encoding: str, given: str
+) -> bool:
+    try:
+        expected = baofoo_signature(fields, md5_key, encoding=encoding)
+    except UnicodeEncodeError:
+        return False  # the text cannot have been signed in this encoding
+    return hmac.compare_digest(expected.encode("ascii"), given.lower().encode("ascii"))
+
+
+def _notification(fields: Mapping[str, str], *, charset: str, verified_with: str) -> Notification:
+    """The verified fields in gateway-neutral terms."""
+    target, detail = _target(fields)
+    if verified_with != charset:
+        detail.append(f"signature verified over UTF-8 text (form posted as {charset})")
+    return Notification(
+        provider=PROVIDER,
+        merchant_id=fields["MemberID"],
+        out_trade_no=fields["TransID"],
+        target=target,
+        paid_amount_minor=_fen(fields),
+        order_amount_minor=None,
+        currency=CURRENCY,
+        paid_at=_paid_at(fields, target=target),
+        underpay_channels=PREPAID_CARD_PAY_IDS,
+        detail="; ".join(detail),
+    )
+
+
+def _target(fields: Mapping[str, str]) -> tuple[Status, list[str]]:
+    """The status Result and ResultDesc ask for, with the failure code explained."""
+    result, code = fields["Result"], fields["ResultDesc"]
+    if result == "1" and code == "01":
+        return Status.PAID, []
+    # A failure that calls itself a success contradicts itself: let a person look at it.
+    if result == "0" and code != "01" and _FAILURE_CODE.fullmatch(code) is not None:
+        meaning = RESULT_DESCRIPTIONS.get(code, "unknown code")
+        return Status.FAILED, [f"ResultDesc={code} ({meaning})"]
+    raise _rejected(Outcome.MALFORMED, "Result/ResultDesc combination not understood", fields)
+
+
+def _fen(fields: Mapping[str, str]) -> int:
+    """FactMoney as integer fen: digits only, no sign, no decimal point."""
+    text = fields["FactMoney"]
+    if _FEN.fullmatch(text) is None:
+        raise _rejected(Outcome.MALFORMED, "FactMoney must be integer fen", fields)
+    return int(text)
+
+
+def _paid_at(fields: Mapping[str, str], *, target: Status) -> datetime | None:
+    """SuccTime (China time) in UTC; a failed payment may lack a usable one."""
+    paid_at = parse_succ_time(fields["SuccTime"])
+    if paid_at is None and target is Status.PAID:
+        raise _rejected(Outcome.MALFORMED, "SuccTime must be YYYYMMDDhhmmss", fields)
+    return paid_at
+
+
+def parse_succ_time(text: str) -> datetime | None:
+    """`YYYYMMDDhhmmss` in China time as an aware UTC datetime; None when it is not one."""
+    if _SUCC_TIME.fullmatch(text) is None:
+        return None
+    # Fixed slices rather than strptime, whose variable-width fields accept odd splits.
+    month, day, hour, minute, second = (int(text[i : i + 2]) for i in range(4, 14, 2))
+    try:
+        local = datetime(int(text[:4]), month, day, hour, minute, second, tzinfo=CHINA_TIME)
+        return local.astimezone(UTC)
+    except (ValueError, OverflowError):  # no such date, or year 1 falling off the calendar
+        return None
+
+
+def _rejected(outcome: Outcome, reason: str, fields: Mapping[str, str]) -> Rejected:
+    """A refusal that keeps whatever identifies the order, so the rejection can be recorded."""
+    return Rejected(
+        outcome,
+        reason,
+        merchant_id=_recordable(fields.get("MemberID")),
+        out_trade_no=_recordable(fields.get("TransID")),
+    )
+
+
+def _recordable(value: str | None) -> str | None:
+    """An unverified identifier, if it is short and printable enough to store and log."""
+    if value and len(value) <= _MAX_ID_LENGTH and value.isprintable():
+        return value
+    return None

@@ -1,0 +1,488 @@
+"""Unit tests of the Baofoo adapter: pure, no server, no database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from receiver.config import BaofooConfig, BaofooMerchant
+from receiver.errors import Rejected
+from receiver.gateways import Gateway, Reply
+from receiver.gateways.baofoo import (
+    PREPAID_CARD_PAY_IDS,
+    SIGNED_FIELDS,
+    BaofooGateway,
+    baofoo_signature,
+    parse_form,
+    parse_succ_time,
+    query_reply_signature,
+)
+from receiver.notification import Inbound, Notification, Outcome, Status
+from tests.baofoo_signer import (
+    MEMBER_ID,
+    TERMINAL_ID,
+    TEST_MD5_KEY,
+    baofoo_fields,
+    encode_form,
+    sign_baofoo,
+)
+
+FORM = "application/x-www-form-urlencoded"
+SECRET = "k3y-Secret-Zz"  # distinctive, so a leak into a message would be found
+REQUIRED = ("MemberID", "TerminalID", "TransID", "Result", "ResultDesc", "FactMoney", "SuccTime")
+ACCEPTED = [o for o in Outcome if o.accepted]
+REFUSED = [o for o in Outcome if not o.accepted]
+# Text a form can carry in UTF-8: anything but lone surrogates.
+form_text = st.text(st.characters(exclude_categories=["Cs"]), max_size=40)
+
+
+def gateway(*pairs: tuple[str, str], key: str = TEST_MD5_KEY) -> BaofooGateway:
+    pairs = pairs or ((MEMBER_ID, TERMINAL_ID),)
+    merchants = [BaofooMerchant(member_id=m, terminal_id=t, md5_key=key) for m, t in pairs]
+    return BaofooGateway(merchants)
+
+
+def inbound(body: bytes, *, charset: str | None = "utf-8", content_type: str = FORM) -> Inbound:
+    return Inbound(
+        provider="baofoo",
+        body=body,
+        headers={},
+        content_type=content_type,
+        charset=charset,
+        remote_addr="127.0.0.1",
+    )
+
+
+def signed_body(charset: str = "utf-8", *, sign_encoding: str | None = None, **kw: str) -> bytes:
+    fields = sign_baofoo(baofoo_fields(**kw), TEST_MD5_KEY, encoding=sign_encoding or charset)
+    return encode_form(fields, charset=charset)
+
+
+def parse(body: bytes, *, charset: str | None = "utf-8", content_type: str = FORM) -> Notification:
+    return gateway().parse(inbound(body, charset=charset, content_type=content_type))
+
+
+def refused(body: bytes, *, charset: str | None = "utf-8", content_type: str = FORM) -> Rejected:
+    with pytest.raises(Rejected) as info:
+        parse(body, charset=charset, content_type=content_type)
+    return info.value
+
+
+# --- signatures -----------------------------------------------------------------------------
+
+
+def test_notification_signature_matches_protocol_vector() -> None:
+    fields = baofoo_fields(TransID="20140101120000001", SuccTime="20140101120130")
+    assert baofoo_signature(fields, "abcdefg") == "1aaa1c202b0df82faefcbe29d792835c"
+
+
+def test_missing_field_signs_as_empty() -> None:
+    fields = baofoo_fields()
+    del fields["AdditionalInfo"]
+    assert baofoo_signature(fields, "abcdefg") == "1aaa1c202b0df82faefcbe29d792835c"
+
+
+def test_query_reply_signature_matches_seed_vector() -> None:
+    line = "100000178|10000001|2014010101010101|N|0|20141029184503|b4d6a91f6af4ce07c87420762d73d0e0"
+    *parts, signature = line.split("|")
+    assert query_reply_signature(parts, "abcdefg") == signature
+
+
+def test_query_reply_signature_needs_six_parts() -> None:
+    with pytest.raises(ValueError, match="six"):
+        query_reply_signature(["100000178", "10000001"], "abcdefg")
+
+
+def test_protocol_vector_notification_is_accepted_as_paid() -> None:
+    n = parse(signed_body())
+    assert n == Notification(
+        provider="baofoo",
+        merchant_id="100000178",
+        out_trade_no="20140101120000001",
+        target=Status.PAID,
+        paid_amount_minor=100,
+        order_amount_minor=None,
+        currency="CNY",
+        provider_trade_no=None,
+        paid_at=datetime(2014, 1, 1, 4, 1, 30, tzinfo=UTC),
+        underpay_channels=PREPAID_CARD_PAY_IDS,
+        nonce=None,
+        signed_headers={},
+        detail="",
+    )
+
+
+def test_upper_case_signature_is_accepted() -> None:
+    fields = sign_baofoo(baofoo_fields(), TEST_MD5_KEY)
+    fields["Md5Sign"] = fields["Md5Sign"].upper()
+    assert parse(encode_form(fields)).target is Status.PAID
+
+
+def test_wrong_key_is_bad_signature() -> None:
+    fields = sign_baofoo(baofoo_fields(), "not-the-key")
+    rejected = refused(encode_form(fields))
+    assert rejected.outcome is Outcome.BAD_SIGNATURE
+    assert (rejected.merchant_id, rejected.out_trade_no) == (MEMBER_ID, "20140101120000001")
+
+
+@pytest.mark.parametrize(
+    "md5sign", ["", "abc", "g" * 32, "a" * 31, "a" * 33, "\uff41" * 32, "\u0663" * 32]
+)
+def test_malformed_md5sign_is_bad_signature(md5sign: str) -> None:
+    fields = {**baofoo_fields(), "Md5Sign": md5sign}
+    assert refused(encode_form(fields)).outcome is Outcome.BAD_SIGNATURE
+
+
+def test_signature_is_checked_before_business_fields() -> None:
+    fields = sign_baofoo(baofoo_fields(), "not-the-key")
+    fields["FactMoney"] = "1.00"
+    assert refused(encode_form(fields)).outcome is Outcome.BAD_SIGNATURE
+
+
+# --- charsets -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("charset", ["gbk", "GBK", "gb18030", "gb2312", "GB2312"])
+def test_chinese_additional_info_verifies_in_posted_charset(charset: str) -> None:
+    body = signed_body(charset.lower(), AdditionalInfo="宝付 充值卡")
+    assert "宝付".encode() not in body  # really posted in a GB encoding
+    n = parse(body, charset=charset)
+    assert n.target is Status.PAID
+    assert n.detail == ""
+
+
+def test_gbk_post_signed_over_utf8_text_verifies_and_says_so() -> None:
+    body = signed_body("gbk", sign_encoding="utf-8", AdditionalInfo="宝付订单")
+    n = parse(body, charset="gbk")
+    assert n.target is Status.PAID
+    assert "UTF-8" in n.detail
+    assert "gbk" in n.detail
+
+
+def test_utf8_post_signed_over_gbk_text_is_bad_signature() -> None:
+    body = signed_body("utf-8", sign_encoding="gbk", AdditionalInfo="宝付订单")
+    assert refused(body).outcome is Outcome.BAD_SIGNATURE
+
+
+@pytest.mark.parametrize("charset", [None, "utf-8", "UTF-8", "utf8", "UTF8", "utf_8", '"utf-8"'])
+def test_utf8_charset_labels_are_accepted(charset: str | None) -> None:
+    body = signed_body(AdditionalInfo="宝付")
+    assert parse(body, charset=charset).target is Status.PAID
+
+
+@pytest.mark.parametrize("charset", ["latin-1", "iso-8859-1", "utf-16", "ascii", "big5", "x"])
+def test_other_charsets_are_415(charset: str) -> None:
+    rejected = refused(signed_body(), charset=charset)
+    assert (rejected.outcome, rejected.http_status) == (Outcome.MALFORMED, 415)
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "text/plain", "multipart/form-data", ""]
+)
+def test_other_content_types_are_415(content_type: str) -> None:
+    rejected = refused(signed_body(), content_type=content_type)
+    assert (rejected.outcome, rejected.http_status) == (Outcome.MALFORMED, 415)
+
+
+def test_content_type_is_case_insensitive_and_may_carry_parameters() -> None:
+    body = signed_body()
+    assert parse(body, content_type="Application/X-WWW-Form-URLEncoded; charset=utf-8").target
+
+
+def test_undecodable_form_is_malformed() -> None:
+    body = signed_body() + b"&AdditionalInfo=%FF%FE"
+    rejected = refused(body)
+    assert rejected.outcome is Outcome.MALFORMED
+    assert rejected.http_status is None
+
+
+# --- form parsing ---------------------------------------------------------------------------
+
+
+def test_additional_info_with_form_metacharacters_round_trips() -> None:
+    info = "a&b=c+d/e f%20g?h#i~|~j"
+    body = signed_body(AdditionalInfo=info)
+    assert parse_form(body, encoding="utf-8")["AdditionalInfo"] == info
+    assert parse(body).target is Status.PAID
+
+
+def test_plus_in_the_raw_form_is_a_space() -> None:
+    fields = sign_baofoo(baofoo_fields(AdditionalInfo="a b"), TEST_MD5_KEY)
+    body = encode_form(fields)
+    assert b"AdditionalInfo=a+b" in body
+    assert parse(body).target is Status.PAID
+
+
+@pytest.mark.parametrize("name", [*SIGNED_FIELDS, "Md5Sign"])
+def test_field_given_twice_is_malformed(name: str) -> None:
+    fields = sign_baofoo(baofoo_fields(), TEST_MD5_KEY)
+    body = encode_form(fields) + b"&" + encode_form({name: fields[name]})
+    rejected = refused(body)
+    assert rejected.outcome is Outcome.MALFORMED
+    assert "twice" in rejected.reason
+
+
+@pytest.mark.parametrize("name", [*REQUIRED, "Md5Sign"])
+def test_missing_field_is_malformed(name: str) -> None:
+    fields = sign_baofoo(baofoo_fields(), TEST_MD5_KEY)
+    del fields[name]
+    rejected = refused(encode_form(fields))
+    assert rejected.outcome is Outcome.MALFORMED
+    assert name in rejected.reason
+
+
+def test_missing_fields_still_name_the_order_when_known() -> None:
+    rejected = refused(encode_form({"MemberID": MEMBER_ID, "TransID": "T1"}))
+    assert (rejected.merchant_id, rejected.out_trade_no) == (MEMBER_ID, "T1")
+
+
+def test_missing_additional_info_is_empty() -> None:
+    fields = sign_baofoo(baofoo_fields(AdditionalInfo=""), TEST_MD5_KEY)
+    del fields["AdditionalInfo"]
+    assert parse(encode_form(fields)).target is Status.PAID
+
+
+def test_unknown_fields_are_ignored_even_twice() -> None:
+    body = b"Extra=1&" + signed_body() + b"&Extra=2&&Flag"
+    assert parse(body).target is Status.PAID
+
+
+def test_empty_body_is_malformed() -> None:
+    assert refused(b"").outcome is Outcome.MALFORMED
+
+
+# --- status ---------------------------------------------------------------------------------
+
+
+def test_failure_code_is_explained_in_detail() -> None:
+    n = parse(signed_body(Result="0", ResultDesc="0013"))
+    assert n.target is Status.FAILED
+    assert "ResultDesc=0013" in n.detail
+    assert "insufficient balance" in n.detail
+
+
+def test_unknown_failure_code_is_still_a_failure() -> None:
+    n = parse(signed_body(Result="0", ResultDesc="9999"))
+    assert (n.target, n.detail) == (Status.FAILED, "ResultDesc=9999 (unknown code)")
+
+
+@pytest.mark.parametrize(
+    ("result", "desc"),
+    [("1", "0000"), ("1", ""), ("0", "01"), ("2", "01"), ("", "01"), ("01", "01"), ("0", "0 1")],
+)
+def test_other_result_combinations_are_malformed(result: str, desc: str) -> None:
+    rejected = refused(signed_body(Result=result, ResultDesc=desc))
+    assert rejected.outcome is Outcome.MALFORMED
+
+
+# --- amounts --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "fen"), [("0", 0), ("1", 1), ("000100", 100), ("9" * 15, 10**15 - 1)]
+)
+def test_fact_money_is_integer_fen(text: str, fen: int) -> None:
+    assert parse(signed_body(FactMoney=text)).paid_amount_minor == fen
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "1.00",
+        "-1",
+        "+1",
+        " 1",
+        "1 ",
+        "1e3",
+        "0x10",
+        "\uff11\uff10\uff10",
+        "\u0661\u0660\u0660",
+        "1" * 16,
+        "1_000",
+    ],
+)
+def test_bad_fact_money_is_malformed(text: str) -> None:
+    assert refused(signed_body(FactMoney=text)).outcome is Outcome.MALFORMED
+
+
+def test_prepaid_card_channels_may_underpay() -> None:
+    assert parse(signed_body()).underpay_channels == {str(n) for n in range(101, 117)}
+
+
+# --- times ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "utc"),
+    [
+        ("20140101120130", datetime(2014, 1, 1, 4, 1, 30, tzinfo=UTC)),
+        ("20140101050000", datetime(2013, 12, 31, 21, 0, 0, tzinfo=UTC)),
+        ("20240229235959", datetime(2024, 2, 29, 15, 59, 59, tzinfo=UTC)),
+    ],
+)
+def test_succ_time_is_china_time_converted_to_utc(text: str, utc: datetime) -> None:
+    paid_at = parse(signed_body(SuccTime=text)).paid_at
+    assert paid_at == utc
+    assert paid_at is not None and paid_at.utcoffset() is not None
+
+
+BAD_TIMES = [
+    "",
+    "2014010112013",
+    "201401011201300",
+    "20141301120000",
+    "20230229120000",
+    "20140101250000",
+    "00000101000000",
+    "00010101000000",  # year 1 in China time is before the first UTC instant
+    "2014-01-01 12:0",
+    "\uff120140101120130",
+]
+
+
+@pytest.mark.parametrize("text", BAD_TIMES)
+def test_bad_succ_time_is_malformed_when_paid(text: str) -> None:
+    assert parse_succ_time(text) is None
+    assert refused(signed_body(SuccTime=text)).outcome is Outcome.MALFORMED
+
+
+@pytest.mark.parametrize("text", BAD_TIMES)
+def test_bad_succ_time_of_a_failure_is_no_time(text: str) -> None:
+    n = parse(signed_body(Result="0", ResultDesc="0002", SuccTime=text))
+    assert (n.target, n.paid_at) == (Status.FAILED, None)
+
+
+# --- merchants ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("member", "terminal"), [(MEMBER_ID, "10000002"), ("100000179", TERMINAL_ID), ("", "")]
+)
+def test_unknown_merchant_pair(member: str, terminal: str) -> None:
+    rejected = refused(signed_body(MemberID=member, TerminalID=terminal))
+    assert rejected.outcome is Outcome.UNKNOWN_MERCHANT
+    assert rejected.out_trade_no == "20140101120000001"
+    assert rejected.merchant_id == (member or None)
+
+
+def test_merchants_are_found_by_both_ids() -> None:
+    gw = gateway((MEMBER_ID, "10000002"), ("200000001", TERMINAL_ID))
+    body = signed_body(TerminalID="10000002")
+    assert gw.parse(inbound(body)).merchant_id == MEMBER_ID
+
+
+def test_unrecordable_identifiers_are_left_out_of_rejections() -> None:
+    body = signed_body(MemberID="1\x00", TransID="x" * 65)
+    rejected = refused(body)
+    assert rejected.outcome is Outcome.UNKNOWN_MERCHANT
+    assert (rejected.merchant_id, rejected.out_trade_no) == (None, None)
+
+
+def test_from_config_and_repr_keep_the_key_out() -> None:
+    merchant = BaofooMerchant(member_id=MEMBER_ID, terminal_id=TERMINAL_ID, md5_key=SECRET)
+    gw: Gateway = BaofooGateway.from_config(BaofooConfig(merchants=(merchant,)))
+    assert isinstance(gw, BaofooGateway)
+    assert gw.provider == "baofoo"
+    assert gw.allowed_ips == ()
+    assert SECRET not in repr(gw)
+    assert MEMBER_ID in repr(gw)
+
+
+# --- replies --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("outcome", ACCEPTED)
+def test_accepted_outcomes_reply_exactly_ok(outcome: Outcome) -> None:
+    assert gateway().reply(outcome) == Reply(status=200, body=b"OK", content_type="text/plain")
+
+
+@pytest.mark.parametrize("outcome", [*REFUSED, None])
+def test_refusals_reply_fail_and_never_begin_with_ok(outcome: Outcome | None) -> None:
+    reply = gateway().reply(outcome)
+    assert reply.body == b"FAIL"
+    assert reply.status >= 400
+    assert b"OK" not in reply.body.lstrip(b" ")[:5].upper()
+
+
+def test_database_unavailable_is_503() -> None:
+    assert gateway().reply(None).status == 503
+
+
+# --- properties -----------------------------------------------------------------------------
+
+
+@given(name=st.sampled_from(SIGNED_FIELDS), value=form_text)
+def test_changing_any_signed_field_fails_verification(name: str, value: str) -> None:
+    original = baofoo_fields()
+    if value == original[name]:
+        return
+    fields = {**sign_baofoo(original, SECRET), name: value}
+    # The altered pair is configured too, so only the signature can refuse it.
+    gw = gateway((MEMBER_ID, TERMINAL_ID), (fields["MemberID"], fields["TerminalID"]), key=SECRET)
+    with pytest.raises(Rejected) as info:
+        gw.parse(inbound(encode_form(fields)))
+    assert info.value.outcome is Outcome.BAD_SIGNATURE
+
+
+charsets = st.one_of(
+    st.none(), st.sampled_from(["utf-8", "gbk", "gb18030", "gb2312", "utf8"]), st.text(max_size=12)
+)
+content_types = st.one_of(st.just(FORM), st.text(max_size=40))
+known_names = st.sampled_from([*SIGNED_FIELDS, "Md5Sign", "Other"]).map(str.encode)
+
+
+def _assert_only_rejected(gw: BaofooGateway, request: Inbound) -> None:
+    try:
+        gw.parse(request)
+    except Rejected as exc:
+        assert SECRET not in str(exc)
+        assert SECRET not in repr(exc)
+        assert exc.http_status in {None, 415}
+
+
+@given(body=st.binary(max_size=300), charset=charsets, content_type=content_types)
+def test_arbitrary_bytes_only_ever_raise_rejected(
+    body: bytes, charset: str | None, content_type: str
+) -> None:
+    gw = gateway(key=SECRET)
+    _assert_only_rejected(gw, inbound(body, charset=charset, content_type=content_type))
+
+
+@given(
+    pairs=st.lists(st.tuples(known_names, st.binary(max_size=30)), max_size=12),
+    charset=charsets,
+)
+def test_arbitrary_form_like_bytes_only_ever_raise_rejected(
+    pairs: list[tuple[bytes, bytes]], charset: str | None
+) -> None:
+    body = b"&".join(name + b"=" + value for name, value in pairs)
+    _assert_only_rejected(gateway(key=SECRET), inbound(body, charset=charset))
+
+
+def _mostly(*likely: str, digits: int = 0) -> st.SearchStrategy[str]:
+    """Plausible values often enough to reach the checks behind the signature."""
+    numeric = st.text("0123456789", min_size=digits, max_size=digits) if digits else st.nothing()
+    return st.one_of(st.sampled_from(likely), numeric, form_text)
+
+
+@given(
+    values=st.fixed_dictionaries(
+        {
+            "TransID": form_text,
+            "Result": _mostly("0", "1"),
+            "ResultDesc": _mostly("01", "0000", "0013"),
+            "FactMoney": _mostly("100", digits=15),
+            "SuccTime": _mostly("20140101120130", digits=14),
+        }
+    ),
+    info=form_text,
+)
+def test_validly_signed_arbitrary_values_only_ever_raise_rejected(
+    values: dict[str, str], info: str
+) -> None:
+    fields = sign_baofoo(baofoo_fields(**values, AdditionalInfo=info), SECRET)
+    _assert_only_rejected(gateway(key=SECRET), inbound(encode_form(fields)))
