@@ -186,5 +186,6 @@ def _json_value(value: Any) -> Any:
         return value.decode("utf-8", errors="replace")
     return value
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,8 +9,8 @@ import importlib.util
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from importlib.resources.abc import Traversable
 from dataclasses import dataclass
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,9 @@ class Migration:
 
 def migrations() -> list[Migration]:
     """The packaged `sql/NNN_name.sql` files, in order."""
-    files = sorted((f for f in _sql_dir().iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
+    files = sorted(
+        (f for f in _sql_dir().iterdir() if f.name.endswith(".sql")), key=lambda f: f.name
+    )
     return [Migration(f.name.removesuffix(".sql"), f.read_text(encoding="utf-8")) for f in files]
 
 
