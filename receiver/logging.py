@@ -37,7 +37,7 @@ def redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutable
     return event
 
 
-def configure_logging(*, fmt: str = "json", level: str = "info") -> None:
+def configure_logging(*, fmt: str = "json", level: str = "info", cache: bool = True) -> None:
     """Configure structlog for the process (call once, from the CLI)."""
     renderer: Any = (
         structlog.processors.JSONRenderer()
@@ -55,7 +55,7 @@ def configure_logging(*, fmt: str = "json", level: str = "info") -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )
 
 

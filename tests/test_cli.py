@@ -1,0 +1,167 @@
+"""The `receiver` command line, run as a real process."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from receiver.gateways.gopay import denied_keys
+
+pytestmark = pytest.mark.usefixtures("db")
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "receiver.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=120,
+        check=False,
+    )
+
+
+def one_line(proc: subprocess.CompletedProcess[str]) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (),
+        ("frobnicate",),
+        ("orders",),
+        ("orders", "add", "--provider", "gopay"),
+        ("serve", "--port", "x"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(args, tmp_path):
+    proc = run(*args, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert one_line(proc).startswith("receiver: usage: ")
+
+
+def test_orders_add_then_show(migrated, tmp_path):
+    env = {"RECEIVER_DATABASE_URL": migrated}
+    key = ("--provider", "gopay", "--merchant", "100001", "--out-trade-no", "CLI-1")
+    added = run(
+        "orders",
+        "add",
+        *key,
+        "--amount",
+        "100.00",
+        "--channel",
+        "gopay_bankupi",
+        env=env,
+        cwd=tmp_path,
+    )
+    assert added.returncode == 0, added.stderr
+    order = json.loads(added.stdout)
+    assert (order["status"], order["amount_minor"], order["currency"], order["channel"]) == (
+        "pending",
+        10000,
+        "CNY",
+        "gopay_bankupi",
+    )
+    shown = run("orders", "show", *key, env=env, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["id"] == order["id"]
+    assert json.loads(shown.stdout)["notifications"] == []
+    again = run("orders", "add", *key, "--amount", "100.00", env=env, cwd=tmp_path)
+    assert again.returncode == 1 and "exists" in one_line(again)
+
+
+@pytest.mark.parametrize("amount", ["1.665", "abc", "0"])
+def test_orders_add_refuses_bad_amount(migrated, tmp_path, amount):
+    proc = run(
+        "orders",
+        "add",
+        "--provider",
+        "gopay",
+        "--merchant",
+        "1",
+        "--out-trade-no",
+        "X",
+        "--amount",
+        amount,
+        env={"RECEIVER_DATABASE_URL": migrated},
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2 and "--amount" in one_line(proc)
+
+
+def test_orders_show_unknown_order_exits_1(migrated, tmp_path):
+    proc = run(
+        "orders",
+        "show",
+        "--provider",
+        "baofoo",
+        "--merchant",
+        "1",
+        "--out-trade-no",
+        "none",
+        env={"RECEIVER_DATABASE_URL": migrated},
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1 and "no baofoo order" in one_line(proc)
+
+
+def test_migrate_reports_current_schema(migrated, tmp_path):
+    proc = run("migrate", env={"RECEIVER_DATABASE_URL": migrated}, cwd=tmp_path)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "schema is current")
+
+
+def test_unreachable_database_exits_1_without_the_password(tmp_path):
+    url = "postgresql://postgres:hunter2@127.0.0.1:1/nowhere"
+    proc = run("migrate", env={"RECEIVER_DATABASE_URL": url}, cwd=tmp_path)
+    assert proc.returncode == 1
+    line = one_line(proc)
+    assert "database unavailable" in line and "hunter2" not in line
+
+
+def test_bad_config_exits_2_naming_file_and_key(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[server]\nport = 99999\n")
+    proc = run("migrate", "--config", str(path), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert (
+        one_line(proc)
+        == f"receiver: configuration error: {path}: server.port: must be a port number (0-65535)"
+    )
+
+
+def test_serve_refuses_deny_listed_platform_key(migrated, tmp_path):
+    denied = next(iter(denied_keys()))
+    (tmp_path / "platform.b64").write_text(base64.b64encode(denied).decode() + "\n")
+    (tmp_path / "receiver.toml").write_text(
+        '[[gopay.merchants]]\nmchid = "100001"\nplatform_public_keys = ["platform.b64"]\n'
+    )
+    proc = run("serve", "--port", "0", env={"RECEIVER_DATABASE_URL": migrated}, cwd=tmp_path)
+    assert proc.returncode == 2
+    line = one_line(proc)
+    assert "gopay.merchants[0].platform_public_keys[0]" in line and "default" in line
+    assert base64.b64encode(denied).decode()[:40] not in line
+
+
+def test_demo_runs_the_whole_loop(tmp_path):
+    proc = run("demo", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for expected in ("applied", "duplicate", "bad_signature", "amount_mismatch", "SUCCESS", "OK"):
+        assert expected in proc.stdout
+    paid_rows = re.findall(r"^\s+\w+\s+[GB]-\d+\s+[\d.]+\s+paid\s", proc.stdout, re.MULTILINE)
+    assert len(paid_rows) == 2
+    assert not list(tmp_path.iterdir())  # the demo leaves nothing behind
