@@ -144,3 +144,11 @@ def parse_money(text: str) -> int:
     if minor != minor.to_integral_value():
         raise ValueError("not a whole number of minor units")
     return int(minor)
+
+
+MAX_IDENTIFIER_LENGTH = 128
+
+
+def is_identifier(text: str) -> bool:
+    """True for an order or merchant number we can store and log: short, printable, no NUL."""
+    return 0 < len(text) <= MAX_IDENTIFIER_LENGTH and text.isprintable()

@@ -258,3 +258,8 @@ class TestSourceAllowlist:
         remote = await db.fetchval("SELECT remote_addr FROM notifications ORDER BY id DESC LIMIT 1")
         assert remote == "203.0.113.9"
         assert await outcomes(db) == ["ip_denied", "applied"]
+
+
+async def test_unstorable_trans_id_is_malformed_not_503(client, db, sign):
+    assert await post(client, sign("B\u0000")) == (400, b"FAIL")
+    assert await outcomes(db) == ["malformed"]

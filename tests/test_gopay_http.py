@@ -332,3 +332,8 @@ async def test_database_outage_gives_503_and_heals(db, signer, make_order, proxi
     assert await post(client, signer, charge("DB1")) == (200, SUCCESS)
     assert (await client.get("/readyz")).status == 200
     assert (await order_row(db, "DB1"))["status"] == "paid"
+
+
+async def test_unstorable_order_number_is_malformed_not_503(client, db, signer):
+    assert await post(client, signer, charge("A\u0000B")) == (400, FAIL)
+    assert await outcomes(db) == ["malformed"]

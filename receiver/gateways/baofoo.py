@@ -16,7 +16,7 @@ from urllib.parse import unquote_to_bytes
 from receiver.config import BaofooConfig, BaofooMerchant, Network
 from receiver.errors import Rejected
 from receiver.gateways import Reply, http_status
-from receiver.notification import Inbound, Notification, Outcome, Status
+from receiver.notification import Inbound, Notification, Outcome, Status, is_identifier
 
 PROVIDER = "baofoo"
 FORM_TYPE = "application/x-www-form-urlencoded"
@@ -212,6 +212,8 @@ def _signature_matches(
 
 def _notification(fields: Mapping[str, str], *, charset: str, verified_with: str) -> Notification:
     """The verified fields in gateway-neutral terms."""
+    if not is_identifier(fields["TransID"]):
+        raise _rejected(Outcome.MALFORMED, "TransID is empty, too long or not printable", fields)
     target, detail = _target(fields)
     if verified_with != charset:
         detail.append(f"signature verified over UTF-8 text (form posted as {charset})")

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from receiver.config import GoPayConfig, Network
 from receiver.errors import ConfigError, Rejected
 from receiver.gateways import Reply, http_status
-from receiver.notification import Inbound, Notification, Outcome, Status
+from receiver.notification import Inbound, Notification, Outcome, Status, is_identifier
 
 PROVIDER = "gopay"
 MIN_KEY_BITS = 2048
@@ -529,6 +529,8 @@ def build_notification(
     out_trade_no = text_field(charge, "out_trade_no")
     if not out_trade_no:
         raise _malformed("out_trade_no is missing or empty")
+    if not is_identifier(out_trade_no):
+        raise _malformed("out_trade_no is too long or not printable")
     amount = amount_field(charge, "amount")
     paid = amount if "pay_amount" not in charge else amount_field(charge, "pay_amount")
     return Notification(
@@ -572,6 +574,8 @@ def provider_trade_no(charge: Mapping[str, Any]) -> str | None:
     for name in ("trade_no", "in_trade_no"):
         value = text_field(charge, name)
         if value:
+            if not is_identifier(value):
+                raise _malformed(f"{name} is too long or not printable")
             return value
     return None
 
