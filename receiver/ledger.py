@@ -24,6 +24,7 @@ from receiver.notification import (
     Transition,
     check_amount,
     decide_transition,
+    is_identifier,
 )
 
 SELECT_ORDER = """
@@ -134,8 +135,8 @@ class Ledger:
                         inbound,
                         decision,
                         headers={},
-                        merchant_id=rejected.merchant_id,
-                        out_trade_no=rejected.out_trade_no,
+                        merchant_id=_storable(rejected.merchant_id),
+                        out_trade_no=_storable(rejected.out_trade_no),
                     ),
                 )
         except CONNECTION_ERRORS as exc:
@@ -252,6 +253,11 @@ def _notification_row(
         d.detail,
         d.order_id,
     )
+
+
+def _storable(hint: str | None) -> str | None:
+    # A refused notification's identifiers are unverified: keep them only if they can be stored.
+    return hint if hint is not None and is_identifier(hint) else None
 
 
 def _mismatch_detail(n: Notification, order: asyncpg.Record) -> str:
