@@ -93,7 +93,12 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         try:
             await database.wait_and_migrate(pool, patience_s=STARTUP_PATIENCE_S)
             app[POOL] = pool
-            app[LEDGER] = Ledger(pool, nonce_window_s=config.gopay.timestamp_tolerance_s)
+            app[LEDGER] = Ledger(
+                pool,
+                nonce_window_s=config.gopay.timestamp_tolerance_s,
+                batch_max=config.ledger.batch_max,
+                batch_concurrency=config.ledger.batch_concurrency,
+            )
             yield
         finally:
             await pool.close()

@@ -43,6 +43,12 @@ class DatabaseConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LedgerConfig:
+    batch_max: int = 64  # notifications written in one transaction at most; 1 = no batching
+    batch_concurrency: int = 2  # batches being written at once (each holds a connection)
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     format: str = "json"
     level: str = "info"
@@ -79,6 +85,7 @@ class Config:
     server: ServerConfig = ServerConfig()
     database: DatabaseConfig = DatabaseConfig()
     log: LogConfig = LogConfig()
+    ledger: LedgerConfig = LedgerConfig()
     gopay: GoPayConfig = GoPayConfig()
     baofoo: BaofooConfig = BaofooConfig()
     source: str = "(defaults)"
@@ -121,11 +128,12 @@ def _os_problem(exc: OSError) -> str:
 def parse_config(data: Table, *, source: str, base: Path, environ: Mapping[str, str]) -> Config:
     """Build a Config from parsed TOML; relative paths are relative to `base`."""
     r = _Reader(source=source, base=base, environ=environ)
-    r.only(data, "", {"server", "database", "log", "gopay", "baofoo"})
+    r.only(data, "", {"server", "database", "log", "ledger", "gopay", "baofoo"})
     return Config(
         server=r.server(r.table(data, "server")),
         database=r.database(r.table(data, "database")),
         log=r.log(r.table(data, "log")),
+        ledger=r.ledger(r.table(data, "ledger")),
         gopay=r.gopay(r.table(data, "gopay")),
         baofoo=r.baofoo(r.table(data, "baofoo")),
         source=source,
@@ -252,6 +260,24 @@ class _Reader:
             "log.level", level, lambda v: v in _LEVELS, f"must be one of {', '.join(_LEVELS)}"
         )
         return LogConfig(format=fmt, level=level)
+
+    def ledger(self, t: Table) -> LedgerConfig:
+        self.only(t, "ledger.", {"batch_max", "batch_concurrency"})
+        d = LedgerConfig()
+        return LedgerConfig(
+            batch_max=self.checked(
+                "ledger.batch_max",
+                self.get(t, "ledger.batch_max", int, d.batch_max),
+                lambda n: 1 <= n <= 1000,
+                "must be from 1 to 1000",
+            ),
+            batch_concurrency=self.checked(
+                "ledger.batch_concurrency",
+                self.get(t, "ledger.batch_concurrency", int, d.batch_concurrency),
+                lambda n: n >= 1,
+                "must be 1 or more",
+            ),
+        )
 
     def gopay(self, t: Table) -> GoPayConfig:
         self.only(t, "gopay.", {"timestamp_tolerance_s", "allowed_ips", "merchants"})

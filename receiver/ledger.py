@@ -1,16 +1,25 @@
 """The ledger: the only place that writes orders, notifications and order_events.
 
-One transaction per notification: the raw notification, the order lookup, the amount check,
-the conditional (optimistic-lock) status update, the event row and its NOTIFY commit together
-or not at all. Callers reply only after `apply` or `reject` returns.
+Notifications that arrive together are written together: each batch is one transaction and a
+few round trips (claim nonces, lock the batch's orders, write everything in one statement), and
+every caller gets exactly the outcome it would have had alone, after the commit. Batches form
+while earlier ones are being written ("group commit"): an idle service writes a lone
+notification at once, and under load a notification waits at most for one batch in flight.
+
+Within a batch, notifications are decided in arrival order against the order rows locked
+`FOR UPDATE`, so two deliveries of one order behave as if sequential. The update is still
+conditional (`WHERE status = old`): if it ever touches fewer rows than planned, the batch rolls
+back and each notification is written alone. A batch that fails for any other database error is
+also retried one notification at a time, so one bad row cannot sink the others.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import timedelta
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 import asyncpg
 
@@ -21,31 +30,75 @@ from receiver.notification import (
     Notification,
     Outcome,
     Status,
-    Transition,
     check_amount,
     decide_transition,
     is_identifier,
 )
 
-SELECT_ORDER = """
-SELECT id, status, amount_minor, currency, channel
-FROM orders
-WHERE provider = $1 AND merchant_id = $2 AND out_trade_no = $3
+OrderKey = tuple[str, str, str]  # provider, merchant_id, out_trade_no
+
+# A nonce is a replay only if it was seen within the freshness window; older rows are pruned.
+CLAIM_NONCES = """
+INSERT INTO gopay_nonces (nonce) SELECT unnest($1::text[])
+ON CONFLICT (nonce) DO UPDATE SET seen_at = now()
+    WHERE gopay_nonces.seen_at < now() - $2::interval
+RETURNING nonce
+"""
+PRUNE_NONCES = "DELETE FROM gopay_nonces WHERE seen_at < now() - $1::interval"
+
+# Locked in id order, so two batches naming the same orders cannot deadlock on them.
+LOCK_ORDERS = """
+SELECT o.id, o.provider, o.merchant_id, o.out_trade_no, o.status, o.amount_minor, o.currency,
+       o.channel
+FROM orders o
+JOIN unnest($1::text[], $2::text[], $3::text[]) AS k (provider, merchant_id, out_trade_no)
+  USING (provider, merchant_id, out_trade_no)
+ORDER BY o.id
+FOR UPDATE OF o
 """
 
-SELECT_ORDER_STATUS = "SELECT status FROM orders WHERE id = $1"
-
-# The optimistic lock: the row moves only if nobody moved it since we read it.
-UPDATE_ORDER = """
-UPDATE orders
-SET status = $3,
-    needs_review = needs_review OR $4,
-    paid_amount_minor = CASE WHEN $3 = 'paid' THEN $5 ELSE paid_amount_minor END,
-    paid_at = CASE WHEN $3 = 'paid' THEN coalesce($6, now()) ELSE paid_at END,
-    provider_trade_no = coalesce($7, provider_trade_no),
-    updated_at = now()
-WHERE id = $1 AND status = $2
-RETURNING id
+# Everything a batch writes, in one statement. Notification ids are drawn up front, in arrival
+# order, so each caller learns its own id and each event points at the notification that
+# caused it. The trigger on order_events sends the NOTIFY.
+WRITE_BATCH = """
+WITH input AS MATERIALIZED (
+    SELECT t.*, nextval(pg_get_serial_sequence('notifications', 'id')) AS nid
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::text[],
+                $7::text[], $8::text[], $9::bigint[], $10::text[], $11::text[])
+         WITH ORDINALITY AS t (provider, remote_addr, headers, body, merchant_id, out_trade_no,
+                               outcome, detail, order_id, from_status, to_status, ord)
+),
+inserted AS (
+    INSERT INTO notifications (id, provider, remote_addr, headers, body, merchant_id,
+                               out_trade_no, outcome, detail, order_id)
+    SELECT nid, provider, remote_addr, headers::jsonb, body, merchant_id, out_trade_no,
+           outcome, detail, order_id
+    FROM input ORDER BY ord
+),
+moved AS (
+    UPDATE orders o
+    SET status = m.new_status,
+        needs_review = o.needs_review OR m.late,
+        paid_amount_minor = CASE WHEN m.new_status = 'paid' THEN m.paid
+                                 ELSE o.paid_amount_minor END,
+        paid_at = CASE WHEN m.new_status = 'paid' THEN coalesce(m.paid_at, now())
+                       ELSE o.paid_at END,
+        provider_trade_no = coalesce(m.provider_trade_no, o.provider_trade_no),
+        updated_at = now()
+    FROM unnest($12::bigint[], $13::text[], $14::text[], $15::boolean[], $16::bigint[],
+                $17::timestamptz[], $18::text[])
+         AS m (order_id, old_status, new_status, late, paid, paid_at, provider_trade_no)
+    WHERE o.id = m.order_id AND o.status = m.old_status
+    RETURNING o.id
+),
+events AS (
+    INSERT INTO order_events (order_id, from_status, to_status, notification_id)
+    SELECT order_id, from_status, to_status, nid FROM input
+    WHERE to_status IS NOT NULL
+    ORDER BY ord
+)
+SELECT array_agg(nid ORDER BY ord) AS nids, (SELECT count(*) FROM moved) AS moved
+FROM input
 """
 
 INSERT_NOTIFICATION = """
@@ -54,23 +107,6 @@ INSERT INTO notifications
 VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9)
 RETURNING id
 """
-
-INSERT_EVENT = """
-INSERT INTO order_events (order_id, from_status, to_status, notification_id)
-VALUES ($1, $2, $3, $4)
-RETURNING id
-"""
-
-NOTIFY_EVENT = "SELECT pg_notify('order_events', $1::text)"
-
-# A nonce is a replay only if it was seen within the freshness window; older rows are pruned.
-CLAIM_NONCE = """
-INSERT INTO gopay_nonces (nonce) VALUES ($1)
-ON CONFLICT (nonce) DO UPDATE SET seen_at = now()
-    WHERE gopay_nonces.seen_at < now() - $2::interval
-RETURNING nonce
-"""
-PRUNE_NONCES = "DELETE FROM gopay_nonces WHERE seen_at < now() - $1::interval"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,7 +124,20 @@ class Result:
 
 
 @dataclass(frozen=True, slots=True)
-class _Decision:
+class OrderState:
+    """An order row as locked at the start of a batch."""
+
+    id: int
+    status: Status
+    amount_minor: int
+    currency: str
+    channel: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What one notification comes to, before it is written."""
+
     outcome: Outcome
     order_id: int | None = None
     from_status: Status | None = None
@@ -96,48 +145,213 @@ class _Decision:
     detail: str = ""
 
 
-class Ledger:
-    """Writes notifications and moves orders, one transaction per notification."""
+@dataclass(slots=True)
+class Move:
+    """One order's net change over a batch: from its locked status to its last new one."""
 
-    def __init__(self, pool: asyncpg.Pool, *, nonce_window_s: int = 900) -> None:
+    order_id: int
+    old_status: Status
+    new_status: Status
+    late: bool = False
+    paid_amount_minor: int | None = None
+    paid_at: datetime | None = None
+    provider_trade_no: str | None = None
+
+
+@dataclass(slots=True)
+class Plan:
+    decisions: list[Decision] = field(default_factory=list)
+    moves: dict[int, Move] = field(default_factory=dict)
+
+
+def order_key(n: Notification) -> OrderKey:
+    """The unique key of the order a notification names."""
+    return (n.provider, n.merchant_id, n.out_trade_no)
+
+
+def plan_batch(
+    notes: Sequence[Notification], orders: Mapping[OrderKey, OrderState], claimed: set[str]
+) -> Plan:
+    """Decide a batch in arrival order, as if each notification were written alone."""
+    plan = Plan()
+    status = {key: order.status for key, order in orders.items()}
+    used: set[str] = set()
+    for n in notes:
+        decision = _decide_one(n, orders, status, claimed=claimed, used=used)
+        plan.decisions.append(decision)
+        if decision.to_status is not None:
+            status[order_key(n)] = decision.to_status
+            _record_move(plan, n, decision)
+    return plan
+
+
+def _decide_one(
+    n: Notification,
+    orders: Mapping[OrderKey, OrderState],
+    status: Mapping[OrderKey, Status],
+    *,
+    claimed: set[str],
+    used: set[str],
+) -> Decision:
+    if n.nonce is not None:
+        if n.nonce in used or n.nonce not in claimed:
+            return Decision(Outcome.REPLAYED, detail="nonce already seen")
+        used.add(n.nonce)
+    order = orders.get(order_key(n))
+    if order is None:
+        return Decision(Outcome.UNKNOWN_ORDER, detail="no such order")
+    mismatch = check_amount(
+        n, amount_minor=order.amount_minor, currency=order.currency, channel=order.channel
+    )
+    if mismatch is not None:
+        return Decision(mismatch, order.id, detail=_mismatch_detail(n, order))
+    current = status[order_key(n)]
+    t = decide_transition(current, n.target)
+    return Decision(t.outcome, order.id, current, t.new_status)
+
+
+def _record_move(plan: Plan, n: Notification, d: Decision) -> None:
+    assert d.order_id is not None and d.from_status is not None and d.to_status is not None
+    move = plan.moves.setdefault(d.order_id, Move(d.order_id, d.from_status, d.to_status))
+    move.new_status = d.to_status
+    move.late = move.late or d.outcome is Outcome.APPLIED_LATE
+    move.provider_trade_no = n.provider_trade_no or move.provider_trade_no
+    if d.to_status is Status.PAID:
+        move.paid_amount_minor, move.paid_at = n.paid_amount_minor, n.paid_at
+
+
+class _LostRace(Exception):
+    """The conditional update moved fewer orders than planned; retry one at a time."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    inbound: Inbound
+    n: Notification
+    future: asyncio.Future[Result]
+
+
+class Ledger:
+    """Writes notifications and moves orders; concurrent notifications share transactions."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        nonce_window_s: int = 900,
+        batch_max: int = 64,
+        batch_concurrency: int = 2,
+    ) -> None:
         self._pool = pool
         self._nonce_window = timedelta(seconds=max(nonce_window_s, 1) * 2)
+        self._batch_max = batch_max
+        self._concurrency = batch_concurrency
+        self._queue: list[_Item] = []
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def apply(self, inbound: Inbound, n: Notification) -> Result:
         """Record a verified notification and move its order forward at most once."""
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Item(inbound, n, future))
+        self._dispatch()
+        return await future
+
+    def _dispatch(self) -> None:
+        while self._queue and self._in_flight < self._concurrency:
+            batch = self._queue[: self._batch_max]
+            del self._queue[: self._batch_max]
+            self._in_flight += 1
+            task = asyncio.create_task(self._run(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: list[_Item]) -> None:
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                decision = await self._decide_and_move(conn, n)
-                nid = await self._insert_notification(conn, inbound, n, decision)
-                if decision.to_status is not None:
-                    await self._insert_event(conn, decision, nid)
+            await self._settle(batch)
+        finally:
+            self._in_flight -= 1
+            self._dispatch()
+
+    async def _settle(self, batch: list[_Item]) -> None:
+        try:
+            results = await self._write(batch)
         except CONNECTION_ERRORS as exc:
-            raise DatabaseUnavailable(describe_connection_error(exc)) from exc
-        return Result(
-            outcome=decision.outcome,
-            notification_id=nid,
-            merchant_id=n.merchant_id,
-            out_trade_no=n.out_trade_no,
-            order_id=decision.order_id,
-            from_status=decision.from_status,
-            to_status=decision.to_status,
-            detail=decision.detail,
-        )
+            _fail(batch, DatabaseUnavailable(describe_connection_error(exc)))
+        except (asyncpg.PostgresError, _LostRace) as exc:
+            if len(batch) == 1:
+                _fail(batch, exc)
+            else:
+                for item in batch:
+                    await self._settle([item])
+        except Exception as exc:  # a bug: every caller must still hear back
+            _fail(batch, exc)
+        else:
+            for item, result in zip(batch, results, strict=True):
+                if not item.future.done():
+                    item.future.set_result(result)
+
+    async def _write(self, batch: Sequence[_Item]) -> list[Result]:
+        notes = [item.n for item in batch]
+        async with self._pool.acquire() as conn, conn.transaction():
+            claimed = await self._claim_nonces(conn, notes)
+            orders = await self._lock_orders(conn, notes)
+            plan = plan_batch(notes, orders, claimed)
+            nids = await self._write_plan(conn, batch, plan)
+        return [
+            _result(item.n, d, nid)
+            for item, d, nid in zip(batch, plan.decisions, nids, strict=True)
+        ]
+
+    async def _claim_nonces(
+        self, conn: asyncpg.Connection, notes: Iterable[Notification]
+    ) -> set[str]:
+        nonces = list(dict.fromkeys(n.nonce for n in notes if n.nonce is not None))
+        if not nonces:
+            return set()
+        rows = await conn.fetch(CLAIM_NONCES, nonces, self._nonce_window)
+        return {r["nonce"] for r in rows}
+
+    async def _lock_orders(
+        self, conn: asyncpg.Connection, notes: Iterable[Notification]
+    ) -> dict[OrderKey, OrderState]:
+        keys = list(dict.fromkeys(order_key(n) for n in notes))
+        rows = await conn.fetch(LOCK_ORDERS, *(list(column) for column in zip(*keys, strict=True)))
+        return {
+            (r["provider"], r["merchant_id"], r["out_trade_no"]): OrderState(
+                r["id"], Status(r["status"]), r["amount_minor"], r["currency"], r["channel"]
+            )
+            for r in rows
+        }
+
+    async def _write_plan(
+        self, conn: asyncpg.Connection, batch: Sequence[_Item], plan: Plan
+    ) -> list[int]:
+        rows = [
+            _notification_row(item.inbound, item.n, d)
+            for item, d in zip(batch, plan.decisions, strict=True)
+        ]
+        moves = [_move_row(m) for m in plan.moves.values()]
+        record = await conn.fetchrow(WRITE_BATCH, *_columns(rows, 11), *_columns(moves, 7))
+        if record["moved"] != len(moves):
+            raise _LostRace(f"moved {record['moved']} of {len(moves)} orders")
+        return list(record["nids"])
 
     async def reject(self, inbound: Inbound, rejected: Rejected) -> Result:
         """Record a refused notification with its outcome and reason."""
-        decision = _Decision(rejected.outcome, detail=rejected.reason)
         try:
             async with self._pool.acquire() as conn:
                 nid = await conn.fetchval(
                     INSERT_NOTIFICATION,
-                    *_notification_row(
-                        inbound,
-                        decision,
-                        headers={},
-                        merchant_id=_storable(rejected.merchant_id),
-                        out_trade_no=_storable(rejected.out_trade_no),
-                    ),
+                    inbound.provider,
+                    inbound.remote_addr,
+                    "{}",
+                    inbound.body,
+                    _storable(rejected.merchant_id),
+                    _storable(rejected.out_trade_no),
+                    rejected.outcome.value,
+                    _text(rejected.reason),
+                    None,
                 )
         except CONNECTION_ERRORS as exc:
             raise DatabaseUnavailable(describe_connection_error(exc)) from exc
@@ -158,101 +372,61 @@ class Ledger:
             raise DatabaseUnavailable(describe_connection_error(exc)) from exc
         return int(status.split()[-1])
 
-    async def _decide_and_move(self, conn: asyncpg.Connection, n: Notification) -> _Decision:
-        if n.nonce is not None and not await self._claim_nonce(conn, n.nonce):
-            return _Decision(Outcome.REPLAYED, detail="nonce already seen")
-        order = await conn.fetchrow(SELECT_ORDER, n.provider, n.merchant_id, n.out_trade_no)
-        if order is None:
-            return _Decision(Outcome.UNKNOWN_ORDER, detail="no such order")
-        mismatch = check_amount(
-            n,
-            amount_minor=order["amount_minor"],
-            currency=order["currency"],
-            channel=order["channel"],
-        )
-        if mismatch is not None:
-            return _Decision(mismatch, order["id"], detail=_mismatch_detail(n, order))
-        return await self._move(conn, n, order_id=order["id"], current=Status(order["status"]))
 
-    async def _claim_nonce(self, conn: asyncpg.Connection, nonce: str) -> bool:
-        return await conn.fetchval(CLAIM_NONCE, nonce, self._nonce_window) is not None
-
-    async def _move(
-        self, conn: asyncpg.Connection, n: Notification, *, order_id: int, current: Status
-    ) -> _Decision:
-        # Another transaction may move the order between our read and our update; then the
-        # update touches no row, and we decide again against the status it left behind.
-        while True:
-            t = decide_transition(current, n.target)
-            if t.new_status is None:
-                return _Decision(t.outcome, order_id, current, None)
-            if await self._conditional_update(conn, n, order_id=order_id, current=current, t=t):
-                return _Decision(t.outcome, order_id, current, t.new_status)
-            current = Status(await conn.fetchval(SELECT_ORDER_STATUS, order_id))
-
-    async def _conditional_update(
-        self,
-        conn: asyncpg.Connection,
-        n: Notification,
-        *,
-        order_id: int,
-        current: Status,
-        t: Transition,
-    ) -> bool:
-        assert t.new_status is not None
-        row = await conn.fetchval(
-            UPDATE_ORDER,
-            order_id,
-            current.value,
-            t.new_status.value,
-            t.outcome is Outcome.APPLIED_LATE,
-            n.paid_amount_minor,
-            n.paid_at,
-            n.provider_trade_no,
-        )
-        return row is not None
-
-    async def _insert_notification(
-        self, conn: asyncpg.Connection, inbound: Inbound, n: Notification, d: _Decision
-    ) -> int:
-        detail = "; ".join(x for x in (n.detail, d.detail) if x)
-        row = _notification_row(
-            inbound,
-            _Decision(d.outcome, d.order_id, d.from_status, d.to_status, detail),
-            headers=n.signed_headers,
-            merchant_id=n.merchant_id,
-            out_trade_no=n.out_trade_no,
-        )
-        nid: int = await conn.fetchval(INSERT_NOTIFICATION, *row)
-        return nid
-
-    async def _insert_event(self, conn: asyncpg.Connection, d: _Decision, nid: int) -> None:
-        assert d.from_status is not None and d.to_status is not None
-        event_id = await conn.fetchval(
-            INSERT_EVENT, d.order_id, d.from_status.value, d.to_status.value, nid
-        )
-        await conn.execute(NOTIFY_EVENT, str(event_id))
+def _fail(batch: Iterable[_Item], exc: BaseException) -> None:
+    for item in batch:
+        if not item.future.done():
+            item.future.set_exception(exc)
 
 
-def _notification_row(
-    inbound: Inbound,
-    d: _Decision,
-    *,
-    headers: Mapping[str, str],
-    merchant_id: str | None,
-    out_trade_no: str | None,
-) -> tuple[object, ...]:
+def _result(n: Notification, d: Decision, nid: int) -> Result:
+    return Result(
+        outcome=d.outcome,
+        notification_id=nid,
+        merchant_id=n.merchant_id,
+        out_trade_no=n.out_trade_no,
+        order_id=d.order_id,
+        from_status=d.from_status,
+        to_status=d.to_status,
+        detail=d.detail,
+    )
+
+
+def _notification_row(inbound: Inbound, n: Notification, d: Decision) -> tuple[object, ...]:
     return (
         inbound.provider,
         inbound.remote_addr,
-        json.dumps(dict(headers)),
+        json.dumps(dict(n.signed_headers)),
         inbound.body,
-        merchant_id,
-        out_trade_no,
+        n.merchant_id,
+        n.out_trade_no,
         d.outcome.value,
-        d.detail,
+        _text("; ".join(x for x in (n.detail, d.detail) if x)),
         d.order_id,
+        d.from_status and d.from_status.value,
+        d.to_status and d.to_status.value,
     )
+
+
+def _move_row(m: Move) -> tuple[object, ...]:
+    return (
+        m.order_id,
+        m.old_status.value,
+        m.new_status.value,
+        m.late,
+        m.paid_amount_minor,
+        m.paid_at,
+        m.provider_trade_no,
+    )
+
+
+def _columns(rows: Sequence[tuple[object, ...]], width: int) -> list[list[object]]:
+    """Rows to the column arrays that unnest() takes back apart."""
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * width
+
+
+def _text(text: str) -> str:
+    return text.replace("\x00", "\\x00")  # text columns cannot hold NUL
 
 
 def _storable(hint: str | None) -> str | None:
@@ -260,10 +434,10 @@ def _storable(hint: str | None) -> str | None:
     return hint if hint is not None and is_identifier(hint) else None
 
 
-def _mismatch_detail(n: Notification, order: asyncpg.Record) -> str:
+def _mismatch_detail(n: Notification, order: OrderState) -> str:
+    channel = f" channel {order.channel}" if order.channel else ""
     return (
-        f"order {order['amount_minor']} {order['currency']}"
-        f"{' channel ' + order['channel'] if order['channel'] else ''}; "
+        f"order {order.amount_minor} {order.currency}{channel}; "
         f"notification amount {n.order_amount_minor} paid {n.paid_amount_minor} {n.currency}"
     )
 

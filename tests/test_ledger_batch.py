@@ -1,0 +1,156 @@
+"""The batched ledger: concurrent notifications share a transaction, each with its own outcome."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+
+from receiver.ledger import Ledger, OrderState, plan_batch
+from receiver.notification import Inbound, Notification, Outcome, Status
+
+M = "100001"
+
+
+def note(out_trade_no: str, *, target: Status | None = Status.PAID, **kw) -> Notification:
+    base = {
+        "provider": "gopay",
+        "merchant_id": M,
+        "out_trade_no": out_trade_no,
+        "target": target,
+        "paid_amount_minor": 10000,
+        "order_amount_minor": 10000,
+        "currency": "CNY",
+    }
+    return Notification(**(base | kw))
+
+
+def inbound(body: bytes = b"{}") -> Inbound:
+    return Inbound("gopay", body, {}, "application/json", None, "127.0.0.1")
+
+
+@pytest.fixture
+async def pool(db, migrated) -> AsyncIterator[asyncpg.Pool]:
+    p = await asyncpg.create_pool(migrated, min_size=1, max_size=4)
+    yield p
+    await p.close()
+
+
+async def apply_all(ledger: Ledger, notes: list[Notification]) -> list:
+    return await asyncio.gather(
+        *(ledger.apply(inbound(), n) for n in notes), return_exceptions=True
+    )
+
+
+async def transactions(db: asyncpg.Connection) -> list[int]:
+    rows = await db.fetch("SELECT xmin::text::bigint AS x FROM notifications ORDER BY id")
+    return [r["x"] for r in rows]
+
+
+async def test_same_order_twice_in_one_batch_is_applied_then_duplicate(db, pool, make_order):
+    await make_order("S1")
+    # One writer: the first notification goes alone at once, the next three form one batch.
+    ledger = Ledger(pool, batch_max=64, batch_concurrency=1)
+    results = await apply_all(ledger, [note("S1"), note("S1"), note("S1"), note("S1")])
+    assert [r.outcome for r in results] == [Outcome.APPLIED] + [Outcome.DUPLICATE] * 3
+    assert await db.fetchval("SELECT count(*) FROM order_events") == 1
+    xs = await transactions(db)
+    assert len(set(xs)) == 2 and xs[1] == xs[2] == xs[3]  # the three shared one transaction
+
+
+async def test_failed_then_paid_in_one_batch_moves_twice_with_review(db, pool, make_order):
+    order = await make_order("S2")
+    await make_order("S2-warm")
+    ledger = Ledger(pool, batch_concurrency=1)
+    failed = note("S2", target=Status.FAILED, paid_amount_minor=0)
+    paid_at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    paid = note("S2", paid_at=paid_at, provider_trade_no="T-9")
+    results = await apply_all(ledger, [note("S2-warm"), failed, paid])
+    assert [r.outcome for r in results] == [Outcome.APPLIED, Outcome.APPLIED, Outcome.APPLIED_LATE]
+    row = await db.fetchrow("SELECT * FROM orders WHERE id = $1", order["id"])
+    assert (row["status"], row["needs_review"], row["paid_at"], row["provider_trade_no"]) == (
+        "paid",
+        True,
+        paid_at,
+        "T-9",
+    )
+    events = await db.fetch(
+        "SELECT from_status, to_status, notification_id FROM order_events"
+        " WHERE order_id = $1 ORDER BY id",
+        order["id"],
+    )
+    assert [(e[0], e[1]) for e in events] == [("pending", "failed"), ("failed", "paid")]
+    assert [e[2] for e in events] == [results[1].notification_id, results[2].notification_id]
+
+
+async def test_unknown_order_and_mismatch_do_not_disturb_the_batch(db, pool, make_order):
+    await make_order("S3")
+    await make_order("S4")
+    ledger = Ledger(pool, batch_concurrency=1)
+    notes = [note("S3"), note("NONE"), note("S4", paid_amount_minor=1), note("S4")]
+    results = await apply_all(ledger, notes)
+    assert [r.outcome for r in results] == [
+        Outcome.APPLIED,
+        Outcome.UNKNOWN_ORDER,
+        Outcome.AMOUNT_MISMATCH,
+        Outcome.APPLIED,
+    ]
+
+
+async def test_a_row_the_database_refuses_fails_alone(db, pool, make_order):
+    await make_order("S5")
+    await make_order("S6")
+    await make_order("S7")
+    ledger = Ledger(pool, batch_concurrency=1)
+    bad = note("S6", signed_headers={"x": "\u0000"})  # jsonb cannot hold NUL: the batch fails
+    results = await apply_all(ledger, [note("S5"), note("S7"), bad, note("S6")])
+    assert results[0].outcome is Outcome.APPLIED and results[1].outcome is Outcome.APPLIED
+    assert isinstance(results[2], asyncpg.PostgresError)
+    assert results[3].outcome is Outcome.APPLIED
+    statuses = await db.fetch("SELECT out_trade_no, status FROM orders ORDER BY out_trade_no")
+    assert [tuple(r) for r in statuses] == [("S5", "paid"), ("S6", "paid"), ("S7", "paid")]
+
+
+async def test_nonce_twice_in_one_batch_is_a_replay(db, pool, make_order):
+    await make_order("S8")
+    await make_order("S9")
+    ledger = Ledger(pool, batch_concurrency=1)
+    notes = [note("S9"), note("S8", nonce="N" * 32), note("S8", nonce="N" * 32)]
+    results = await apply_all(ledger, notes)
+    assert [r.outcome for r in results] == [Outcome.APPLIED, Outcome.APPLIED, Outcome.REPLAYED]
+
+
+async def test_batch_max_one_is_one_transaction_per_notification(db, pool, make_order):
+    for i in range(5):
+        await make_order(f"T{i}")
+    ledger = Ledger(pool, batch_max=1, batch_concurrency=1)
+    results = await apply_all(ledger, [note(f"T{i}") for i in range(5)])
+    assert {r.outcome for r in results} == {Outcome.APPLIED}
+    assert len(set(await transactions(db))) == 5
+
+
+async def test_concurrent_batches_on_one_order_apply_once(db, pool, make_order):
+    await make_order("C1")
+    ledger = Ledger(pool, batch_max=4, batch_concurrency=4)
+    results = await apply_all(ledger, [note("C1") for _ in range(40)])
+    assert sorted(r.outcome for r in results) == [Outcome.APPLIED] + [Outcome.DUPLICATE] * 39
+    assert await db.fetchval("SELECT count(*) FROM order_events") == 1
+
+
+def test_plan_is_sequential_per_order():
+    orders = {("gopay", M, "P1"): OrderState(1, Status.PENDING, 10000, "CNY", None)}
+    plan = plan_batch(
+        [note("P1", target=Status.CLOSED, paid_amount_minor=0), note("P1"), note("P1")],
+        orders,
+        claimed=set(),
+    )
+    assert [d.outcome for d in plan.decisions] == [
+        Outcome.APPLIED,
+        Outcome.APPLIED_LATE,
+        Outcome.DUPLICATE,
+    ]
+    move = plan.moves[1]
+    assert (move.old_status, move.new_status, move.late) == (Status.PENDING, Status.PAID, True)
