@@ -92,7 +92,7 @@ async def _process(app: web.Application, gateway: Gateway, inbound: Inbound) -> 
 
 
 def _check_source(gateway: Gateway, remote_addr: str | None) -> None:
-    allowed: Sequence[Network] = getattr(gateway, "allowed_ips", ())
+    allowed = gateway.allowed_ips
     if allowed and not address_in(remote_addr, allowed):
         raise Rejected(Outcome.IP_DENIED, f"source address {remote_addr} not allowed")
 

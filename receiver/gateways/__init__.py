@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from receiver.config import Network
 from receiver.notification import Inbound, Notification, Outcome
 
 
@@ -21,6 +22,7 @@ class Gateway(Protocol):
     """What handlers need of a gateway adapter."""
 
     provider: str
+    allowed_ips: tuple[Network, ...]  # source addresses allowed to notify; empty = any
 
     def parse(self, inbound: Inbound) -> Notification:
         """Verify and parse one notification; raise `Rejected` with the outcome otherwise."""
