@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -102,12 +103,20 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from receiver.serve import serve  # noqa: PLC0415
 
+        _check_workers(args.workers)
         return serve(config, host=args.host, port=args.port, workers=args.workers)
     if args.command == "migrate":
         return asyncio.run(_migrate(config))
     if args.orders_command == "add":
         return asyncio.run(_orders_add(config, args))
     return asyncio.run(_orders_show(config, args))
+
+
+def _check_workers(workers: int) -> None:
+    if workers < 1:
+        raise UsageError("--workers must be 1 or more")
+    if workers > 1 and not hasattr(socket, "SO_REUSEPORT"):
+        raise UsageError("--workers above 1 needs SO_REUSEPORT, which this system lacks")
 
 
 @asynccontextmanager
