@@ -1,0 +1,1 @@
+"""The receiver's benchmark (issue 5): `python -m bench`, see `python -m bench --help`."""

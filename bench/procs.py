@@ -1,0 +1,121 @@
+"""CPU time and memory of process trees, read from /proc (Linux), no dependencies.
+
+CPU of a tree = user + system time of every live process in it, plus what each has collected
+from children it reaped: a backend that exits mid-measurement is still counted, through the
+postmaster's cutime/cstime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_TICK = os.sysconf("SC_CLK_TCK")
+_PROC = Path("/proc")
+
+
+@dataclass(frozen=True, slots=True)
+class _Stat:
+    ppid: int
+    cpu_s: float  # utime + stime + cutime + cstime
+
+
+def _stat(pid: int) -> _Stat | None:
+    try:
+        text = (_PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None  # gone since we listed it
+    # Fields after the command name (which may hold spaces and parentheses): state is [0].
+    rest = text[text.rindex(")") + 2 :].split()
+    ticks = sum(int(x) for x in rest[11:15])
+    return _Stat(ppid=int(rest[1]), cpu_s=ticks / _TICK)
+
+
+def _all_stats() -> dict[int, _Stat]:
+    stats = {}
+    for entry in _PROC.iterdir():
+        if entry.name.isdigit() and (s := _stat(int(entry.name))) is not None:
+            stats[int(entry.name)] = s
+    return stats
+
+
+def tree(root: int, stats: dict[int, _Stat] | None = None) -> list[int]:
+    """`root` and all its live descendants."""
+    stats = _all_stats() if stats is None else stats
+    children: dict[int, list[int]] = {}
+    for pid, s in stats.items():
+        children.setdefault(s.ppid, []).append(pid)
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            found.append(pid)
+            todo.extend(children.get(pid, []))
+    return found
+
+
+def cpu_seconds(root: int) -> float:
+    """CPU seconds used so far by the tree under `root` (including reaped children)."""
+    stats = _all_stats()
+    return sum(stats[pid].cpu_s for pid in tree(root, stats))
+
+
+def parent_of(pid: int) -> int:
+    """The parent process id (e.g. the postmaster of a backend)."""
+    s = _stat(pid)
+    if s is None:
+        raise ProcessLookupError(pid)
+    return s.ppid
+
+
+def _status_kb(pid: int, key: str) -> int:
+    try:
+        for line in (_PROC / str(pid) / "status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def rss_mb(root: int) -> float:
+    """Resident memory of the tree now, in MB."""
+    return sum(_status_kb(pid, "VmRSS") for pid in tree(root)) / 1024
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The kernel's high-water mark of one process's resident memory (VmHWM), in MB."""
+    return _status_kb(pid, "VmHWM") / 1024
+
+
+@dataclass(slots=True)
+class RssSampler:
+    """The highest resident memory of a process tree seen in samples every `interval_s`."""
+
+    root: int
+    interval_s: float = 0.1
+    peak_mb: float = field(default=0.0)
+
+    def sample(self) -> None:
+        self.peak_mb = max(self.peak_mb, rss_mb(self.root))
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[RssSampler]:
+        """Sample in the background for as long as the context lasts."""
+        task = asyncio.create_task(self._loop())
+        try:
+            yield self
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self.sample()
+
+    async def _loop(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(self.interval_s)
