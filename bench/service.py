@@ -30,7 +30,11 @@ host = "127.0.0.1"
 port = {port}
 
 [log]
-level = "warning"   # one line per notification costs; the benchmark wants the ledger's cost
+level = "{log_level}"   # "info": one JSON line per notification, as in production
+
+[ledger]
+batch_max = {batch_max}   # 1: one transaction per notification
+batch_concurrency = {batch_concurrency}
 
 [gopay]
 timestamp_tolerance_s = {tolerance}   # 0: freshness and nonce checks off
@@ -59,26 +63,58 @@ def free_port() -> int:
         return port
 
 
-def write_config(directory: Path, *, port: int, platform_key_pem: str, tolerance_s: int) -> Path:
+@dataclass(frozen=True, slots=True)
+class Tuning:
+    """How the service under test is run: the knobs the benchmark compares."""
+
+    workers: int = 1
+    batch_max: int = 64
+    batch_concurrency: int = 2
+    log_level: str = "info"
+
+    def describe(self) -> str:
+        return (
+            f"workers={self.workers} batch_max={self.batch_max} "
+            f"batch_concurrency={self.batch_concurrency} log={self.log_level}"
+        )
+
+
+def write_config(
+    directory: Path, *, port: int, platform_key_pem: str, tolerance_s: int, tuning: Tuning
+) -> Path:
     """The service's TOML configuration with one GoPay merchant and the bench's platform key."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "gopay-platform.pem").write_text(platform_key_pem)
     path = directory / "receiver.toml"
-    path.write_text(CONFIG_TEMPLATE.format(port=port, tolerance=tolerance_s, mchid=MCHID))
+    path.write_text(
+        CONFIG_TEMPLATE.format(
+            port=port,
+            tolerance=tolerance_s,
+            mchid=MCHID,
+            log_level=tuning.log_level,
+            batch_max=tuning.batch_max,
+            batch_concurrency=tuning.batch_concurrency,
+        )
+    )
     return path
 
 
 @asynccontextmanager
 async def receiver(
-    workdir: Path, *, database_url: str, platform_key_pem: str, tolerance_s: int
+    workdir: Path, *, database_url: str, platform_key_pem: str, tolerance_s: int, tuning: Tuning
 ) -> AsyncIterator[Running]:
     """`receiver serve` as a subprocess, ready (its /readyz says 200) until the context ends."""
     port = free_port()
     config = write_config(
-        workdir, port=port, platform_key_pem=platform_key_pem, tolerance_s=tolerance_s
+        workdir,
+        port=port,
+        platform_key_pem=platform_key_pem,
+        tolerance_s=tolerance_s,
+        tuning=tuning,
     )
     exe = Path(sys.executable).with_name("receiver")
     command = [str(exe), "serve", "--config", str(config), "--host", "127.0.0.1"]
+    command += ["--workers", str(tuning.workers)]
     env = {**os.environ, "RECEIVER_DATABASE_URL": database_url}
     async with _process("service", command, env, workdir, port) as running:
         yield running

@@ -130,8 +130,12 @@ def rejected(gw: GoPayGateway, body: bytes, headers: Mapping[str, str]) -> Rejec
 
 
 def signed_body(signer: GoPaySigner, body: bytes, **kwargs: Any) -> dict[str, str]:
-    """Headers signing the charge span of a hand-written body."""
-    start, end = find_charge_span(body)
+    """Headers signing the charge span of a hand-written body (valid or not around it)."""
+    try:
+        start, end = find_charge_span(body)
+    except Rejected:  # invalid elsewhere: sign the first flat object after "charge"
+        start = body.index(b"{", body.index(b'"charge"'))
+        end = body.index(b"}", start) + 1
     kwargs.setdefault("timestamp", str(NOW_MS))
     kwargs.setdefault("nonce", "963613FA553D6405C6E0D345BA32B6DB")
     return signer.headers(body[start:end], **kwargs)

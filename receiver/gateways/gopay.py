@@ -42,11 +42,6 @@ NONCE_HEADER = "x-ca-noncestr"
 TIMESTAMP_HEADER = "x-ca-timestamp"
 SIGNATURE_HEADER = "x-ca-signature"
 
-_WHITESPACE = b" \t\n\r"
-_VALUE_DELIMITERS = b",]}" + _WHITESPACE
-_ESCAPES = frozenset(b'"\\/bfnrtu')
-_HEX = frozenset(b"0123456789abcdefABCDEF")
-_CLOSERS = {ord("{"): ord("}"), ord("["): ord("]")}
 
 _UTF8_CHARSETS = frozenset({"utf-8", "utf8"})
 _TS_DIGITS = {13: 3, 16: 6, 19: 9}  # digits -> decimal places to seconds (ms, us, ns)
@@ -346,26 +341,23 @@ def check_content_type(inbound: Inbound) -> None:
 
 
 def read_charge(body: bytes) -> tuple[bytes, dict[str, Any]]:
-    """The raw charge bytes and the charge parsed from exactly those bytes."""
-    start, end = find_charge_span(body)
-    whole = load_json(body)
-    charge = load_json(body[start:end])
-    # The scan and the parser must agree on what `charge` is; if not, trust neither.
-    if not isinstance(whole, dict) or whole.get("charge") != charge:
-        raise _malformed("charge span does not match the parsed body")
-    assert isinstance(charge, dict)
-    return body[start:end], charge
+    """The raw charge bytes and the charge parsed from exactly those bytes, in one pass."""
+    text = _json_text(body)
+    (start, end), charge = _scan_charge(text)
+    return body[_byte_offset(text, start) : _byte_offset(text, end)], charge
+
+
+def find_charge_span(body: bytes) -> tuple[int, int]:
+    """The byte span [start, end) of the top-level `charge` object, from `{` to its `}`."""
+    text = _json_text(body)
+    (start, end), _ = _scan_charge(text)
+    return _byte_offset(text, start), _byte_offset(text, end)
 
 
 def load_json(data: bytes) -> Any:
     """Strict JSON: UTF-8, Decimal numbers, no NaN/Infinity, no duplicate keys."""
     try:
-        return json.loads(
-            data.decode("utf-8"),
-            parse_float=Decimal,
-            parse_constant=_no_constant,
-            object_pairs_hook=_unique_keys,
-        )
+        return _DECODER.decode(data.decode("utf-8"))
     except (ValueError, RecursionError):
         raise _malformed("body is not valid JSON") from None
 
@@ -381,133 +373,84 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def find_charge_span(body: bytes) -> tuple[int, int]:
-    """The byte span [start, end) of the top-level `charge` object, from `{` to its `}`."""
-    span: tuple[int, int] | None = None
-    for key, start, end in _top_level_members(body):
-        if key != "charge":
-            continue
-        if span is not None:
-            raise _malformed("charge appears twice")
-        if body[start] != ord("{"):
-            raise _malformed("charge is not an object")
-        span = (start, end)
-    if span is None:
+# The standard library's C scanner walks the top-level object: each member value is parsed once,
+# and its end position marks exactly where its bytes stop. Nothing is re-serialised.
+_DECODER = json.JSONDecoder(
+    parse_float=Decimal, parse_constant=_no_constant, object_pairs_hook=_unique_keys
+)
+_WS = re.compile(r"[ \t\n\r]*")
+scanstring: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
+
+
+def _json_text(body: bytes) -> str:
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _malformed("body is not UTF-8") from None
+
+
+def _byte_offset(text: str, index: int) -> int:
+    # PHP's json_encode writes ASCII only; other senders may send raw UTF-8.
+    return index if text.isascii() else len(text[:index].encode("utf-8"))
+
+
+def _scan_charge(text: str) -> tuple[tuple[int, int], dict[str, Any]]:
+    """The character span of the top-level `charge` object and its parsed value."""
+    found: tuple[tuple[int, int], dict[str, Any]] | None = None
+    try:
+        for key, start, end, value in _top_level_members(text):
+            if key != "charge":
+                continue
+            if not isinstance(value, dict):
+                raise _malformed("charge is not an object")
+            found = ((start, end), value)
+    except (ValueError, RecursionError):  # json.JSONDecodeError is a ValueError
+        raise _malformed("body is not valid JSON") from None
+    if found is None:
         raise _malformed("charge is missing")
-    return span
+    return found
 
 
-def _top_level_members(body: bytes) -> Iterator[tuple[str, int, int]]:
-    """(decoded key, value start, value end) for each member of the top-level object."""
-    pos = _expect(body, _skip_ws(body, 0), b"{")
-    if _at(body, _skip_ws(body, pos)) == ord("}"):
-        pos = _skip_ws(body, pos) + 1
-    else:
-        while True:
-            key, start, end = _member(body, _skip_ws(body, pos))
-            yield key, start, end
-            pos = _skip_ws(body, end)
-            if _at(body, pos) != ord(","):
-                pos = _expect(body, pos, b"}")
-                break
-            pos += 1
-    if _skip_ws(body, pos) != len(body):
+def _top_level_members(text: str) -> Iterator[tuple[str, int, int, Any]]:
+    """(key, value start, value end, parsed value) for each member of the top-level object."""
+    pos = _skip(text, 0)
+    if text[pos : pos + 1] != "{":
+        raise _malformed("body is not a JSON object")
+    pos = _skip(text, pos + 1)
+    keys: set[str] = set()
+    while text[pos : pos + 1] != "}" or keys:
+        key, start, end, value = _member(text, pos, keys)
+        yield key, start, end, value
+        pos = _skip(text, end)
+        separator = text[pos : pos + 1]
+        if separator == "}":
+            break
+        if separator != ",":
+            raise _malformed("expected ',' or '}'")
+        pos = _skip(text, pos + 1)
+    if _skip(text, pos + 1) != len(text):
         raise _malformed("data after the top-level object")
 
 
-def _member(body: bytes, pos: int) -> tuple[str, int, int]:
-    if _at(body, pos) != ord('"'):
+def _member(text: str, pos: int, keys: set[str]) -> tuple[str, int, int, Any]:
+    if text[pos : pos + 1] != '"':
         raise _malformed("expected a member name")
-    key_end = _string_end(body, pos)
-    key = _decode_key(body[pos:key_end])
-    start = _skip_ws(body, _expect(body, _skip_ws(body, key_end), b":"))
-    return key, start, _value_end(body, start)
-
-
-def _decode_key(raw: bytes) -> str:
     # Decoded, so an escaped spelling of "charge" is still found (and still counted twice).
-    try:
-        key = json.loads(raw.decode("utf-8"))
-    except ValueError:
-        raise _malformed("member name is not a valid string") from None
-    assert isinstance(key, str)
-    return key
+    key, pos = scanstring(text, pos + 1)
+    if key in keys:
+        raise _malformed(f"{'charge' if key == 'charge' else 'a member name'} appears twice")
+    keys.add(key)
+    pos = _skip(text, pos)
+    if text[pos : pos + 1] != ":":
+        raise _malformed("expected ':' after a member name")
+    start = _skip(text, pos + 1)
+    value, end = _DECODER.raw_decode(text, start)
+    return key, start, end, value
 
 
-def _value_end(body: bytes, pos: int) -> int:
-    first = _at(body, pos)
-    if first == ord('"'):
-        return _string_end(body, pos)
-    if first in _CLOSERS:
-        return _container_end(body, pos)
-    end = pos
-    while end < len(body) and body[end] not in _VALUE_DELIMITERS:
-        end += 1
-    if end == pos:
-        raise _malformed("expected a value")
-    return end  # the literal itself is checked by the full parse
-
-
-def _container_end(body: bytes, pos: int) -> int:
-    """Index after the `}` or `]` closing the container opened at `pos`."""
-    expected: list[int] = []
-    while pos < len(body):
-        byte = body[pos]
-        if byte == ord('"'):
-            pos = _string_end(body, pos)
-            continue
-        if byte in _CLOSERS:
-            expected.append(_CLOSERS[byte])
-        elif byte in (ord("}"), ord("]")):
-            if expected.pop() != byte:
-                raise _malformed("mismatched brackets")
-            if not expected:
-                return pos + 1
-        pos += 1
-    raise _malformed("unterminated object or array")
-
-
-def _string_end(body: bytes, pos: int) -> int:
-    """Index after the closing quote of the string opening at `pos`."""
-    pos += 1
-    while pos < len(body):
-        byte = body[pos]
-        if byte == ord('"'):
-            return pos + 1
-        if byte == ord("\\"):
-            pos = _escape_end(body, pos)
-        else:
-            pos += 1
-    raise _malformed("unterminated string")
-
-
-def _escape_end(body: bytes, pos: int) -> int:
-    kind = _at(body, pos + 1)
-    if kind not in _ESCAPES:
-        raise _malformed("invalid escape in a string")
-    if kind != ord("u"):
-        return pos + 2
-    digits = body[pos + 2 : pos + 6]
-    if len(digits) != 4 or not all(d in _HEX for d in digits):
-        raise _malformed("invalid \\u escape in a string")
-    return pos + 6
-
-
-def _skip_ws(body: bytes, pos: int) -> int:
-    while pos < len(body) and body[pos] in _WHITESPACE:
-        pos += 1
-    return pos
-
-
-def _at(body: bytes, pos: int) -> int:
-    """The byte at `pos`, or -1 past the end."""
-    return body[pos] if pos < len(body) else -1
-
-
-def _expect(body: bytes, pos: int, token: bytes) -> int:
-    if _at(body, pos) != token[0]:
-        raise _malformed(f"expected {token.decode()}")
-    return pos + 1
+def _skip(text: str, pos: int) -> int:
+    match = _WS.match(text, pos)
+    return match.end() if match else pos
 
 
 def _malformed(reason: str) -> Rejected:
