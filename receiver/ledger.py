@@ -1,16 +1,19 @@
 """The ledger: the only place that writes orders, notifications and order_events.
 
-Notifications that arrive together are written together: each batch is one transaction and a
-few round trips (claim nonces, lock the batch's orders, write everything in one statement), and
-every caller gets exactly the outcome it would have had alone, after the commit. Batches form
-while earlier ones are being written ("group commit"): an idle service writes a lone
-notification at once, and under load a notification waits at most for one batch in flight.
+Notifications that arrive together are written together, and every caller gets exactly the
+outcome it would have had alone, after the commit. A batch costs two round trips: one read (the
+orders it names, and which of its nonces were already seen) and one statement that writes
+everything as a single implicit transaction. Batches form while earlier ones are being written
+("group commit"): an idle service writes a lone notification at once, and under load a
+notification waits at most for the batches in flight.
 
-Within a batch, notifications are decided in arrival order against the order rows locked
-`FOR UPDATE`, so two deliveries of one order behave as if sequential. The update is still
-conditional (`WHERE status = old`): if it ever touches fewer rows than planned, the batch rolls
-back and each notification is written alone. A batch that fails for any other database error is
-also retried one notification at a time, so one bad row cannot sink the others.
+Within a batch, notifications are decided in arrival order against the statuses read, so two
+deliveries of one order behave as if sequential. The write is an optimistic lock: each order
+moves with `UPDATE ... WHERE status = old`, each nonce is claimed with `ON CONFLICT`, and if any
+of them touches fewer rows than planned (another writer got there first) the statement aborts,
+nothing it wrote remains, and the batch is read and decided again. A batch that fails for any
+other database error is retried one notification at a time, so one bad row cannot sink the
+others.
 """
 
 from __future__ import annotations
@@ -36,30 +39,26 @@ from receiver.notification import (
 )
 
 OrderKey = tuple[str, str, str]  # provider, merchant_id, out_trade_no
+RACE_RETRIES = 5  # then once more, and a loss after that fails the batch like any error
 
-# A nonce is a replay only if it was seen within the freshness window; older rows are pruned.
-CLAIM_NONCES = """
-INSERT INTO gopay_nonces (nonce) SELECT unnest($1::text[])
-ON CONFLICT (nonce) DO UPDATE SET seen_at = now()
-    WHERE gopay_nonces.seen_at < now() - $2::interval
-RETURNING nonce
-"""
 PRUNE_NONCES = "DELETE FROM gopay_nonces WHERE seen_at < now() - $1::interval"
 
-# Locked in id order, so two batches naming the same orders cannot deadlock on them.
-LOCK_ORDERS = """
+# What a batch is decided against: its orders, and those of its nonces seen within the window.
+READ_BATCH = """
 SELECT o.id, o.provider, o.merchant_id, o.out_trade_no, o.status, o.amount_minor, o.currency,
-       o.channel
+       o.channel, NULL AS nonce
 FROM orders o
 JOIN unnest($1::text[], $2::text[], $3::text[]) AS k (provider, merchant_id, out_trade_no)
   USING (provider, merchant_id, out_trade_no)
-ORDER BY o.id
-FOR UPDATE OF o
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, n.nonce
+FROM gopay_nonces n
+WHERE n.nonce = ANY($4::text[]) AND n.seen_at >= now() - $5::interval
 """
 
-# Everything a batch writes, in one statement. Notification ids are drawn up front, in arrival
-# order, so each caller learns its own id and each event points at the notification that
-# caused it. The trigger on order_events sends the NOTIFY.
+# Everything a batch writes, in one statement and so one transaction. Notification ids are drawn
+# up front, in arrival order, so each caller learns its own id and each event points at the
+# notification that caused it. The trigger on order_events sends the NOTIFY.
 WRITE_BATCH = """
 WITH input AS MATERIALIZED (
     SELECT t.*, nextval(pg_get_serial_sequence('notifications', 'id')) AS nid
@@ -96,8 +95,16 @@ events AS (
     SELECT order_id, from_status, to_status, nid FROM input
     WHERE to_status IS NOT NULL
     ORDER BY ord
+),
+claimed AS (
+    INSERT INTO gopay_nonces (nonce) SELECT unnest($19::text[])
+    ON CONFLICT (nonce) DO UPDATE SET seen_at = now()
+        WHERE gopay_nonces.seen_at < now() - $20::interval
+    RETURNING nonce
 )
-SELECT array_agg(nid ORDER BY ord) AS nids, (SELECT count(*) FROM moved) AS moved
+SELECT array_agg(nid ORDER BY ord) AS nids,
+       receiver_check_batch((SELECT count(*) FROM moved), cardinality($12::bigint[]),
+                            (SELECT count(*) FROM claimed), cardinality($19::text[])) AS ok
 FROM input
 """
 
@@ -162,6 +169,7 @@ class Move:
 class Plan:
     decisions: list[Decision] = field(default_factory=list)
     moves: dict[int, Move] = field(default_factory=dict)
+    claims: list[str] = field(default_factory=list)  # nonces this batch uses first
 
 
 def order_key(n: Notification) -> OrderKey:
@@ -170,18 +178,19 @@ def order_key(n: Notification) -> OrderKey:
 
 
 def plan_batch(
-    notes: Sequence[Notification], orders: Mapping[OrderKey, OrderState], claimed: set[str]
+    notes: Sequence[Notification], orders: Mapping[OrderKey, OrderState], seen: set[str]
 ) -> Plan:
     """Decide a batch in arrival order, as if each notification were written alone."""
     plan = Plan()
     status = {key: order.status for key, order in orders.items()}
     used: set[str] = set()
     for n in notes:
-        decision = _decide_one(n, orders, status, claimed=claimed, used=used)
+        decision = _decide_one(n, orders, status, seen=seen, used=used)
         plan.decisions.append(decision)
         if decision.to_status is not None:
             status[order_key(n)] = decision.to_status
             _record_move(plan, n, decision)
+    plan.claims = list(used)
     return plan
 
 
@@ -190,11 +199,11 @@ def _decide_one(
     orders: Mapping[OrderKey, OrderState],
     status: Mapping[OrderKey, Status],
     *,
-    claimed: set[str],
+    seen: set[str],
     used: set[str],
 ) -> Decision:
     if n.nonce is not None:
-        if n.nonce in used or n.nonce not in claimed:
+        if n.nonce in used or n.nonce in seen:
             return Decision(Outcome.REPLAYED, detail="nonce already seen")
         used.add(n.nonce)
     order = orders.get(order_key(n))
@@ -218,10 +227,6 @@ def _record_move(plan: Plan, n: Notification, d: Decision) -> None:
     move.provider_trade_no = n.provider_trade_no or move.provider_trade_no
     if d.to_status is Status.PAID:
         move.paid_amount_minor, move.paid_at = n.paid_amount_minor, n.paid_at
-
-
-class _LostRace(Exception):
-    """The conditional update moved fewer orders than planned; retry one at a time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,10 +280,10 @@ class Ledger:
 
     async def _settle(self, batch: list[_Item]) -> None:
         try:
-            results = await self._write(batch)
+            results = await self._write_retrying(batch)
         except CONNECTION_ERRORS as exc:
             _fail(batch, DatabaseUnavailable(describe_connection_error(exc)))
-        except (asyncpg.PostgresError, _LostRace) as exc:
+        except asyncpg.PostgresError as exc:
             if len(batch) == 1:
                 _fail(batch, exc)
             else:
@@ -291,38 +296,41 @@ class Ledger:
                 if not item.future.done():
                     item.future.set_result(result)
 
+    async def _write_retrying(self, batch: Sequence[_Item]) -> list[Result]:
+        """Read, decide, write; again while another writer moves the same orders first."""
+        for _ in range(RACE_RETRIES):
+            try:
+                return await self._write(batch)
+            except asyncpg.SerializationError:
+                continue
+        return await self._write(batch)
+
     async def _write(self, batch: Sequence[_Item]) -> list[Result]:
         notes = [item.n for item in batch]
-        async with self._pool.acquire() as conn, conn.transaction():
-            claimed = await self._claim_nonces(conn, notes)
-            orders = await self._lock_orders(conn, notes)
-            plan = plan_batch(notes, orders, claimed)
+        async with self._pool.acquire() as conn:
+            orders, seen = await self._read(conn, notes)
+            plan = plan_batch(notes, orders, seen)
             nids = await self._write_plan(conn, batch, plan)
         return [
             _result(item.n, d, nid)
             for item, d, nid in zip(batch, plan.decisions, nids, strict=True)
         ]
 
-    async def _claim_nonces(
-        self, conn: asyncpg.Connection, notes: Iterable[Notification]
-    ) -> set[str]:
-        nonces = list(dict.fromkeys(n.nonce for n in notes if n.nonce is not None))
-        if not nonces:
-            return set()
-        rows = await conn.fetch(CLAIM_NONCES, nonces, self._nonce_window)
-        return {r["nonce"] for r in rows}
-
-    async def _lock_orders(
-        self, conn: asyncpg.Connection, notes: Iterable[Notification]
-    ) -> dict[OrderKey, OrderState]:
+    async def _read(
+        self, conn: asyncpg.Connection, notes: Sequence[Notification]
+    ) -> tuple[dict[OrderKey, OrderState], set[str]]:
         keys = list(dict.fromkeys(order_key(n) for n in notes))
-        rows = await conn.fetch(LOCK_ORDERS, *(list(column) for column in zip(*keys, strict=True)))
-        return {
+        nonces = [n.nonce for n in notes if n.nonce is not None]
+        columns = [list(column) for column in zip(*keys, strict=True)]
+        rows = await conn.fetch(READ_BATCH, *columns, nonces, self._nonce_window)
+        orders = {
             (r["provider"], r["merchant_id"], r["out_trade_no"]): OrderState(
                 r["id"], Status(r["status"]), r["amount_minor"], r["currency"], r["channel"]
             )
             for r in rows
+            if r["nonce"] is None
         }
+        return orders, {r["nonce"] for r in rows if r["nonce"] is not None}
 
     async def _write_plan(
         self, conn: asyncpg.Connection, batch: Sequence[_Item], plan: Plan
@@ -332,9 +340,9 @@ class Ledger:
             for item, d in zip(batch, plan.decisions, strict=True)
         ]
         moves = [_move_row(m) for m in plan.moves.values()]
-        record = await conn.fetchrow(WRITE_BATCH, *_columns(rows, 11), *_columns(moves, 7))
-        if record["moved"] != len(moves):
-            raise _LostRace(f"moved {record['moved']} of {len(moves)} orders")
+        record = await conn.fetchrow(
+            WRITE_BATCH, *_columns(rows, 11), *_columns(moves, 7), plan.claims, self._nonce_window
+        )
         return list(record["nids"])
 
     async def reject(self, inbound: Inbound, rejected: Rejected) -> Result:

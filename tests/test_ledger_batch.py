@@ -145,7 +145,7 @@ def test_plan_is_sequential_per_order():
     plan = plan_batch(
         [note("P1", target=Status.CLOSED, paid_amount_minor=0), note("P1"), note("P1")],
         orders,
-        claimed=set(),
+        seen=set(),
     )
     assert [d.outcome for d in plan.decisions] == [
         Outcome.APPLIED,
