@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
@@ -37,16 +39,21 @@ TABLES = "order_events, notifications, orders, gopay_nonces"
 
 
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def database_url() -> Iterator[str]:
     """TEST_DATABASE_URL when set, else an embedded server for this test session."""
     url = os.environ.get("TEST_DATABASE_URL")
     if url:
         yield url
         return
-    server = database.EmbeddedPostgres(tmp_path_factory.mktemp("pg"), cleanup_mode="delete")
-    url = asyncio.run(server.start())
-    yield url
-    asyncio.run(server.stop())
+    # Not under pytest's tmp_path: a second pytest run resets that tree to mode 0700, and the
+    # embedded server runs as its own user when the tests run as root.
+    data_dir = Path(tempfile.mkdtemp(prefix="receiver-tests-pg-"))
+    server = database.EmbeddedPostgres(data_dir, cleanup_mode="delete")
+    try:
+        yield asyncio.run(server.start())
+    finally:
+        asyncio.run(server.stop())
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
