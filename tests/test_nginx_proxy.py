@@ -93,7 +93,9 @@ def nginx(receiver_port: int, tmp_path: Path) -> Iterator[tuple[int, Path]]:
     prefix = tmp_path / "nginx"
     (prefix / "tls").mkdir(parents=True)
     (prefix / "logs").mkdir()
-    cert, _ = self_signed(prefix / "tls")
+    cert, key = self_signed(prefix / "tls")
+    cert = cert.rename(prefix / "tls" / "receiver.crt")  # the names the site file uses
+    key.rename(prefix / "tls" / "receiver.key")
     port = free_port()
     (prefix / "receiver.conf").write_text(
         site_for_test(prefix, listen=port, upstream=receiver_port)
