@@ -207,20 +207,7 @@ def _sign_workload(
     sim: GoPaySimulator, options: Options, workdir: Path
 ) -> tuple[RequestSet, RequestSet]:
     started = time.monotonic()
-    sets = []
-    for label, seconds in (("W", max(options.warmup, 1)), ("M", options.seconds)):
-        distinct = math.ceil(options.max_rate * seconds * (1 - DUPLICATE_SHARE))
-        sets.append(
-            write_request_set(
-                sim,
-                prefix=workdir / f"requests-{label}",
-                label=label,
-                distinct=distinct,
-                duplicate_share=DUPLICATE_SHARE,
-                threads=options.threads,
-                seed=len(sets),
-            )
-        )
+    sets = _request_sets(sim, options, workdir, labels=("W", "M"), seed=0)
     warm, measured = sets
     _say(
         f"workload: {measured.deliveries} pre-signed deliveries for {len(measured.out_trade_nos)}"
@@ -425,24 +412,37 @@ async def _check_invariants(conn: asyncpg.Connection, loads: list[LoadResult]) -
     )
 
 
-async def _nonce_variant(ctx: Context, sim: GoPaySimulator, workdir: Path) -> Phase:
-    o = ctx.options
-    _say("\nvariant: timestamp_tolerance_s = 900 (freshness and nonce checks on)")
+def _request_sets(
+    sim: GoPaySimulator,
+    options: Options,
+    workdir: Path,
+    *,
+    labels: tuple[str, str],
+    seed: int,
+    fresh: bool = False,
+) -> list[RequestSet]:
+    """A warm-up set and a measured set of pre-signed deliveries."""
     sets = []
-    for label, seconds in (("NW", max(o.warmup, 1)), ("N", o.seconds)):
-        distinct = math.ceil(o.max_rate * seconds * (1 - DUPLICATE_SHARE))
+    for label, seconds in zip(labels, (max(options.warmup, 1), options.seconds), strict=True):
         sets.append(
             write_request_set(
                 sim,
                 prefix=workdir / f"requests-{label}",
                 label=label,
-                distinct=distinct,
+                distinct=math.ceil(options.max_rate * seconds * (1 - DUPLICATE_SHARE)),
                 duplicate_share=DUPLICATE_SHARE,
-                threads=o.threads,
-                seed=10 + len(sets),
-                fresh_duplicates=True,
+                threads=options.threads,
+                seed=seed + len(sets),
+                fresh_duplicates=fresh,
             )
         )
+    return sets
+
+
+async def _nonce_variant(ctx: Context, sim: GoPaySimulator, workdir: Path) -> Phase:
+    o = ctx.options
+    _say("\nvariant: timestamp_tolerance_s = 900 (freshness and nonce checks on)")
+    sets = _request_sets(sim, o, workdir, labels=("NW", "N"), seed=10, fresh=True)
     async with service.receiver(
         workdir / "service-nonce",
         database_url=ctx.url,
