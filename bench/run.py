@@ -24,7 +24,7 @@ from typing import Any
 
 import asyncpg
 
-from bench import pg, procs, service
+from bench import pg, procs, profile, service
 from bench.loadgen import LoadResult, PythonLoad, Wrk, find_wrk
 from bench.pg import BenchError, PgbenchResult
 from bench.workload import RequestSet, create_orders, write_request_set
@@ -46,6 +46,7 @@ class Options:
     nonce_variant: bool
     install_wrk: bool
     json_path: Path | None
+    profile_path: Path | None
     tuning: service.Tuning
 
 
@@ -109,6 +110,13 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--batch-concurrency", type=int, default=2, help="ledger.batch_concurrency")
     p.add_argument("--log-level", default="info", help="service log.level")
     p.add_argument("--json", type=Path, help="write the figures to this file")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        metavar="FILE",
+        help="py-spy the service in run 1's measured phase: collapsed stacks to FILE, top lines"
+        " printed (figures of that run include py-spy's CPU use)",
+    )
     a = p.parse_args(argv)
     if a.quick:
         a.seconds, a.runs, a.warmup = 5, 1, 1
@@ -127,6 +135,7 @@ def parse_args(argv: list[str] | None) -> Options:
         nonce_variant=a.nonce_variant,
         install_wrk=not a.no_install,
         json_path=a.json,
+        profile_path=a.profile,
         tuning=service.Tuning(
             workers=a.workers,
             batch_max=a.batch_max,
@@ -307,9 +316,10 @@ async def _service_phase(
     await pg.wait_until_recorded(conn, expected=sum(p.sent for p in phases))
     svc0, pg0 = procs.cpu_seconds(svc.pid), procs.cpu_seconds(ctx.info.postmaster_pid)
     gen0 = _children_cpu_s()
+    spy = await _start_profile(ctx, svc)
     async with procs.RssSampler(svc.pid).running() as rss:
         load = await _drive(ctx, svc, measured.prefix, o.seconds)
-        gen_cpu = _children_cpu_s() - gen0
+        gen_cpu = _children_cpu_s() - gen0  # before py-spy, also a child, is reaped
         await pg.wait_until_recorded(conn, expected=sum(p.sent for p in phases) + load.sent)
     phase = Phase(
         load=load,
@@ -321,7 +331,24 @@ async def _service_phase(
     )
     _report_phase("service", phase)
     await _check_invariants(conn, [*phases, load])
+    await _report_profile(ctx, spy)
     return phase
+
+
+async def _start_profile(ctx: Context, svc: service.Running) -> asyncio.subprocess.Process | None:
+    path = ctx.options.profile_path
+    if path is None or path.exists():  # run 1 only
+        return None
+    return await profile.record(svc.pid, ctx.options.seconds, path)
+
+
+async def _report_profile(ctx: Context, spy: asyncio.subprocess.Process | None) -> None:
+    if spy is None or ctx.options.profile_path is None:
+        return
+    if await spy.wait() != 0 or not ctx.options.profile_path.exists():
+        raise BenchError(f"py-spy failed (exit {spy.returncode}); is ptrace allowed here?")
+    for line in profile.summarise(ctx.options.profile_path.read_text()).top(20):
+        _say("  " + line)
 
 
 async def _drive(ctx: Context, target: service.Running, prefix: Path, seconds: int) -> LoadResult:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import asyncpg
-import structlog
 from aiohttp import web
 
 from receiver import database
-from receiver.appkeys import CONFIG, GATEWAYS, LEDGER, POOL
+from receiver.appkeys import CONFIG, GATEWAYS, IN_FLIGHT, LEDGER, POOL, InFlight
 from receiver.config import Config
 from receiver.errors import DatabaseUnavailable
 from receiver.gateways import Gateway
@@ -21,7 +21,7 @@ from receiver.gateways.baofoo import BaofooGateway
 from receiver.gateways.gopay import GoPayGateway
 from receiver.handlers import healthz, notify
 from receiver.ledger import Ledger
-from receiver.logging import get_logger
+from receiver.logging import bind_request_id, get_logger
 
 log = get_logger(__name__)
 
@@ -31,6 +31,17 @@ NONCE_PRUNE_INTERVAL_S = 300.0
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 _READY_ERRORS: tuple[type[BaseException], ...] = (*database.CONNECTION_ERRORS, DatabaseUnavailable)
+
+# Request ids: a random prefix per process and a counter, as unique as uuid4 across restarts and
+# workers, without a urandom call per request.
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_id_counter = itertools.count(1)
+
+
+def new_request_id() -> str:
+    """A fresh request id: 16 random hex digits for this process, a dash, a counter."""
+    return f"{_ID_PREFIX}-{next(_id_counter):x}"
+
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -46,35 +57,51 @@ def build_gateways(config: Config) -> dict[str, Gateway]:
 
 def create_app(config: Config, *, gateways: Mapping[str, Gateway] | None = None) -> web.Application:
     """The receiver as an aiohttp application; raises ConfigError for a bad configuration."""
-    app = web.Application(middlewares=[request_context])
+    app = web.Application()
     app[CONFIG] = config
     app[GATEWAYS] = dict(gateways) if gateways is not None else build_gateways(config)
+    in_flight = app[IN_FLIGHT] = InFlight()
     app.cleanup_ctx.append(database_ctx)
     app.cleanup_ctx.append(nonce_pruner_ctx)
-    app.router.add_route("*", "/notify/{provider}", notify)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    app.router.add_route("*", "/notify/{provider}", in_context(notify, in_flight))
+    app.router.add_get("/healthz", in_context(healthz, in_flight))
+    app.router.add_get("/readyz", in_context(readyz, in_flight))
     return app
 
 
-@web.middleware
-async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bind a request id to every log line; turn any unexpected error into a plain 503."""
-    given = request.headers.get("X-Request-Id", "")
-    request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=request_id)
-    try:
-        response = await handler(request)
-    except web.HTTPException:
-        raise
-    except Exception:
-        # A bug must not become a 500 with a traceback, nor an acknowledgement: 503 makes the
-        # gateway retry, and the traceback goes to the operator's log only.
-        log.exception("unhandled_error", path=request.path)
-        response = _unhandled_reply(request)
-    response.headers["X-Request-Id"] = request_id
-    return response
+def in_context(handler: Handler, in_flight: InFlight) -> Handler:
+    """`handler` with a request id on its log lines and its reply, counted in `in_flight`, and
+    any unexpected error turned into a plain 503.
+
+    A wrapper rather than aiohttp middleware: each middleware adds its own layer (and aiohttp
+    one more) to every request, and this runs on every notification.
+    """
+
+    async def handle_in_context(request: web.Request) -> web.StreamResponse:
+        in_flight.count += 1
+        in_flight.idle.clear()
+        given = request.headers.get("X-Request-Id", "")
+        request_id = given if _REQUEST_ID.match(given) else new_request_id()
+        bind_request_id(request_id)
+        try:
+            response = await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception:
+            # A bug must not become a 500 with a traceback, nor an acknowledgement: 503 makes
+            # the gateway retry, and the traceback goes to the operator's log only.
+            log.exception("unhandled_error", path=request.path)
+            response = _unhandled_reply(request)
+        finally:
+            in_flight.count -= 1
+            if not in_flight.count:
+                in_flight.idle.set()
+        response.headers["X-Request-Id"] = request_id
+        if in_flight.draining:
+            response.force_close()  # a keep-alive connection takes no more requests
+        return response
+
+    return handle_in_context
 
 
 def _unhandled_reply(request: web.Request) -> web.Response:

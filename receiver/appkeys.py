@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 from aiohttp import web
 
@@ -9,7 +11,19 @@ from receiver.config import Config
 from receiver.gateways import Gateway
 from receiver.ledger import Ledger
 
+
+class InFlight:
+    """Counts requests inside the handlers, so that shutdown can wait for them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.draining = False
+
+
 CONFIG = web.AppKey("config", Config)
 GATEWAYS = web.AppKey("gateways", dict[str, Gateway])
 POOL = web.AppKey("pool", asyncpg.Pool)
 LEDGER = web.AppKey("ledger", Ledger)
+IN_FLIGHT = web.AppKey("in_flight", InFlight)

@@ -114,6 +114,11 @@ async def read_body(request: web.Request, *, limit: int, timeout_s: float) -> by
     declared = request.content_length
     if declared is not None and declared > limit:
         raise BodyRefused(413, f"body of {declared} bytes is over the {limit}-byte limit")
+    if request.content.is_eof():  # usual: the body came with the headers, nothing to wait for
+        body = await request.content.read()
+        if len(body) > limit:
+            raise BodyRefused(413, f"body is over the {limit}-byte limit")
+        return body
     chunks: list[bytes] = []
     size = 0
     try:

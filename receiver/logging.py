@@ -1,12 +1,24 @@
-"""structlog configuration: one JSON object per line on stdout, or a console format."""
+"""structlog configuration: one JSON object per line on stdout, or a console format.
+
+The JSON chain is on every notification's path, so it is kept short: the request id comes from
+one context variable (not a scan of every context variable), the timestamp text is reused within
+a second, and lines are written whole, one write(2) per event-loop turn for all the lines of
+that turn (never later: a line is on its way before the loop waits for anything).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import json
 import logging
+import os
 import re
 import sys
+import time
 from collections.abc import MutableMapping
-from typing import Any
+from contextvars import ContextVar
+from typing import Any, TextIO
 
 import structlog
 
@@ -21,6 +33,23 @@ _NOT_ACCOUNTS = frozenset(
     {"out_trade_no", "merchant_id", "request_id", "notification_id", "order_id", "pid"}
 )
 
+_REQUEST_ID: ContextVar[str | None] = ContextVar("receiver_request_id", default=None)
+
+
+def bind_request_id(request_id: str) -> None:
+    """Put `request_id` on every line logged from here on in this task (and tasks it starts)."""
+    _REQUEST_ID.set(request_id)
+
+
+def add_request_id(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """The processor that adds the bound request id, when there is one."""
+    request_id = _REQUEST_ID.get()
+    if request_id is not None:
+        event.setdefault("request_id", request_id)
+    return event
+
 
 def mask_account_numbers(text: str) -> str:
     """Replace every run of 12+ digits by asterisks and its last 4 digits."""
@@ -29,34 +58,147 @@ def mask_account_numbers(text: str) -> str:
 
 def redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Drop secret fields and mask account numbers in every string field."""
-    for key in list(event):
-        if key.lower() in _SECRET_KEYS:
+    for key, value in event.items():
+        kind = _KEY_KINDS.get(key) or _key_kind(key)
+        if kind is _SECRET:
             event[key] = "[redacted]"
-        elif isinstance(event[key], str) and key not in _NOT_ACCOUNTS:
-            event[key] = mask_account_numbers(event[key])
+        elif kind is _MASK and isinstance(value, str) and _ACCOUNT.search(value):
+            event[key] = mask_account_numbers(value)
     return event
+
+
+_SECRET, _MASK, _KEEP = "secret", "mask", "keep"
+_KEY_KINDS: dict[str, str] = {}  # field name -> what redact does with it, learnt per name
+_KEY_KINDS_MAX = 1024
+
+
+def _key_kind(key: str) -> str:
+    kind = _MASK
+    if key.lower() in _SECRET_KEYS:
+        kind = _SECRET
+    elif key in _NOT_ACCOUNTS:
+        kind = _KEEP
+    if len(_KEY_KINDS) < _KEY_KINDS_MAX:
+        _KEY_KINDS[key] = kind
+    return kind
+
+
+class _UtcTimestamp:
+    """`timestamp`: ISO 8601 in UTC with microseconds and a Z, the date part cached per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(
+        self, _logger: Any, _name: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        event["timestamp"] = f"{self._prefix}.{int((now - second) * 1e6):06d}Z"
+        return event
+
+
+def _json_fallback(value: object) -> str:
+    return repr(value)
+
+
+_encode_json = json.JSONEncoder(default=_json_fallback).encode
+
+
+def render_json(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> str:
+    """The event as one line of JSON (non-JSON values as their repr)."""
+    return _encode_json(event)
+
+
+class LineWriter:
+    """A structlog logger: each line whole, on `stream`'s file descriptor.
+
+    Inside a running event loop, the lines of one loop turn are joined and written with one
+    write(2) at the start of the next turn; outside a loop, each line is written at once. A write
+    up to PIPE_BUF bytes is atomic, so processes sharing stdout never interleave inside a line.
+    A stream without a file descriptor (a test's capture) is written and flushed instead.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        stream.flush()
+        self._stream = stream
+        try:
+            self._fd: int | None = stream.fileno()
+        except (OSError, ValueError):
+            self._fd = None
+        self._pending: list[str] = []
+        atexit.register(self.flush)
+
+    def msg(self, message: str) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop in this thread: write now
+            self._write(message + "\n")
+            return
+        self._pending.append(message)
+        if len(self._pending) == 1:
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        if self._pending:
+            lines, self._pending = self._pending, []
+            self._write("\n".join(lines) + "\n")
+
+    def _write(self, text: str) -> None:
+        if self._fd is None:
+            self._stream.write(text)
+            self._stream.flush()
+            return
+        data = text.encode("utf-8", errors="replace")
+        while data:
+            data = data[os.write(self._fd, data) :]
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
 
 
 def configure_logging(*, fmt: str = "json", level: str = "info", cache: bool = True) -> None:
     """Configure structlog for the process (call once, from the CLI)."""
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
-    )
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+    common: list[Any] = [add_request_id, structlog.processors.add_log_level]
+    if fmt == "json":
+        processors = [
+            *common,
+            _UtcTimestamp(),
             structlog.processors.format_exc_info,
             redact,
-            renderer,
-        ],
+            render_json,
+        ]
+        factory: Any = line_writer_factory(sys.stdout)
+    else:
+        processors = [
+            *common,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact,
+            structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty()),
+        ]
+        factory = structlog.PrintLoggerFactory(sys.stdout)
+    structlog.configure(
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=factory,
         cache_logger_on_first_use=cache,
     )
+
+
+def line_writer_factory(stream: TextIO) -> Any:
+    """A structlog logger factory whose loggers share one LineWriter on `stream`."""
+    writer: LineWriter | None = None
+
+    def factory(*_args: Any) -> LineWriter:
+        nonlocal writer
+        if writer is None:
+            writer = LineWriter(stream)
+        return writer
+
+    return factory
 
 
 def get_logger(name: str) -> Any:

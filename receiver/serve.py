@@ -37,16 +37,17 @@ from dataclasses import dataclass, field, replace
 from multiprocessing.connection import wait as wait_for_sentinels
 from multiprocessing.process import BaseProcess
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any
 
 import structlog
 from aiohttp import web
 
 from receiver import database
 from receiver.app import build_gateways, create_app
+from receiver.appkeys import IN_FLIGHT
 from receiver.config import Config, ServerConfig
 from receiver.errors import ConfigError, DatabaseUnavailable
-from receiver.logging import configure_logging, get_logger
+from receiver.logging import configure_logging, get_logger, line_writer_factory
 
 log = get_logger(__name__)
 
@@ -121,8 +122,7 @@ async def _serve_until_stopped(
     """
     stop = _StopSignals()
     stop.install()
-    in_flight = _InFlight()
-    app.middlewares.insert(0, in_flight.middleware)
+    in_flight = app[IN_FLIGHT]
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=CANCEL_GRACE_S)
     try:
         if not await stop.unless_requested(runner.setup()):  # database, migrations
@@ -188,34 +188,9 @@ async def _first(work: Awaitable[Any], interrupt: asyncio.Event, *, within_s: fl
     return False
 
 
-class _InFlight:
-    """Counts requests inside the handlers, so that shutdown can wait for them."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.idle = asyncio.Event()
-        self.idle.set()
-        self.draining = False
-
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        self.count += 1
-        self.idle.clear()
-        try:
-            response = await handler(request)
-            if self.draining:
-                response.force_close()  # a keep-alive connection takes no more requests
-            return response
-        finally:
-            self.count -= 1
-            if not self.count:
-                self.idle.set()
-
-
 def bind_pid_to_logs() -> None:
-    """Add this process's pid to every log line, and write each line with a single write(2):
-    workers share stdout, and structlog's print() writes the newline separately, so lines
-    from two processes could interleave."""
+    """Add this process's pid to every log line, and write each line whole with write(2) (the
+    console format too): workers share stdout, so lines from two processes must not interleave."""
     pid = os.getpid()
 
     def add_pid(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
@@ -224,23 +199,8 @@ def bind_pid_to_logs() -> None:
 
     processors = structlog.get_config()["processors"]
     structlog.configure(
-        processors=[add_pid, *processors], logger_factory=lambda *_: _LineLogger(sys.stdout)
+        processors=[add_pid, *processors], logger_factory=line_writer_factory(sys.stdout)
     )
-
-
-class _LineLogger:
-    """A structlog logger that writes each line whole (one write up to PIPE_BUF is atomic)."""
-
-    def __init__(self, stream: TextIO) -> None:
-        stream.flush()
-        self._fd = stream.fileno()
-
-    def msg(self, message: str) -> None:
-        data = (message + "\n").encode("utf-8", errors="replace")
-        while data:
-            data = data[os.write(self._fd, data) :]
-
-    log = debug = info = warn = warning = error = critical = exception = fatal = msg
 
 
 def _orphan_watch(parent_pid: int) -> Any:

@@ -12,6 +12,7 @@ import pytest
 import structlog
 from aiohttp.test_utils import TestClient
 
+from receiver.logging import add_request_id
 from tests.conftest import GOPAY_MCHID
 from tests.gopay_signer import GoPaySigner, new_rsa_key
 
@@ -296,9 +297,7 @@ async def test_fifty_concurrent_deliveries_apply_once(client, db, signer, make_o
 async def test_one_log_line_per_notification_without_secrets(client, db, signer, make_order):
     await make_order("LG1")
     body, headers = signer.notify(charge("LG1"))
-    with structlog.testing.capture_logs(
-        processors=[structlog.contextvars.merge_contextvars]
-    ) as logs:
+    with structlog.testing.capture_logs(processors=[add_request_id]) as logs:
         resp = await client.post("/notify/gopay", data=body, headers=headers)
     lines = [e for e in logs if e["event"] == "notification"]
     assert len(lines) == 1

@@ -1,0 +1,118 @@
+"""The JSON log writer: whole lines, one write per event-loop turn, request ids, redaction."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import os
+import re
+from collections.abc import Iterator
+
+import pytest
+import structlog
+
+from receiver.app import new_request_id
+from receiver.logging import LineWriter, bind_request_id, configure_logging, redact
+
+
+@contextlib.contextmanager
+def pipe_stream() -> Iterator[tuple[io.TextIOWrapper, int]]:
+    """A text stream on the write end of a pipe, and the read end's descriptor."""
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    stream = os.fdopen(w, "w")
+    try:
+        yield stream, r
+    finally:
+        stream.close()
+        os.close(r)
+
+
+def read_available(fd: int) -> bytes:
+    try:
+        return os.read(fd, 1 << 16)
+    except BlockingIOError:
+        return b""
+
+
+def test_outside_an_event_loop_each_line_is_written_at_once():
+    with pipe_stream() as (stream, r):
+        writer = LineWriter(stream)
+        writer.msg('{"event": "a"}')
+        assert read_available(r) == b'{"event": "a"}\n'
+        writer.msg('{"event": "b"}')
+        assert read_available(r) == b'{"event": "b"}\n'
+
+
+async def test_lines_of_one_loop_turn_go_out_together_at_the_next_turn():
+    with pipe_stream() as (stream, r):
+        writer = LineWriter(stream)
+        for n in range(3):
+            writer.msg(json.dumps({"event": "e", "n": n}))
+        assert read_available(r) == b""  # still this turn
+        await asyncio.sleep(0)
+        lines = read_available(r).decode().splitlines()
+        assert [json.loads(x)["n"] for x in lines] == [0, 1, 2]
+        writer.msg("{}")
+        await asyncio.sleep(0)
+        assert read_available(r) == b"{}\n"
+
+
+async def test_pending_lines_are_written_by_an_explicit_flush():
+    with pipe_stream() as (stream, r):
+        writer = LineWriter(stream)
+        writer.msg("{}")
+        writer.flush()
+        assert read_available(r) == b"{}\n"
+        await asyncio.sleep(0)
+        assert read_available(r) == b""  # the scheduled flush finds nothing left
+
+
+def test_a_stream_without_a_descriptor_is_written_through():
+    stream = io.StringIO()
+    LineWriter(stream).msg("{}")
+    assert stream.getvalue() == "{}\n"
+
+
+async def test_json_lines_carry_level_timestamp_and_the_bound_request_id(capsys):
+    configure_logging(fmt="json", level="info", cache=False)
+    try:
+        bind_request_id("rid-1")
+        structlog.get_logger().info("probe", amount_minor=100)
+        structlog.get_logger().debug("hidden")
+        await asyncio.sleep(0)
+    finally:
+        structlog.reset_defaults()
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1
+    line = json.loads(lines[0])
+    assert {k: line[k] for k in ("event", "level", "request_id", "amount_minor")} == {
+        "event": "probe",
+        "level": "info",
+        "request_id": "rid-1",
+        "amount_minor": 100,
+    }
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", line["timestamp"])
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "logged"),
+    [
+        ("Signature", "c2VjcmV0", "[redacted]"),  # any case
+        ("md5_key", "abc", "[redacted]"),
+        ("reason", "card 6228480415647314871", "card ***************4871"),
+        ("out_trade_no", "6228480415647314871", "6228480415647314871"),  # an id, not an account
+        ("reason", "order 12345678", "order 12345678"),
+        ("count", 62284804156473148, 62284804156473148),  # not text
+    ],
+)
+def test_redaction_by_field_name_and_value(field, value, logged):
+    assert redact(None, "info", {field: value})[field] == logged
+
+
+def test_request_ids_are_unique_and_fit_the_accepted_pattern():
+    ids = {new_request_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(re.fullmatch(r"[0-9a-f]{16}-[0-9a-f]+", i) for i in ids)
