@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
+from receiver.database import create_pool
 from receiver.ledger import Ledger, OrderState, plan_batch
 from receiver.notification import Inbound, Notification, Outcome, Status
 
@@ -34,9 +35,15 @@ def inbound(body: bytes = b"{}") -> Inbound:
 
 @pytest.fixture
 async def pool(db, migrated) -> AsyncIterator[asyncpg.Pool]:
-    p = await asyncpg.create_pool(migrated, min_size=1, max_size=4)
+    p = await create_pool(migrated, min_size=1, max_size=4)  # the service's own settings
     yield p
     await p.close()
+
+
+async def test_the_pool_plans_the_ledgers_statements_generically(pool):
+    # Custom plans would be made afresh for every batch, costing more than running it.
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
 
 
 async def apply_all(ledger: Ledger, notes: list[Notification]) -> list:
