@@ -148,6 +148,8 @@ def parse_args(argv: list[str] | None) -> Options:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 1 when an invariant breaks or something fails, 2 on bad usage."""
     options = parse_args(argv)
+    if options.profile_path is not None:
+        options.profile_path.unlink(missing_ok=True)  # its presence marks run 1 as profiled
     try:
         asyncio.run(bench(options))
     except BenchError as exc:
