@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,7 @@ class Options:
     install_wrk: bool
     json_path: Path | None
     profile_path: Path | None
+    keep: Path | None
     tuning: service.Tuning
 
 
@@ -111,6 +114,12 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--log-level", default="info", help="service log.level")
     p.add_argument("--json", type=Path, help="write the figures to this file")
     p.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="work in DIR and keep it (the service's log, configuration and request files)",
+    )
+    p.add_argument(
         "--profile",
         type=Path,
         metavar="FILE",
@@ -136,6 +145,7 @@ def parse_args(argv: list[str] | None) -> Options:
         install_wrk=not a.no_install,
         json_path=a.json,
         profile_path=a.profile,
+        keep=a.keep,
         tuning=service.Tuning(
             workers=a.workers,
             batch_max=a.batch_max,
@@ -164,8 +174,7 @@ def _say(text: str = "") -> None:
 
 async def bench(options: Options) -> None:
     """The whole benchmark, from a fresh database to the summary."""
-    with tempfile.TemporaryDirectory(prefix="receiver-bench-") as tmp:
-        workdir = Path(tmp)
+    with _workdir(options.keep) as workdir:
         generator = _load_generator(options)
         pgbench_exe = pg.find_pgbench()
         if pgbench_exe is None:
@@ -188,6 +197,17 @@ async def bench(options: Options) -> None:
             )
             runs, variant = await _all_runs(ctx, sim, workdir)
         _summary(ctx, runs, variant)
+
+
+@contextlib.contextmanager
+def _workdir(keep: Path | None) -> Iterator[Path]:
+    if keep is None:
+        with tempfile.TemporaryDirectory(prefix="receiver-bench-") as tmp:
+            yield Path(tmp)
+        return
+    keep.mkdir(parents=True, exist_ok=True)
+    yield keep
+    _say(f"  work directory kept: {keep}")
 
 
 def _load_generator(options: Options) -> Wrk | PythonLoad:
@@ -220,6 +240,9 @@ def _sign_workload(
     started = time.monotonic()
     sets = _request_sets(sim, options, workdir, labels=("W", "M"), seed=0)
     warm, measured = sets
+    # The request files are 100+ MB at the defaults: written back to disk during run 1, they
+    # competed with PostgreSQL's WAL flushes and gave run 1 a p99 of 120-130 ms.
+    os.sync()
     _say(
         f"workload: {measured.deliveries} pre-signed deliveries for {len(measured.out_trade_nos)}"
         f" orders ({measured.duplicates / measured.deliveries:.0%} duplicates), warm-up"
@@ -472,6 +495,7 @@ async def _nonce_variant(ctx: Context, sim: GoPaySimulator, workdir: Path) -> Ph
     o = ctx.options
     _say("\nvariant: timestamp_tolerance_s = 900 (freshness and nonce checks on)")
     sets = _request_sets(sim, o, workdir, labels=("NW", "N"), seed=10, fresh=True)
+    os.sync()
     async with service.receiver(
         workdir / "service-nonce",
         database_url=ctx.url,
