@@ -1,21 +1,19 @@
 """structlog configuration: one JSON object per line on stdout, or a console format.
 
 The JSON chain is on every notification's path, so it is kept short: the request id comes from
-one context variable (not a scan of every context variable), the timestamp text is reused within
-a second, and lines are written whole, one write(2) per event-loop turn for all the lines of
-that turn (never later: a line is on its way before the loop waits for anything).
+one context variable (structlog's merge_contextvars scans every context variable), and lines are
+written whole, one write(2) per event-loop turn for all the lines of that turn (never later: a
+line is on its way before the loop waits for anything).
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import json
 import logging
 import os
 import re
 import sys
-import time
 from collections.abc import MutableMapping
 from contextvars import ContextVar
 from typing import Any, TextIO
@@ -59,59 +57,11 @@ def mask_account_numbers(text: str) -> str:
 def redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Drop secret fields and mask account numbers in every string field."""
     for key, value in event.items():
-        kind = _KEY_KINDS.get(key) or _key_kind(key)
-        if kind is _SECRET:
+        if key.lower() in _SECRET_KEYS:
             event[key] = "[redacted]"
-        elif kind is _MASK and isinstance(value, str) and _ACCOUNT.search(value):
+        elif isinstance(value, str) and key not in _NOT_ACCOUNTS:
             event[key] = mask_account_numbers(value)
     return event
-
-
-_SECRET, _MASK, _KEEP = "secret", "mask", "keep"
-_KEY_KINDS: dict[str, str] = {}  # field name -> what redact does with it, learnt per name
-_KEY_KINDS_MAX = 1024
-
-
-def _key_kind(key: str) -> str:
-    kind = _MASK
-    if key.lower() in _SECRET_KEYS:
-        kind = _SECRET
-    elif key in _NOT_ACCOUNTS:
-        kind = _KEEP
-    if len(_KEY_KINDS) < _KEY_KINDS_MAX:
-        _KEY_KINDS[key] = kind
-    return kind
-
-
-class _UtcTimestamp:
-    """`timestamp`: ISO 8601 in UTC with microseconds and a Z, the date part cached per second."""
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
-
-    def __call__(
-        self, _logger: Any, _name: str, event: MutableMapping[str, Any]
-    ) -> MutableMapping[str, Any]:
-        now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        event["timestamp"] = f"{self._prefix}.{int((now - second) * 1e6):06d}Z"
-        return event
-
-
-def _json_fallback(value: object) -> str:
-    return repr(value)
-
-
-_encode_json = json.JSONEncoder(default=_json_fallback).encode
-
-
-def render_json(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> str:
-    """The event as one line of JSON (non-JSON values as their repr)."""
-    return _encode_json(event)
 
 
 class LineWriter:
@@ -162,23 +112,18 @@ class LineWriter:
 
 def configure_logging(*, fmt: str = "json", level: str = "info", cache: bool = True) -> None:
     """Configure structlog for the process (call once, from the CLI)."""
-    common: list[Any] = [add_request_id, structlog.processors.add_log_level]
+    processors: list[Any] = [
+        add_request_id,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     if fmt == "json":
-        processors = [
-            *common,
-            _UtcTimestamp(),
-            structlog.processors.format_exc_info,
-            redact,
-            render_json,
-        ]
+        processors += [structlog.processors.format_exc_info, redact]
+        processors.append(structlog.processors.JSONRenderer())
         factory: Any = line_writer_factory(sys.stdout)
     else:
-        processors = [
-            *common,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redact,
-            structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty()),
-        ]
+        processors.append(redact)
+        processors.append(structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty()))
         factory = structlog.PrintLoggerFactory(sys.stdout)
     structlog.configure(
         processors=processors,
