@@ -1,9 +1,9 @@
 """structlog configuration: one JSON object per line on stdout, or a console format.
 
 The JSON chain is on every notification's path, so it is kept short: the request id comes from
-one context variable (structlog's merge_contextvars scans every context variable), and lines are
-written whole, one write(2) per event-loop turn for all the lines of that turn (never later: a
-line is on its way before the loop waits for anything).
+one context variable (structlog's merge_contextvars scans every context variable), and the lines
+of one event-loop turn are written together at the start of the next (never later: a line is on
+its way before the loop waits for anything), in writes that pipes keep whole.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import atexit
 import logging
 import os
 import re
+import select
 import sys
 from collections.abc import MutableMapping
 from contextvars import ContextVar
@@ -67,10 +68,11 @@ def redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutable
 class LineWriter:
     """A structlog logger: each line whole, on `stream`'s file descriptor.
 
-    Inside a running event loop, the lines of one loop turn are joined and written with one
-    write(2) at the start of the next turn; outside a loop, each line is written at once. A write
-    up to PIPE_BUF bytes is atomic, so processes sharing stdout never interleave inside a line.
-    A stream without a file descriptor (a test's capture) is written and flushed instead.
+    Inside a running event loop, the lines of one loop turn are written together at the start of
+    the next turn; outside a loop, each line is written at once. Lines are grouped into writes of
+    at most PIPE_BUF bytes, which a pipe keeps whole, so workers sharing stdout never interleave
+    inside a line (a single longer line still goes out in one write). A stream without a file
+    descriptor (a test's capture) is written and flushed instead.
     """
 
     def __init__(self, stream: TextIO) -> None:
@@ -87,7 +89,7 @@ class LineWriter:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop in this thread: write now
-            self._write(message + "\n")
+            self._write([message])
             return
         self._pending.append(message)
         if len(self._pending) == 1:
@@ -96,14 +98,26 @@ class LineWriter:
     def flush(self) -> None:
         if self._pending:
             lines, self._pending = self._pending, []
-            self._write("\n".join(lines) + "\n")
+            self._write(lines)
 
-    def _write(self, text: str) -> None:
+    def _write(self, lines: list[str]) -> None:
         if self._fd is None:
-            self._stream.write(text)
+            self._stream.write("".join(line + "\n" for line in lines))
             self._stream.flush()
             return
-        data = text.encode("utf-8", errors="replace")
+        chunk: list[bytes] = []
+        size = 0
+        for line in lines:
+            data = line.encode("utf-8", errors="replace") + b"\n"
+            if chunk and size + len(data) > select.PIPE_BUF:
+                self._write_all(b"".join(chunk))
+                chunk, size = [], 0
+            chunk.append(data)
+            size += len(data)
+        self._write_all(b"".join(chunk))
+
+    def _write_all(self, data: bytes) -> None:
+        assert self._fd is not None
         while data:
             data = data[os.write(self._fd, data) :]
 

@@ -33,7 +33,7 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Iterator, MutableMapping
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import wait as wait_for_sentinels
 from multiprocessing.process import BaseProcess
@@ -52,7 +52,6 @@ from receiver.logging import configure_logging, get_logger, line_writer_factory
 
 log = get_logger(__name__)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 PARENT_CHECK_INTERVAL_S = 1.0
 # After the drain: how long aiohttp lets a reply still being written finish before cancelling.

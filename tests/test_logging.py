@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import select
 from collections.abc import Iterator
 
 import pytest
@@ -58,6 +59,29 @@ async def test_lines_of_one_loop_turn_go_out_together_at_the_next_turn():
         writer.msg("{}")
         await asyncio.sleep(0)
         assert read_available(r) == b"{}\n"
+
+
+async def test_writes_hold_whole_lines_and_stay_within_pipe_buf(monkeypatch):
+    writes: list[bytes] = []
+    real_write = os.write
+
+    def spy(fd: int, data: bytes) -> int:
+        writes.append(bytes(data))
+        return real_write(fd, data)
+
+    with pipe_stream() as (stream, _):
+        writer = LineWriter(stream)
+        monkeypatch.setattr(os, "write", spy)
+        lines = [json.dumps({"event": "e", "n": n, "pad": "x" * 300}) for n in range(40)]
+        for line in lines:
+            writer.msg(line)
+        writer.msg("y" * (select.PIPE_BUF + 10))  # a longer line: alone, in one write
+        await asyncio.sleep(0)
+    assert len(writes) > 1
+    assert all(w.endswith(b"\n") for w in writes)
+    assert all(len(w) <= select.PIPE_BUF for w in writes[:-1])
+    assert writes[-1] == b"y" * (select.PIPE_BUF + 10) + b"\n"
+    assert b"".join(writes[:-1]).decode().splitlines() == lines
 
 
 async def test_pending_lines_are_written_by_an_explicit_flush():
