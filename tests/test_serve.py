@@ -385,6 +385,18 @@ async def test_a_large_content_length_gets_413_before_the_body_is_sent(hostile_t
 
 
 @pytest.mark.slow
+async def test_a_whole_chunked_body_over_the_limit_gets_413(hostile_target):
+    # It all arrives with the headers (no declared length): the limit is checked on what came.
+    body = b"{" * 1100
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    head = (JSON_HEAD + "Transfer-Encoding: chunked\r\n\r\n").encode()
+    small = b"a\r\n" + b"{" * 10 + b"\r\n0\r\n\r\n"
+    assert (await exchange(hostile_target.port, head + chunked))[0] == 413
+    # Under the limit it is read and judged: not JSON.
+    assert (await exchange(hostile_target.port, head + small))[0] == 400
+
+
+@pytest.mark.slow
 async def test_a_chunked_body_over_the_limit_gets_413(hostile_target):
     reader, writer = await asyncio.open_connection(HOST, hostile_target.port)
     writer.write((JSON_HEAD + "Transfer-Encoding: chunked\r\n\r\n").encode())
