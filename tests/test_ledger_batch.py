@@ -10,8 +10,9 @@ import asyncpg
 import pytest
 
 from receiver.database import create_pool
-from receiver.ledger import Ledger, OrderState, plan_batch
+from receiver.ledger import Ledger
 from receiver.notification import Inbound, Notification, Outcome, Status
+from receiver.planning import OrderState, plan_batch
 
 M = "100001"
 

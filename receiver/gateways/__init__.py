@@ -1,4 +1,4 @@
-"""Gateway adapters: bytes in -> Notification; Outcome -> reply bytes. One module per gateway."""
+"""Gateway adapters: bytes in -> Notification; Outcome -> reply bytes. One package per gateway."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Baofoo 4.0: a urlencoded form in the request's charset, signed with a keyed MD5; reply `OK`.
+"""Baofoo 4.0 notifications: a urlencoded form in its charset, keyed MD5 signature; reply `OK`.
 
 Pure: bytes in, a `Notification` or `Rejected` out; no I/O. The order of work follows
 "verify before you trust": form -> required fields -> merchant -> signature -> business fields.
@@ -6,7 +6,6 @@ Pure: bytes in, a `Notification` or `Rejected` out; no I/O. The order of work fo
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -16,6 +15,7 @@ from urllib.parse import unquote_to_bytes
 from receiver.config import BaofooConfig, BaofooMerchant, Network
 from receiver.errors import Rejected
 from receiver.gateways import Reply, http_status
+from receiver.gateways.baofoo.signing import SIGNATURE_FIELD, SIGNED_FIELDS, baofoo_signature
 from receiver.notification import Inbound, Notification, Outcome, Status, is_identifier
 
 PROVIDER = "baofoo"
@@ -23,17 +23,6 @@ FORM_TYPE = "application/x-www-form-urlencoded"
 CURRENCY = "CNY"
 CHINA_TIME = timezone(timedelta(hours=8), "UTC+08:00")
 
-SIGNED_FIELDS = (
-    "MemberID",
-    "TerminalID",
-    "TransID",
-    "Result",
-    "ResultDesc",
-    "FactMoney",
-    "AdditionalInfo",
-    "SuccTime",
-)
-SIGNATURE_FIELD = "Md5Sign"
 REQUIRED_FIELDS = frozenset(SIGNED_FIELDS) - {"AdditionalInfo"} | {SIGNATURE_FIELD}
 _KNOWN_FIELDS = frozenset(SIGNED_FIELDS) | {SIGNATURE_FIELD}
 
@@ -83,24 +72,6 @@ _FEN = re.compile(r"[0-9]{1,15}", re.ASCII)
 _SUCC_TIME = re.compile(r"[0-9]{14}", re.ASCII)
 _FAILURE_CODE = re.compile(r"[0-9A-Za-z]{0,16}", re.ASCII)
 _MAX_ID_LENGTH = 64
-
-
-def baofoo_signature(fields: Mapping[str, str], md5_key: str, *, encoding: str = "utf-8") -> str:
-    """Lower-case hex MD5 of a notification's signed text; a missing field counts as empty."""
-    parts = [f"{name}={fields.get(name, '')}" for name in SIGNED_FIELDS]
-    parts.append(f"{SIGNATURE_FIELD}={md5_key}")
-    return _md5_hex("~|~".join(parts).encode(encoding))
-
-
-def query_reply_signature(parts: Sequence[str], md5_key: str) -> str:
-    """Lower-case hex MD5 of an order-query reply: MemberID|...|SuccTime|md5_key."""
-    if len(parts) != 6:
-        raise ValueError("an order-query reply has six signed parts")
-    return _md5_hex("|".join([*parts, md5_key]).encode("utf-8"))
-
-
-def _md5_hex(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()  # noqa: S324 - the protocol mandates MD5
 
 
 class BaofooGateway:

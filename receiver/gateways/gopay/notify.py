@@ -1,0 +1,299 @@
+"""GoPay notifications: verify the platform's signature over the raw `charge` bytes, then parse.
+
+Pure: no HTTP and no database; the only I/O is reading key files in `GoPayGateway.from_config`.
+Signing lives in `signing.py`, the charge span scanner in `jsonspan.py`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
+from receiver.config import GoPayConfig, Network
+from receiver.errors import Rejected
+from receiver.gateways import Reply, http_status
+from receiver.gateways.gopay.jsonspan import malformed as _malformed
+from receiver.gateways.gopay.jsonspan import read_charge
+from receiver.gateways.gopay.signing import (
+    SignatureHeaders,
+    load_key_file,
+    parse_timestamp,
+    verify_signature,
+)
+from receiver.notification import Inbound, Notification, Outcome, Status, is_identifier
+
+PROVIDER = "gopay"
+
+SUCCESS_BODY = b'{"result_code":"OK","result_msg":"SUCCESS"}'
+FAIL_BODY = b'{"result_code":"OK","result_msg":"FAIL"}'
+
+_UTF8_CHARSETS = frozenset({"utf-8", "utf8"})
+_AMOUNT = re.compile(r"[0-9]{1,15}(\.[0-9]{1,3})?")
+_CURRENCY = re.compile(r"[A-Z]{3}")
+_STATUS_TEXT = re.compile(r"[0-9]{1,3}")
+_STATUSES: dict[int, Status | None] = {
+    0: Status.CLOSED,
+    1: None,  # still waiting for payment
+    2: Status.PAID,
+    3: Status.FAILED,
+}
+_HINT_MAX = 64  # unverified ids kept for the record are cut to a sane length
+
+
+class GoPayGateway:
+    """The GoPay notification adapter (see PROTOCOL.md, GoPay)."""
+
+    provider = PROVIDER
+
+    def __init__(
+        self,
+        *,
+        merchants: Mapping[str, Sequence[RSAPublicKey]],
+        timestamp_tolerance_s: int,
+        clock: Callable[[], float] = time.time,
+        allowed_ips: tuple[Network, ...] = (),
+    ) -> None:
+        self.merchants: dict[str, tuple[RSAPublicKey, ...]] = {
+            mchid: tuple(keys) for mchid, keys in merchants.items()
+        }
+        self.timestamp_tolerance_s = timestamp_tolerance_s
+        self.clock = clock
+        self.allowed_ips = allowed_ips
+
+    def __repr__(self) -> str:
+        return f"GoPayGateway(merchants={sorted(self.merchants)!r})"
+
+    @classmethod
+    def from_config(cls, cfg: GoPayConfig, *, source: str) -> GoPayGateway:
+        """Build the adapter, loading and vetting every configured platform key file."""
+        merchants = {
+            m.mchid: tuple(
+                load_key_file(
+                    path, source=source, key=f"gopay.merchants[{i}].platform_public_keys[{j}]"
+                )
+                for j, path in enumerate(m.platform_public_keys)
+            )
+            for i, m in enumerate(cfg.merchants)
+        }
+        return cls(
+            merchants=merchants,
+            timestamp_tolerance_s=cfg.timestamp_tolerance_s,
+            allowed_ips=cfg.allowed_ips,
+        )
+
+    def parse(self, inbound: Inbound) -> Notification:
+        """Verify and parse one notification; raise `Rejected` with the outcome otherwise."""
+        check_content_type(inbound)
+        charge_bytes, charge = read_charge(inbound.body)
+        try:
+            return self._verified(inbound, charge_bytes=charge_bytes, charge=charge)
+        except Rejected as exc:
+            # Best effort, even unverified: the rejection is recorded against these ids.
+            if exc.merchant_id is None:
+                exc.merchant_id = self._merchant_hint(charge)
+            if exc.out_trade_no is None:
+                exc.out_trade_no = _hint(charge.get("out_trade_no"))
+            raise
+
+    def reply(self, outcome: Outcome | None) -> Reply:
+        """SUCCESS for accepted outcomes, FAIL (so the platform retries) for anything else."""
+        accepted = outcome is not None and outcome.accepted
+        return Reply(
+            status=http_status(outcome),
+            body=SUCCESS_BODY if accepted else FAIL_BODY,
+            content_type="application/json",
+        )
+
+    def _verified(
+        self, inbound: Inbound, *, charge_bytes: bytes, charge: dict[str, Any]
+    ) -> Notification:
+        headers = SignatureHeaders.from_mapping(inbound.headers)
+        mchid = self._merchant_id(charge)
+        variant = verify_signature(self.merchants[mchid], headers=headers, charge=charge_bytes)
+        if variant is None:
+            raise Rejected(
+                Outcome.BAD_SIGNATURE,
+                "signature does not verify with any of the merchant's platform keys",
+                merchant_id=mchid,
+            )
+        self._check_fresh(headers.timestamp)
+        fresh_checked = self.timestamp_tolerance_s > 0
+        return build_notification(
+            charge,
+            merchant_id=mchid,
+            headers=headers,
+            nonce=headers.nonce if fresh_checked else None,
+            detail=f"signature={variant}",
+        )
+
+    def _merchant_id(self, charge: Mapping[str, Any]) -> str:
+        claimed = claimed_merchant(charge)
+        if claimed is None:
+            if len(self.merchants) == 1:
+                return next(iter(self.merchants))
+            raise Rejected(Outcome.UNKNOWN_MERCHANT, "charge names no merchant (mid)")
+        if claimed not in self.merchants:
+            raise Rejected(Outcome.UNKNOWN_MERCHANT, "merchant is not configured")
+        return claimed
+
+    def _merchant_hint(self, charge: Mapping[str, Any]) -> str | None:
+        try:
+            claimed = claimed_merchant(charge)
+        except Rejected:
+            return None
+        if claimed is None and len(self.merchants) == 1:
+            return next(iter(self.merchants))
+        return None if claimed is None else claimed[:_HINT_MAX]
+
+    def _check_fresh(self, timestamp: str) -> None:
+        if self.timestamp_tolerance_s <= 0:
+            return
+        try:
+            sent = parse_timestamp(timestamp)
+        except ValueError:
+            raise _malformed("x-ca-timestamp is not an epoch in ms, us or ns") from None
+        skew = abs(sent - Decimal(self.clock()))
+        if skew > self.timestamp_tolerance_s:
+            raise Rejected(Outcome.EXPIRED, "x-ca-timestamp is outside the accepted window")
+
+
+# --- content type ---------------------------------------------------------------------------
+
+
+def check_content_type(inbound: Inbound) -> None:
+    """Only JSON in UTF-8 is accepted (415 otherwise)."""
+    mime = inbound.content_type.split(";", 1)[0].strip().lower()
+    if mime != "application/json":
+        raise Rejected(Outcome.MALFORMED, "content type must be application/json", http_status=415)
+    if inbound.charset is not None and inbound.charset.strip().lower() not in _UTF8_CHARSETS:
+        raise Rejected(Outcome.MALFORMED, "charset must be UTF-8", http_status=415)
+
+
+# --- business fields --------------------------------------------------------------------------
+
+
+def build_notification(
+    charge: Mapping[str, Any],
+    *,
+    merchant_id: str,
+    headers: SignatureHeaders,
+    nonce: str | None,
+    detail: str,
+) -> Notification:
+    """The gateway-neutral notification for a verified charge."""
+    out_trade_no = text_field(charge, "out_trade_no")
+    if not out_trade_no:
+        raise _malformed("out_trade_no is missing or empty")
+    if not is_identifier(out_trade_no):
+        raise _malformed("out_trade_no is too long or not printable")
+    amount = amount_field(charge, "amount")
+    paid = amount if "pay_amount" not in charge else amount_field(charge, "pay_amount")
+    return Notification(
+        provider=PROVIDER,
+        merchant_id=merchant_id,
+        out_trade_no=out_trade_no,
+        target=status_field(charge),
+        paid_amount_minor=paid,
+        order_amount_minor=amount,
+        currency=currency_field(charge),
+        provider_trade_no=provider_trade_no(charge),
+        signed_headers=headers.as_dict(),
+        nonce=nonce,
+        detail=detail,
+    )
+
+
+def claimed_merchant(charge: Mapping[str, Any]) -> str | None:
+    """The merchant id the (unverified) charge names in `mid` or `mchid`, if any."""
+    ids = {text_field(charge, name) for name in ("mid", "mchid") if charge.get(name) is not None}
+    if len(ids) > 1:
+        raise _malformed("mid and mchid disagree")
+    claimed = ids.pop() if ids else None
+    if claimed == "":
+        raise _malformed("mid is empty")
+    return claimed
+
+
+def text_field(charge: Mapping[str, Any], name: str) -> str | None:
+    """A string field; a JSON integer counts as its decimal text (PHP ids are often numbers)."""
+    value = charge.get(name)
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise _malformed(f"{name} must be a string")
+
+
+def provider_trade_no(charge: Mapping[str, Any]) -> str | None:
+    """The platform's order number from `trade_no` or `in_trade_no`; empty means none."""
+    for name in ("trade_no", "in_trade_no"):
+        value = text_field(charge, name)
+        if value:
+            if not is_identifier(value):
+                raise _malformed(f"{name} is too long or not printable")
+            return value
+    return None
+
+
+def amount_field(charge: Mapping[str, Any], name: str) -> int:
+    """A required amount field in minor units."""
+    try:
+        return parse_amount_minor(charge[name])
+    except KeyError:
+        raise _malformed(f"{name} is missing") from None
+    except ValueError:
+        raise _malformed(f"{name} is not an amount with at most 2 significant decimals") from None
+
+
+def parse_amount_minor(value: object) -> int:
+    """Minor units (fen) from `"100.000"`, `"1.66"` or a JSON number; ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
+        raise ValueError("not a number")
+    text = str(value)  # Decimal keeps its JSON spelling, so 1e3 stays exponent notation
+    if not _AMOUNT.fullmatch(text):
+        raise ValueError("not a plain decimal amount")
+    minor = Decimal(text) * 100
+    if minor != minor.to_integral_value():
+        raise ValueError("not a whole number of minor units")
+    return int(minor)
+
+
+def currency_field(charge: Mapping[str, Any]) -> str:
+    """The required ISO currency code."""
+    value = charge.get("currency")
+    if not isinstance(value, str) or not _CURRENCY.fullmatch(value):
+        raise _malformed("currency must be a 3-letter upper-case code")
+    return value
+
+
+def status_field(charge: Mapping[str, Any]) -> Status | None:
+    """The target status; builds that notify only payments omit `status`, meaning paid."""
+    if "status" not in charge:
+        return Status.PAID
+    try:
+        return parse_status(charge["status"])
+    except ValueError:
+        raise _malformed("status must be 0, 1, 2 or 3") from None
+
+
+def parse_status(value: object) -> Status | None:
+    """GoPay's status code (number or numeric string) as a target; None for 'waiting'."""
+    if isinstance(value, str) and _STATUS_TEXT.fullmatch(value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value not in _STATUSES:
+        raise ValueError("unknown status")
+    return _STATUSES[value]
+
+
+def _hint(value: object) -> str | None:
+    """An unverified id for the record: strings and integers only, cut short."""
+    if isinstance(value, str) and value:
+        return value[:_HINT_MAX]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)[:_HINT_MAX]
+    return None

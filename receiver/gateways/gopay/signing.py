@@ -1,0 +1,186 @@
+"""GoPay's signing, both directions: the platform's RSA-SHA1 over `nonce`, `timestamp` and the raw
+`charge` bytes, and the keys it is verified with.
+
+Pure: the only I/O is reading key files in `load_key_file`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from importlib import resources
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
+from receiver.errors import ConfigError, Rejected
+from receiver.notification import Outcome
+
+MIN_KEY_BITS = 2048
+DENIED_KEY_PROBLEM = "the platform's published default key: anyone can sign with it"
+
+NONCE_HEADER = "x-ca-noncestr"
+TIMESTAMP_HEADER = "x-ca-timestamp"
+SIGNATURE_HEADER = "x-ca-signature"
+
+_TS_DIGITS = {13: 3, 16: 6, 19: 9}  # digits -> decimal places to seconds (ms, us, ns)
+_TS_INTEGER = re.compile(r"[0-9]+")
+_TS_FLOAT = re.compile(r"[0-9](\.[0-9]+)?[eE]\+?[0-9]{1,2}")  # PHP float text, in ms
+
+
+# --- keys -------------------------------------------------------------------------------------
+
+
+def load_public_key(text: str) -> RSAPublicKey:
+    """An RSA public key from SPKI PEM, PKCS#1 PEM or bare base64 (SPKI or PKCS#1 DER)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        raise ValueError("empty key text")
+    try:
+        if lines[0].startswith("-----BEGIN"):
+            key = serialization.load_pem_public_key(("\n".join(lines) + "\n").encode("ascii"))
+        else:
+            der = base64.b64decode("".join(lines).encode("ascii"), validate=True)
+            key = serialization.load_der_public_key(der)
+    except (binascii.Error, UnsupportedAlgorithm) as exc:
+        raise ValueError("not a public key") from exc
+    if not isinstance(key, RSAPublicKey):
+        raise ValueError("not an RSA public key")
+    return key
+
+
+def spki_der(key: RSAPublicKey) -> bytes:
+    """The key's normalised form: SubjectPublicKeyInfo DER."""
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+@functools.cache
+def denied_keys() -> frozenset[bytes]:
+    """SPKI DER of every key on the packaged deny list."""
+    text = resources.files("receiver.data").joinpath("gopay_denied_keys.txt").read_text("utf-8")
+    entries = (line.strip() for line in text.splitlines())
+    return frozenset(spki_der(load_public_key(e)) for e in entries if e and not e.startswith("#"))
+
+
+def key_problem(key: RSAPublicKey) -> str | None:
+    """Why a platform key must not be trusted, or None when it may be."""
+    if key.key_size < MIN_KEY_BITS:
+        return f"key is {key.key_size} bits, shorter than {MIN_KEY_BITS}"
+    if spki_der(key) in denied_keys():
+        return f"key is on the deny list: {DENIED_KEY_PROBLEM}"
+    return None
+
+
+def load_key_file(path: Path, *, source: str, key: str) -> RSAPublicKey:
+    """Read and vet one configured key file; ConfigError names the key path, never the key."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        problem = f"cannot read {path}: {exc.strerror or type(exc).__name__}"
+        raise ConfigError(source=source, key=key, problem=problem) from None
+    except UnicodeDecodeError:
+        text = ""  # binary: falls through to "not an RSA public key"
+    try:
+        public_key = load_public_key(text)
+    except ValueError:
+        problem = f"{path} is not an RSA public key (PEM or one base64 line)"
+        raise ConfigError(source=source, key=key, problem=problem) from None
+    refused = key_problem(public_key)
+    if refused is not None:
+        raise ConfigError(source=source, key=key, problem=f"{path}: {refused}")
+    return public_key
+
+
+# --- signature --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureHeaders:
+    """The three x-ca-* headers, values verbatim (they are signed as received)."""
+
+    nonce: str
+    timestamp: str
+    signature: str
+
+    @classmethod
+    def from_mapping(cls, headers: Mapping[str, str]) -> SignatureHeaders:
+        """Look the headers up case-insensitively; a missing or non-ASCII one is BAD_SIGNATURE."""
+        lowered = {str(k).lower(): v for k, v in headers.items()}
+        found: dict[str, str] = {}
+        for name in (NONCE_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER):
+            value = lowered.get(name)
+            if not isinstance(value, str) or not value:
+                raise Rejected(Outcome.BAD_SIGNATURE, f"{name} header is missing")
+            if not value.isascii():
+                raise Rejected(Outcome.BAD_SIGNATURE, f"{name} header is not ASCII")
+            found[name] = value
+        return cls(
+            nonce=found[NONCE_HEADER],
+            timestamp=found[TIMESTAMP_HEADER],
+            signature=found[SIGNATURE_HEADER],
+        )
+
+    def as_dict(self) -> dict[str, str]:
+        """Lower-case names to verbatim values, as kept with the raw notification."""
+        return {
+            NONCE_HEADER: self.nonce,
+            TIMESTAMP_HEADER: self.timestamp,
+            SIGNATURE_HEADER: self.signature,
+        }
+
+
+def signed_text(*, nonce: str, timestamp: str, charge: bytes) -> bytes:
+    """The legacy (plain) signed text; the current variant signs its base64."""
+    return nonce.encode("ascii") + b"\n" + timestamp.encode("ascii") + b"\n" + charge
+
+
+def decode_signature(text: str) -> bytes:
+    """The signature bytes; only canonical base64 is accepted, so a signature has one spelling."""
+    stripped = text.strip()
+    try:
+        raw = base64.b64decode(stripped.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise Rejected(Outcome.BAD_SIGNATURE, "x-ca-signature is not base64") from None
+    if not raw or base64.b64encode(raw).decode("ascii") != stripped:
+        raise Rejected(Outcome.BAD_SIGNATURE, "x-ca-signature is not canonical base64")
+    return raw
+
+
+def verify_signature(
+    keys: Sequence[RSAPublicKey], *, headers: SignatureHeaders, charge: bytes
+) -> str | None:
+    """The variant ("base64" or "plain") that verifies with one of `keys`, else None."""
+    signature = decode_signature(headers.signature)
+    plain = signed_text(nonce=headers.nonce, timestamp=headers.timestamp, charge=charge)
+    variants = (("base64", base64.b64encode(plain)), ("plain", plain))
+    for name, message in variants:
+        if any(_rsa_sha1_ok(key, signature=signature, message=message) for key in keys):
+            return name
+    return None
+
+
+def _rsa_sha1_ok(key: RSAPublicKey, *, signature: bytes, message: bytes) -> bool:
+    try:
+        key.verify(signature, message, padding.PKCS1v15(), hashes.SHA1())  # noqa: S303
+    except InvalidSignature:
+        return False
+    return True
+
+
+def parse_timestamp(text: str) -> Decimal:
+    """Seconds since the epoch from 13/16/19 digits (ms/us/ns) or PHP float text (ms)."""
+    if _TS_INTEGER.fullmatch(text) and len(text) in _TS_DIGITS:
+        return Decimal(text).scaleb(-_TS_DIGITS[len(text)])
+    if _TS_FLOAT.fullmatch(text):
+        return Decimal(text).scaleb(-3)
+    raise ValueError("not an epoch timestamp")

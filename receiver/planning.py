@@ -1,0 +1,128 @@
+"""Pure planning: decide a batch of verified notifications against the orders' current states.
+
+Every source of truth (a pushed notification, an order-query reply, a replay) goes through
+`plan_batch`; the ledger only reads the states it needs and writes the plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from receiver.notification import (
+    Notification,
+    Outcome,
+    Status,
+    check_amount,
+    decide_transition,
+)
+
+OrderKey = tuple[str, str, str]  # provider, merchant_id, out_trade_no
+
+
+@dataclass(frozen=True, slots=True)
+class OrderState:
+    """An order row as locked at the start of a batch."""
+
+    id: int
+    status: Status
+    amount_minor: int
+    currency: str
+    channel: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What one notification comes to, before it is written."""
+
+    outcome: Outcome
+    order_id: int | None = None
+    from_status: Status | None = None
+    to_status: Status | None = None
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class Move:
+    """One order's net change over a batch: from its locked status to its last new one."""
+
+    order_id: int
+    old_status: Status
+    new_status: Status
+    late: bool = False
+    paid_amount_minor: int | None = None
+    paid_at: datetime | None = None
+    provider_trade_no: str | None = None
+
+
+@dataclass(slots=True)
+class Plan:
+    decisions: list[Decision] = field(default_factory=list)
+    moves: dict[int, Move] = field(default_factory=dict)
+    claims: list[str] = field(default_factory=list)  # nonces this batch uses first
+
+
+def order_key(n: Notification) -> OrderKey:
+    """The unique key of the order a notification names."""
+    return (n.provider, n.merchant_id, n.out_trade_no)
+
+
+def plan_batch(
+    notes: Sequence[Notification], orders: Mapping[OrderKey, OrderState], seen: set[str]
+) -> Plan:
+    """Decide a batch in arrival order, as if each notification were written alone."""
+    plan = Plan()
+    status = {key: order.status for key, order in orders.items()}
+    used: set[str] = set()
+    for n in notes:
+        decision = _decide_one(n, orders, status, seen=seen, used=used)
+        plan.decisions.append(decision)
+        if decision.to_status is not None:
+            status[order_key(n)] = decision.to_status
+            _record_move(plan, n, decision)
+    plan.claims = list(used)
+    return plan
+
+
+def _decide_one(
+    n: Notification,
+    orders: Mapping[OrderKey, OrderState],
+    status: Mapping[OrderKey, Status],
+    *,
+    seen: set[str],
+    used: set[str],
+) -> Decision:
+    if n.nonce is not None:
+        if n.nonce in used or n.nonce in seen:
+            return Decision(Outcome.REPLAYED, detail="nonce already seen")
+        used.add(n.nonce)
+    order = orders.get(order_key(n))
+    if order is None:
+        return Decision(Outcome.UNKNOWN_ORDER, detail="no such order")
+    mismatch = check_amount(
+        n, amount_minor=order.amount_minor, currency=order.currency, channel=order.channel
+    )
+    if mismatch is not None:
+        return Decision(mismatch, order.id, detail=_mismatch_detail(n, order))
+    current = status[order_key(n)]
+    t = decide_transition(current, n.target)
+    return Decision(t.outcome, order.id, current, t.new_status)
+
+
+def _record_move(plan: Plan, n: Notification, d: Decision) -> None:
+    assert d.order_id is not None and d.from_status is not None and d.to_status is not None
+    move = plan.moves.setdefault(d.order_id, Move(d.order_id, d.from_status, d.to_status))
+    move.new_status = d.to_status
+    move.late = move.late or d.outcome is Outcome.APPLIED_LATE
+    move.provider_trade_no = n.provider_trade_no or move.provider_trade_no
+    if d.to_status is Status.PAID:
+        move.paid_amount_minor, move.paid_at = n.paid_amount_minor, n.paid_at
+
+
+def _mismatch_detail(n: Notification, order: OrderState) -> str:
+    channel = f" channel {order.channel}" if order.channel else ""
+    return (
+        f"order {order.amount_minor} {order.currency}{channel}; "
+        f"notification amount {n.order_amount_minor} paid {n.paid_amount_minor} {n.currency}"
+    )
