@@ -32,6 +32,16 @@ class ServerConfig:
     tls_key: Path | None = None
     read_timeout_s: float = 10.0
     shutdown_timeout_s: float = 30.0
+    header_timeout_s: float = 10.0  # request head not complete within this: connection closed
+    keepalive_timeout_s: float = 75.0  # idle keep-alive connection closed after this
+    max_connections: int = 1000  # more open client connections are closed at once
+    unverified_per_minute: int = 600  # refusals before a verified signature, per address: 429
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    host: str = "127.0.0.1"
+    port: int = 9464  # 0: no metrics listener
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +68,9 @@ class LogConfig:
 class GoPayMerchant:
     mchid: str
     platform_public_keys: tuple[Path, ...]
+    private_key: Path | None = None  # the merchant's RSA private key: signs order queries
+    api_key: str = field(default="", repr=False)  # sent as x-ca-auth on order queries
+    default_channel: str = ""  # for orders without a channel
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +78,7 @@ class GoPayConfig:
     timestamp_tolerance_s: int = 900
     allowed_ips: tuple[Network, ...] = ()
     merchants: tuple[GoPayMerchant, ...] = ()
+    api_url: str = ""  # order queries go to {api_url}/pay/orderquery; empty: none
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +92,17 @@ class BaofooMerchant:
 class BaofooConfig:
     allowed_ips: tuple[Network, ...] = ()
     merchants: tuple[BaofooMerchant, ...] = ()
+    query_url: str = ""  # order queries; empty: none
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileConfig:
+    enabled: bool = True  # serve queries overdue orders (for gateways whose URL is set)
+    first_after_s: int = 300  # first query this long after the order was created
+    intervals_s: tuple[int, ...] = (300, 600, 1800, 3600, 21600)  # then these; the last repeats
+    give_up_after_s: int = 604800  # orders older than this are no longer queried
+    timeout_s: float = 10.0  # one query
+    concurrency: int = 8  # queries in flight at once, per process
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +113,8 @@ class Config:
     ledger: LedgerConfig = LedgerConfig()
     gopay: GoPayConfig = GoPayConfig()
     baofoo: BaofooConfig = BaofooConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    reconcile: ReconcileConfig = ReconcileConfig()
     source: str = "(defaults)"
 
 
@@ -128,7 +155,9 @@ def _os_problem(exc: OSError) -> str:
 def parse_config(data: Table, *, source: str, base: Path, environ: Mapping[str, str]) -> Config:
     """Build a Config from parsed TOML; relative paths are relative to `base`."""
     r = _Reader(source=source, base=base, environ=environ)
-    r.only(data, "", {"server", "database", "log", "ledger", "gopay", "baofoo"})
+    r.only(
+        data, "", {"server", "database", "log", "ledger", "gopay", "baofoo", "metrics", "reconcile"}
+    )
     return Config(
         server=r.server(r.table(data, "server")),
         database=r.database(r.table(data, "database")),
@@ -136,6 +165,8 @@ def parse_config(data: Table, *, source: str, base: Path, environ: Mapping[str, 
         ledger=r.ledger(r.table(data, "ledger")),
         gopay=r.gopay(r.table(data, "gopay")),
         baofoo=r.baofoo(r.table(data, "baofoo")),
+        metrics=r.metrics(r.table(data, "metrics")),
+        reconcile=r.reconcile(r.table(data, "reconcile")),
         source=source,
     )
 
@@ -222,12 +253,58 @@ class _Reader:
                 lambda n: n > 0,
                 positive,
             ),
-            shutdown_timeout_s=self.checked(
-                "server.shutdown_timeout_s",
-                self.get(t, "server.shutdown_timeout_s", float, d.shutdown_timeout_s),
-                lambda n: n > 0,
-                positive,
+            shutdown_timeout_s=self.positive(t, "server.shutdown_timeout_s", d.shutdown_timeout_s),
+            header_timeout_s=self.positive(t, "server.header_timeout_s", d.header_timeout_s),
+            keepalive_timeout_s=self.positive(
+                t, "server.keepalive_timeout_s", d.keepalive_timeout_s
             ),
+            max_connections=self.positive(t, "server.max_connections", d.max_connections),
+            unverified_per_minute=self.positive(
+                t, "server.unverified_per_minute", d.unverified_per_minute
+            ),
+        )
+
+    def positive(self, t: Table, key: str, default: T) -> T:
+        """A number greater than zero, of the default's type."""
+        value = self.get(t, key, type(default), default)
+        return self.checked(key, value, lambda n: n > 0, "must be greater than 0")  # type: ignore[operator]
+
+    def port(self, t: Table, key: str, default: int) -> int:
+        return self.checked(
+            key,
+            self.get(t, key, int, default),
+            lambda p: 0 <= p <= 65535,
+            "must be a port (0-65535)",
+        )
+
+    def url(self, t: Table, key: str) -> str:
+        value = self.get(t, key, str, "")
+        if value and not value.startswith(("http://", "https://")):
+            raise self.fail(key, "must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    def metrics(self, t: Table) -> MetricsConfig:
+        self.only(t, "metrics.", {"host", "port"})
+        d = MetricsConfig()
+        return MetricsConfig(
+            host=self.get(t, "metrics.host", str, d.host), port=self.port(t, "metrics.port", d.port)
+        )
+
+    def reconcile(self, t: Table) -> ReconcileConfig:
+        self.only(t, "reconcile.", {*ReconcileConfig.__dataclass_fields__})
+        d = ReconcileConfig()
+        intervals = self.get(t, "reconcile.intervals_s", list, list(d.intervals_s))
+        if not intervals or not all(
+            isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in intervals
+        ):
+            raise self.fail("reconcile.intervals_s", "must be a non-empty list of seconds > 0")
+        return ReconcileConfig(
+            enabled=self.get(t, "reconcile.enabled", bool, d.enabled),
+            first_after_s=self.positive(t, "reconcile.first_after_s", d.first_after_s),
+            intervals_s=tuple(intervals),
+            give_up_after_s=self.positive(t, "reconcile.give_up_after_s", d.give_up_after_s),
+            timeout_s=self.positive(t, "reconcile.timeout_s", d.timeout_s),
+            concurrency=self.positive(t, "reconcile.concurrency", d.concurrency),
         )
 
     def database(self, t: Table) -> DatabaseConfig:
@@ -280,7 +357,7 @@ class _Reader:
         )
 
     def gopay(self, t: Table) -> GoPayConfig:
-        self.only(t, "gopay.", {"timestamp_tolerance_s", "allowed_ips", "merchants"})
+        self.only(t, "gopay.", {"timestamp_tolerance_s", "allowed_ips", "merchants", "api_url"})
         merchants = tuple(
             self.gopay_merchant(m, f"gopay.merchants[{i}]")
             for i, m in enumerate(self.tables(t, "gopay.merchants"))
@@ -295,20 +372,37 @@ class _Reader:
             ),
             allowed_ips=self.networks(t, "gopay.allowed_ips"),
             merchants=merchants,
+            api_url=self.url(t, "gopay.api_url"),
         )
 
     def gopay_merchant(self, t: Table, key: str) -> GoPayMerchant:
-        self.only(t, key + ".", {"mchid", "platform_public_keys"})
+        self.only(
+            t,
+            key + ".",
+            {
+                "mchid",
+                "platform_public_keys",
+                "private_key",
+                "api_key",
+                "api_key_env",
+                "default_channel",
+            },
+        )
         mchid = self.required_str(t, key, "mchid")
         keys = self.get(t, f"{key}.platform_public_keys", list, [])
         if not keys or not all(isinstance(k, str) and k for k in keys):
             raise self.fail(f"{key}.platform_public_keys", "must be a non-empty list of file paths")
+        private_key = self.get(t, f"{key}.private_key", str, "")
         return GoPayMerchant(
-            mchid=mchid, platform_public_keys=tuple(self.path(key, k) for k in keys)
+            mchid=mchid,
+            platform_public_keys=tuple(self.path(key, k) for k in keys),
+            private_key=self.path(f"{key}.private_key", private_key) if private_key else None,
+            api_key=self.secret(t, key, "api_key", required=False),
+            default_channel=self.get(t, f"{key}.default_channel", str, ""),
         )
 
     def baofoo(self, t: Table) -> BaofooConfig:
-        self.only(t, "baofoo.", {"allowed_ips", "merchants"})
+        self.only(t, "baofoo.", {"allowed_ips", "merchants", "query_url"})
         merchants = tuple(
             self.baofoo_merchant(m, f"baofoo.merchants[{i}]")
             for i, m in enumerate(self.tables(t, "baofoo.merchants"))
@@ -318,28 +412,35 @@ class _Reader:
             "baofoo.merchants",
             "member_id/terminal_id",
         )
-        return BaofooConfig(allowed_ips=self.networks(t, "baofoo.allowed_ips"), merchants=merchants)
+        return BaofooConfig(
+            allowed_ips=self.networks(t, "baofoo.allowed_ips"),
+            merchants=merchants,
+            query_url=self.url(t, "baofoo.query_url"),
+        )
 
     def baofoo_merchant(self, t: Table, key: str) -> BaofooMerchant:
         self.only(t, key + ".", {"member_id", "terminal_id", "md5_key", "md5_key_env"})
         member_id = self.required_str(t, key, "member_id")
         terminal_id = self.required_str(t, key, "terminal_id")
         return BaofooMerchant(
-            member_id=member_id, terminal_id=terminal_id, md5_key=self.md5_key(t, key)
+            member_id=member_id,
+            terminal_id=terminal_id,
+            md5_key=self.secret(t, key, "md5_key", required=True),
         )
 
-    def md5_key(self, t: Table, key: str) -> str:
-        env_name = self.get(t, f"{key}.md5_key_env", str, "")
-        inline = self.get(t, f"{key}.md5_key", str, "")
+    def secret(self, t: Table, key: str, name: str, *, required: bool) -> str:
+        """`name` inline or from the environment variable `{name}_env` names."""
+        env_name = self.get(t, f"{key}.{name}_env", str, "")
+        inline = self.get(t, f"{key}.{name}", str, "")
         if env_name and inline:
-            raise self.fail(f"{key}.md5_key", "set md5_key or md5_key_env, not both")
+            raise self.fail(f"{key}.{name}", f"set {name} or {name}_env, not both")
         if env_name:
             value = self.environ.get(env_name, "")
             if not value:
-                raise self.fail(f"{key}.md5_key_env", f"environment variable {env_name} is not set")
+                raise self.fail(f"{key}.{name}_env", f"environment variable {env_name} is not set")
             return value
-        if not inline:
-            raise self.fail(f"{key}.md5_key", "missing (set md5_key or md5_key_env)")
+        if required and not inline:
+            raise self.fail(f"{key}.{name}", f"missing (set {name} or {name}_env)")
         return inline
 
     def tables(self, t: Table, key: str) -> list[Table]:

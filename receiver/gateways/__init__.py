@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from receiver.config import Network
+from receiver.errors import Rejected
 from receiver.notification import Inbound, Notification, Outcome
+
+if TYPE_CHECKING:
+    import aiohttp
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,3 +59,66 @@ HTTP_STATUS: dict[Outcome, int] = {
 def http_status(outcome: Outcome | None) -> int:
     """SPEC's HTTP status for an outcome; None (database unavailable) is 503."""
     return 503 if outcome is None else HTTP_STATUS[outcome]
+
+
+# --- the asking side: order queries (reconciliation) ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderRef:
+    """What an order query needs to know of one of our orders."""
+
+    order_id: int
+    provider: str
+    merchant_id: str
+    out_trade_no: str
+    amount_minor: int
+    currency: str
+    channel: str | None
+
+
+class QueryResult(enum.StrEnum):
+    """What one order query came to; the `result` label of `receiver_reconcile_queries_total`."""
+
+    PAID = "paid"  #: a verified reply says paid
+    FAILED = "failed"  #: a verified reply says the payment failed
+    CLOSED = "closed"  #: a verified reply says the order was closed
+    PENDING = "pending"  #: a verified reply says the gateway still waits for the payment
+    NOT_FOUND = "not_found"  #: a verified reply says the gateway has no such order
+    REFUSED = (
+        "refused"  #: a reply came but failed verification or parsing (stored, changes nothing)
+    )
+    ERROR = "error"  #: no usable reply: timeout, connection or TLS error, error_code, garbage
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueryAnswer:
+    """One order query's answer, ready for the ledger.
+
+    `notification` (a verified reply in neutral terms) goes through `Ledger.apply`, `rejected`
+    (a reply that failed verification) through `Ledger.reject`, both with `inbound`, the reply
+    exactly as received, and `source = 'query'`. NOT_FOUND and ERROR carry neither: nothing to
+    apply, the order is asked again at its next due time.
+    """
+
+    result: QueryResult
+    reason: str = ""
+    inbound: Inbound | None = None
+    notification: Notification | None = None
+    rejected: Rejected | None = None
+
+
+class OrderQuerier(Protocol):
+    """The asking side of a gateway: sign an order query, send it, verify the reply."""
+
+    provider: str
+
+    def not_queryable(self, order: OrderRef) -> str | None:
+        """Why this order cannot be queried (no channel, no key), or None when it can."""
+        ...
+
+    async def query(
+        self, session: aiohttp.ClientSession, order: OrderRef, *, timeout_s: float
+    ) -> QueryAnswer:
+        """Ask the gateway about `order`; every failure is an answer, never an exception."""
+        ...
