@@ -183,11 +183,18 @@ def _signature_matches(
 
 def _notification(fields: Mapping[str, str], *, charset: str, verified_with: str) -> Notification:
     """The verified fields in gateway-neutral terms."""
-    if not is_identifier(fields["TransID"]):
-        raise _rejected(Outcome.MALFORMED, "TransID is empty, too long or not printable", fields)
     target, detail = _target(fields)
     if verified_with != charset:
         detail.append(f"signature verified over UTF-8 text (form posted as {charset})")
+    return build_notification(fields, target=target, detail="; ".join(detail))
+
+
+def build_notification(
+    fields: Mapping[str, str], *, target: Status | None, detail: str
+) -> Notification:
+    """Verified MemberID, TransID, FactMoney (fen) and SuccTime as a neutral notification."""
+    if not is_identifier(fields["TransID"]):
+        raise _rejected(Outcome.MALFORMED, "TransID is empty, too long or not printable", fields)
     return Notification(
         provider=PROVIDER,
         merchant_id=fields["MemberID"],
@@ -198,7 +205,7 @@ def _notification(fields: Mapping[str, str], *, charset: str, verified_with: str
         currency=CURRENCY,
         paid_at=_paid_at(fields, target=target),
         underpay_channels=PREPAID_CARD_PAY_IDS,
-        detail="; ".join(detail),
+        detail=detail,
     )
 
 
@@ -222,7 +229,7 @@ def _fen(fields: Mapping[str, str]) -> int:
     return int(text)
 
 
-def _paid_at(fields: Mapping[str, str], *, target: Status) -> datetime | None:
+def _paid_at(fields: Mapping[str, str], *, target: Status | None) -> datetime | None:
     """SuccTime (China time) in UTC; a failed payment may lack a usable one."""
     paid_at = parse_succ_time(fields["SuccTime"])
     if paid_at is None and target is Status.PAID:

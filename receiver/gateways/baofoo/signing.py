@@ -28,6 +28,13 @@ def baofoo_signature(fields: Mapping[str, str], md5_key: str, *, encoding: str =
     return _md5_hex("~|~".join(parts).encode(encoding))
 
 
+def query_request_signature(
+    *, member_id: str, terminal_id: str, trans_id: str, md5_key: str
+) -> str:
+    """Lower-case hex MD5 of an order query: MemberID|TerminalID|TransID|md5_key."""
+    return _md5_hex("|".join([member_id, terminal_id, trans_id, md5_key]).encode("utf-8"))
+
+
 def query_reply_signature(parts: Sequence[str], md5_key: str) -> str:
     """Lower-case hex MD5 of an order-query reply: MemberID|...|SuccTime|md5_key."""
     if len(parts) != 6:

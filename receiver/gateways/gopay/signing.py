@@ -1,7 +1,8 @@
-"""GoPay's signing, both directions: the platform's RSA-SHA1 over `nonce`, `timestamp` and the raw
-`charge` bytes, and the keys it is verified with.
+"""GoPay's signing, both directions: RSA-SHA1 over the base64 of a signed text, the platform's
+over `nonce`, `timestamp` and the raw `charge` bytes (notifications, order-query replies), the
+merchant's over path, query, nonce, timestamp and body (order-query requests); the keys for both.
 
-Pure: the only I/O is reading key files in `load_key_file`.
+Pure: the only I/O is reading key files in `load_key_file` and `load_private_key_file`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import base64
 import binascii
 import functools
 import re
+import secrets
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -19,7 +22,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
 from receiver.errors import ConfigError, Rejected
 from receiver.notification import Outcome
@@ -30,6 +33,8 @@ DENIED_KEY_PROBLEM = "the platform's published default key: anyone can sign with
 NONCE_HEADER = "x-ca-noncestr"
 TIMESTAMP_HEADER = "x-ca-timestamp"
 SIGNATURE_HEADER = "x-ca-signature"
+AUTH_HEADER = "x-ca-auth"  # the merchant's API key, on order queries
+RESTURL_HEADER = "x-ca-resturl"  # the full URL, on order queries
 
 _TS_DIGITS = {13: 3, 16: 6, 19: 9}  # digits -> decimal places to seconds (ms, us, ns)
 _TS_INTEGER = re.compile(r"[0-9]+")
@@ -83,13 +88,7 @@ def key_problem(key: RSAPublicKey) -> str | None:
 
 def load_key_file(path: Path, *, source: str, key: str) -> RSAPublicKey:
     """Read and vet one configured key file; ConfigError names the key path, never the key."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        problem = f"cannot read {path}: {exc.strerror or type(exc).__name__}"
-        raise ConfigError(source=source, key=key, problem=problem) from None
-    except UnicodeDecodeError:
-        text = ""  # binary: falls through to "not an RSA public key"
+    text = _read_key_text(path, source=source, key=key)
     try:
         public_key = load_public_key(text)
     except ValueError:
@@ -99,6 +98,60 @@ def load_key_file(path: Path, *, source: str, key: str) -> RSAPublicKey:
     if refused is not None:
         raise ConfigError(source=source, key=key, problem=f"{path}: {refused}")
     return public_key
+
+
+def _read_key_text(path: Path, *, source: str, key: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        problem = f"cannot read {path}: {exc.strerror or type(exc).__name__}"
+        raise ConfigError(source=source, key=key, problem=problem) from None
+    except UnicodeDecodeError:
+        return ""  # binary: falls through to "not an RSA key"
+
+
+def load_private_key(text: str) -> RSAPrivateKey:
+    """An RSA private key from PEM (PKCS#8 or PKCS#1) or bare base64 DER; ValueError otherwise."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        raise ValueError("empty key text")
+    try:
+        if lines[0].startswith("-----BEGIN"):
+            pem = ("\n".join(lines) + "\n").encode("ascii")
+            key = serialization.load_pem_private_key(pem, password=None)
+        else:
+            der = base64.b64decode("".join(lines).encode("ascii"), validate=True)
+            key = serialization.load_der_private_key(der, password=None)
+    except (binascii.Error, UnicodeEncodeError, UnsupportedAlgorithm, TypeError) as exc:
+        # TypeError: the PEM is encrypted and no password was given.
+        raise ValueError("not a private key") from exc
+    if not isinstance(key, RSAPrivateKey):
+        raise ValueError("not an RSA private key")
+    return key
+
+
+def load_private_key_file(path: Path, *, source: str, key: str) -> RSAPrivateKey:
+    """Read one configured private key file; ConfigError names the key path, never the key."""
+    text = _read_key_text(path, source=source, key=key)
+    try:
+        private_key = load_private_key(text)
+    except ValueError:
+        problem = f"{path} is not an unencrypted RSA private key (PEM or one base64 line)"
+        raise ConfigError(source=source, key=key, problem=problem) from None
+    if private_key.key_size < MIN_KEY_BITS:
+        problem = f"{path}: key is {private_key.key_size} bits, shorter than {MIN_KEY_BITS}"
+        raise ConfigError(source=source, key=key, problem=problem)
+    return private_key
+
+
+def new_nonce() -> str:
+    """32 random upper-case hex characters, like the platform's x-ca-noncestr."""
+    return secrets.token_hex(16).upper()
+
+
+def now_ms() -> str:
+    """The current epoch in milliseconds, as x-ca-timestamp is sent."""
+    return str(int(time.time() * 1000))
 
 
 # --- signature --------------------------------------------------------------------------------
@@ -154,6 +207,46 @@ def decode_signature(text: str) -> bytes:
     if not raw or base64.b64encode(raw).decode("ascii") != stripped:
         raise Rejected(Outcome.BAD_SIGNATURE, "x-ca-signature is not canonical base64")
     return raw
+
+
+def request_signed_text(*, path: str, query: str, nonce: str, timestamp: str, body: bytes) -> bytes:
+    """An order query's signed text: path, query (empty when none), nonce, timestamp, body."""
+    head = "\n".join((path, query, nonce, timestamp)).encode("ascii")
+    return head + b"\n" + body
+
+
+def rsa_sha1_sign(key: RSAPrivateKey, message: bytes) -> str:
+    """base64(RSA-PKCS1v15-SHA1-sign(key, message)): both directions sign this way."""
+    # SHA1withRSA is what the platform speaks; not our choice.
+    signature = key.sign(message, padding.PKCS1v15(), hashes.SHA1())  # noqa: S303
+    return base64.b64encode(signature).decode("ascii")
+
+
+def sign_charge(
+    key: RSAPrivateKey, *, nonce: str, timestamp: str, charge: bytes, base64_step: bool = True
+) -> str:
+    """The platform's x-ca-signature over raw charge bytes (without base64 step: old builds)."""
+    plain = signed_text(nonce=nonce, timestamp=timestamp, charge=charge)
+    return rsa_sha1_sign(key, base64.b64encode(plain) if base64_step else plain)
+
+
+def sign_request(
+    key: RSAPrivateKey, *, path: str, query: str, nonce: str, timestamp: str, body: bytes
+) -> str:
+    """The merchant's x-ca-signature of an order query."""
+    text = request_signed_text(path=path, query=query, nonce=nonce, timestamp=timestamp, body=body)
+    return rsa_sha1_sign(key, base64.b64encode(text))
+
+
+def verify_request(
+    key: RSAPublicKey, *, path: str, query: str, headers: SignatureHeaders, body: bytes
+) -> bool:
+    """True when an order query's x-ca-signature verifies with the merchant's public key."""
+    signature = decode_signature(headers.signature)
+    text = request_signed_text(
+        path=path, query=query, nonce=headers.nonce, timestamp=headers.timestamp, body=body
+    )
+    return _rsa_sha1_ok(key, signature=signature, message=base64.b64encode(text))
 
 
 def verify_signature(

@@ -1,0 +1,112 @@
+"""The HTTP half of every order query: one POST, its reply read under a size cap and a deadline.
+
+Every way the exchange can fail (timeout, refused connection, TLS, a reply too large) becomes
+`QueryFailed` with a reason fit for a log line, which the queriers turn into an ERROR answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import aiohttp
+
+from receiver.gateways import QueryAnswer, QueryResult
+from receiver.notification import Inbound
+
+MAX_REPLY_BYTES = 64 * 1024  # an order-query reply is a few hundred bytes
+_REASON_MAX = 200
+
+
+class QueryFailed(Exception):
+    """No usable reply: the reason says why (no secrets: URLs and error texts only)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class HttpReply:
+    """A gateway's reply as received: status, headers (lower-case names), body."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    content_type: str
+    charset: str | None
+
+    def inbound(self, provider: str, *, header_prefix: str = "") -> Inbound:
+        """The reply as an `Inbound`, keeping only the headers whose names start with the prefix."""
+        kept = {
+            k: v for k, v in self.headers.items() if header_prefix and k.startswith(header_prefix)
+        }
+        return Inbound(
+            provider=provider,
+            body=self.body,
+            headers=kept,
+            content_type=self.content_type,
+            charset=self.charset,
+            remote_addr=None,
+        )
+
+
+async def post(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    data: bytes,
+    headers: Mapping[str, str],
+    timeout_s: float,
+    max_bytes: int = MAX_REPLY_BYTES,
+) -> HttpReply:
+    """POST `data` and read the whole reply within `timeout_s`; QueryFailed otherwise."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with session.post(url, data=data, headers=dict(headers)) as resp:
+                body = await _read_capped(resp, max_bytes=max_bytes)
+                return HttpReply(
+                    status=resp.status,
+                    headers=_first_values(resp.headers),
+                    body=body,
+                    content_type=resp.content_type,
+                    charset=resp.charset,
+                )
+    except TimeoutError:
+        raise QueryFailed(f"no reply within {timeout_s:g}s") from None
+    except aiohttp.ClientSSLError as exc:
+        raise QueryFailed(_short(f"TLS error: {exc}")) from None
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        # ClientConnectorError (refused, unknown host), ServerDisconnectedError, InvalidURL, ...
+        raise QueryFailed(_short(f"{type(exc).__name__}: {exc}")) from None
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, *, max_bytes: int) -> bytes:
+    if resp.content_length is not None and resp.content_length > max_bytes:
+        raise QueryFailed(f"reply is larger than {max_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(16384):
+        size += len(chunk)
+        if size > max_bytes:
+            raise QueryFailed(f"reply is larger than {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _first_values(headers: Mapping[str, str]) -> dict[str, str]:
+    """Lower-case names; a repeated header keeps its first value."""
+    kept: dict[str, str] = {}
+    for name, value in headers.items():
+        kept.setdefault(name.lower(), value)
+    return kept
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _REASON_MAX else text[: _REASON_MAX - 3] + "..."
+
+
+def error(reason: str) -> QueryAnswer:
+    """An ERROR answer: nothing to apply, ask again at the next due time."""
+    return QueryAnswer(result=QueryResult.ERROR, reason=reason)
