@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     _order_key_args(osub.add_parser("show", help="print an order and its notifications"))
     demo = sub.add_parser("demo", help="the whole loop on one machine, with a summary")
     demo.add_argument("--keep", action="store_true", help="keep the demo database directory")
+    from receiver.simulate.command import add_simulate_parser  # noqa: PLC0415 - imports this module
+
+    add_simulate_parser(sub, _Parser)
     return parser
 
 
@@ -98,6 +101,10 @@ def _run(args: argparse.Namespace) -> int:
         from receiver.demo import run_demo  # noqa: PLC0415 - keeps the CLI quick to start
 
         return run_demo(keep=args.keep)
+    if args.command == "simulate":
+        from receiver.simulate.command import run_simulate  # noqa: PLC0415
+
+        return run_simulate(args)
     config = load_config(args.config)
     configure_logging(fmt=config.log.format, level=config.log.level)
     if args.command == "serve":

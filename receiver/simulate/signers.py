@@ -1,22 +1,22 @@
 """The gateways' side: notifications built and signed exactly as GoPay and Baofoo do it.
 
-Used by `receiver demo`, the benchmark and the tests; never by the service itself.
+Used by the stand-in gateway, `receiver demo`, the benchmark and the tests; never by the service.
 """
 
 from __future__ import annotations
 
 import base64
-import secrets
 import time
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from receiver.gateways.baofoo import baofoo_signature
+from receiver.gateways.gopay.signing import new_nonce, now_ms, sign_charge
 
 _SHORT_ESCAPES = {
     '"': '\\"',
@@ -85,16 +85,6 @@ def public_key_text(key: rsa.RSAPrivateKey | rsa.RSAPublicKey, fmt: str) -> str:
     raise ValueError(f"unknown key format {fmt!r}")
 
 
-def new_nonce() -> str:
-    """32 random upper-case hex characters, like the platform's x-ca-noncestr."""
-    return secrets.token_hex(16).upper()
-
-
-def now_ms() -> str:
-    """The current epoch in milliseconds, as the platform's x-ca-timestamp."""
-    return str(int(time.time() * 1000))
-
-
 class GoPaySimulator:
     """The GoPay platform: builds and signs notification bodies and headers."""
 
@@ -115,11 +105,13 @@ class GoPaySimulator:
 
     def sign(self, charge: bytes, *, nonce: str, timestamp: str, base64_step: bool = True) -> str:
         """x-ca-signature over raw charge bytes (base64 step: the current platform builds)."""
-        text = nonce.encode("ascii") + b"\n" + timestamp.encode("ascii") + b"\n" + charge
-        message = base64.b64encode(text) if base64_step else text
-        # SHA1withRSA is what the platform speaks; not our choice.
-        signature = self.private_key.sign(message, padding.PKCS1v15(), hashes.SHA1())  # noqa: S303
-        return base64.b64encode(signature).decode("ascii")
+        return sign_charge(
+            self.private_key,
+            nonce=nonce,
+            timestamp=timestamp,
+            charge=charge,
+            base64_step=base64_step,
+        )
 
     def headers(
         self,
