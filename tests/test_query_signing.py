@@ -1,0 +1,312 @@
+"""Order-query signing and reply reading, pure: the published vectors, keys, queryability."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
+
+from receiver.config import BaofooMerchant, GoPayConfig, GoPayMerchant
+from receiver.errors import ConfigError
+from receiver.gateways import OrderRef, QueryResult
+from receiver.gateways.asking import HttpReply
+from receiver.gateways.baofoo.query import BaofooQuerier, Terminal
+from receiver.gateways.baofoo.query import read_reply as read_baofoo_reply
+from receiver.gateways.baofoo.signing import query_request_signature
+from receiver.gateways.gopay.query import GoPayQuerier, QueryAccount, query_body
+from receiver.gateways.gopay.query import read_reply as read_gopay_reply
+from receiver.gateways.gopay.signing import (
+    load_private_key,
+    load_private_key_file,
+    load_public_key,
+)
+from receiver.notification import Outcome, Status
+from tests.gopay_signer import new_rsa_key, public_key_text
+
+VECTORS = Path("/work/shared/vectors")
+VECTOR_MCHID = "100001"
+VECTOR_ORDER = "202007040118131586193493"
+VECTOR_REQUEST_BODY = (
+    b'{"mchid":"100001","out_trade_no":"202007040118131586193493","channel":"gopay_banktransfer"}'
+)
+VECTOR_REQUEST_SIGNATURE = (
+    "Ur6SZYR0Ltbbd/YTUV8ZJbjznN9FrsgrOW5cTwbVltM2Hy+wck9yxlYieXS9LzOwRx1rQDJ5ny5NazJfvHGrNkDHK5eN"
+    "05khnqyQXI0ZPtgy4oXwemxKroHw7OGsflylJBiP5Z0XH9OEeJSQcNtA+PuWh+hYCEOGOyAR8PKIZTfMcecEpIwcdGMi"
+    "FWvPEeIIdT8bFJUJMMPLLCrnMukTPpFbK3Kl5l3vwrJspDAXDMZnjbpul1GAHEg1+4gbNIxw6PufgOmSZPo0ZjmV4Fr6"
+    "zdaLjldcMY/11YJ1JITomvzc27FvPx8tVDOYlJAGbQPC8wYk3MZjfmv5p4R6WR5Hjw=="
+)
+VECTOR_CHARGE = (
+    b'{"trade_no":"C2020040701181440794","out_trade_no":"202007040118131586193493",'
+    b'"subject":"VIP\\u5145\\u503c - 100001","body":"VIP\\u5145\\u503c - 100001",'
+    b'"extparam":"[]","amount":"1.660","channel":"gopay_banktransfer","currency":"CNY",'
+    b'"client_ip":"127.0.0.1","status":"2"}'
+)
+VECTOR_REPLY_BODY = b'{"result_code":"OK","result_msg":"SUCCESS","charge":' + VECTOR_CHARGE + b"}"
+VECTOR_REPLY_HEADERS = {
+    "x-ca-noncestr": "5D2F0C3A9B8E4F6A1C7D2E3F4A5B6C7D",
+    "x-ca-timestamp": "1.58600995149E+12",
+    "x-ca-signature": (
+        "hcap0PRS4C6ibPSUrDvl7ytv5WGC8jpfyvO9KqejcyYmdwtFrrwE6G90FPGOOKsx4pZafost8Tz68xciQFKyisgA"
+        "ggHnFBubxQhBP/wACMu+Rn0GhGC8UV6dAoaAbuwIN2izU7h5WjLx5tsM0FJZmYcCZ7BJmWUa//uPexTZBn9AM3Sq"
+        "OkD7UDjJdb54BqznS1JMc/VpYkOy0F1J8XpX78i1SZlE3ampdqPSne7z7U8+o+eOsDISMsduuwI0im0i0WIOijRj"
+        "Cp8oCka1oJme0Zaw7xg6+CZ3RlbT8uVqFI4WweEgdABnq8TfKU+yB7QpnEFluGfnMtrboe9+aF7wrA=="
+    ),
+    "content-length": "999",  # not a signature header: not kept with the reply
+}
+
+
+def _order(**overrides: object) -> OrderRef:
+    fields: dict[str, object] = {
+        "order_id": 1,
+        "provider": "gopay",
+        "merchant_id": VECTOR_MCHID,
+        "out_trade_no": VECTOR_ORDER,
+        "amount_minor": 166,
+        "currency": "CNY",
+        "channel": "gopay_banktransfer",
+    }
+    fields.update(overrides)
+    return OrderRef(**fields)
+
+
+def _vector_key(name: str) -> str:
+    return (VECTORS / name).read_text()
+
+
+def _querier(*, default_channel: str = "", api_key: str = "the-api-key") -> GoPayQuerier:
+    account = QueryAccount(
+        mchid=VECTOR_MCHID,
+        private_key=load_private_key(_vector_key("gopay-test-merchant-private.pem")),
+        api_key=api_key,
+        platform_keys=(load_public_key(_vector_key("gopay-test-platform-public.pem")),),
+        default_channel=default_channel,
+    )
+    return GoPayQuerier(
+        api_url="https://pay.example.com/",
+        accounts={VECTOR_MCHID: account},
+        nonce=lambda: "C8E1D385785625AFD64A484B58F91882",
+        clock_ms=lambda: "1586007620038",
+    )
+
+
+def _vector_reply(**header_overrides: str) -> HttpReply:
+    return HttpReply(
+        status=200,
+        headers=VECTOR_REPLY_HEADERS | header_overrides,
+        body=VECTOR_REPLY_BODY,
+        content_type="application/json",
+        charset=None,
+    )
+
+
+def _platform_keys() -> tuple[RSAPublicKey, ...]:
+    return (load_public_key(_vector_key("gopay-test-platform-public.pem")),)
+
+
+# --- GoPay request -------------------------------------------------------------------------------
+
+
+def test_gopay_request_signature_equals_the_vector_byte_for_byte() -> None:
+    request = _querier().build_request(_order())
+    assert request.body == VECTOR_REQUEST_BODY
+    assert request.headers["x-ca-signature"] == VECTOR_REQUEST_SIGNATURE
+    assert request.url == "https://pay.example.com/pay/orderquery"
+    assert request.headers["x-ca-resturl"] == "https://pay.example.com/pay/orderquery"
+    assert request.headers["x-ca-auth"] == "the-api-key"
+    assert request.headers["x-ca-noncestr"] == "C8E1D385785625AFD64A484B58F91882"
+    assert request.headers["x-ca-timestamp"] == "1586007620038"
+
+
+def test_gopay_request_body_is_ascii_only_json() -> None:
+    body = query_body(_order(out_trade_no="订单-1/2"), channel="gopay_bankupi")
+    assert (
+        body == b'{"mchid":"100001","out_trade_no":"\\u8ba2\\u5355-1/2","channel":"gopay_bankupi"}'
+    )
+
+
+def test_an_order_without_channel_uses_the_merchants_default_channel() -> None:
+    querier = _querier(default_channel="gopay_banktransfer")
+    assert querier.not_queryable(_order(channel=None)) is None
+    assert querier.build_request(_order(channel=None)).body == VECTOR_REQUEST_BODY
+
+
+def test_an_order_without_channel_or_default_is_not_queryable() -> None:
+    reason = _querier().not_queryable(_order(channel=None))
+    assert reason is not None and "default_channel" in reason
+
+
+def test_a_merchant_without_api_key_or_unknown_is_not_queryable() -> None:
+    assert "api_key" in str(_querier(api_key="").not_queryable(_order()))
+    assert "not configured" in str(_querier().not_queryable(_order(merchant_id="999")))
+
+
+# --- GoPay reply ---------------------------------------------------------------------------------
+
+
+def test_the_reply_vector_verifies_with_its_exponent_timestamp_and_no_freshness_check() -> None:
+    answer = read_gopay_reply(_vector_reply(), order=_order(), platform_keys=_platform_keys())
+    assert answer.result is QueryResult.PAID
+    n = answer.notification
+    assert n is not None
+    assert (n.merchant_id, n.out_trade_no, n.target) == (VECTOR_MCHID, VECTOR_ORDER, Status.PAID)
+    assert (n.order_amount_minor, n.paid_amount_minor, n.currency) == (166, 166, "CNY")
+    assert n.provider_trade_no == "C2020040701181440794"
+    assert n.nonce is None
+    assert n.detail == "signature=base64"
+    assert answer.inbound is not None and answer.inbound.body == VECTOR_REPLY_BODY
+    assert answer.inbound.headers == {
+        k: v for k, v in VECTOR_REPLY_HEADERS.items() if k.startswith("x-ca-")
+    }
+
+
+def test_a_reply_with_a_changed_timestamp_is_refused_as_bad_signature() -> None:
+    reply = _vector_reply(**{"x-ca-timestamp": "1586009951490"})
+    answer = read_gopay_reply(reply, order=_order(), platform_keys=_platform_keys())
+    assert answer.result is QueryResult.REFUSED
+    assert answer.rejected is not None and answer.rejected.outcome is Outcome.BAD_SIGNATURE
+    assert (answer.rejected.merchant_id, answer.rejected.out_trade_no) == (
+        VECTOR_MCHID,
+        VECTOR_ORDER,
+    )
+    assert answer.inbound is not None and answer.notification is None
+
+
+def test_a_genuine_reply_about_another_order_is_refused() -> None:
+    answer = read_gopay_reply(
+        _vector_reply(), order=_order(out_trade_no="other"), platform_keys=_platform_keys()
+    )
+    assert answer.result is QueryResult.REFUSED
+    assert answer.rejected is not None and "another out_trade_no" in answer.rejected.reason
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "result", "reason"),
+    [
+        (400, b'{"error_msg":"Order does not exist.","error_code":200000}', "not_found", "200000"),
+        (400, b'{"error_msg":"Error .[x]","error_code":999999}', "error", "999999"),
+        (502, b"<html>bad gateway</html>", "error", "not a JSON object"),
+        (200, b'{"result_code":"FAIL","result_msg":"x"}', "error", "not a successful"),
+        (200, b"[1,2]", "error", "not a JSON object"),
+    ],
+)
+def test_unsigned_and_unusable_replies_are_answers_without_a_notification(
+    status: int, body: bytes, result: str, reason: str
+) -> None:
+    reply = HttpReply(status=status, headers={}, body=body, content_type="x", charset=None)
+    answer = read_gopay_reply(reply, order=_order(), platform_keys=_platform_keys())
+    assert answer.result == result
+    assert reason in answer.reason
+    assert answer.notification is None and answer.inbound is None
+
+
+# --- keys -----------------------------------------------------------------------------------------
+
+
+def _pem(key: RSAPrivateKey, fmt: serialization.PrivateFormat) -> str:
+    raw = key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption())
+    return raw.decode("ascii")
+
+
+@pytest.mark.parametrize("form", ["pkcs8_pem", "pkcs1_pem", "base64_pkcs8", "base64_pkcs1"])
+def test_a_private_key_loads_from_pem_or_bare_base64(form: str) -> None:
+    key = new_rsa_key()
+    fmt = (
+        serialization.PrivateFormat.PKCS8
+        if "pkcs8" in form
+        else serialization.PrivateFormat.TraditionalOpenSSL
+    )
+    if form.endswith("_pem"):
+        text = _pem(key, fmt)
+    else:
+        der = key.private_bytes(serialization.Encoding.DER, fmt, serialization.NoEncryption())
+        text = base64.b64encode(der).decode("ascii") + "\n"
+    loaded = load_private_key(text)
+    assert loaded.private_numbers() == key.private_numbers()
+
+
+def test_a_file_that_is_not_a_private_key_is_a_config_error_naming_the_path_not_the_key(
+    tmp_path: Path,
+) -> None:
+    public = public_key_text(new_rsa_key(), "spki_pem")
+    path = tmp_path / "merchant.pem"
+    path.write_text(public)
+    with pytest.raises(ConfigError) as caught:
+        load_private_key_file(path, source="r.toml", key="gopay.merchants[0].private_key")
+    message = str(caught.value)
+    assert "gopay.merchants[0].private_key" in message and str(path) in message
+    assert public.splitlines()[1] not in message
+
+
+def test_from_config_reads_the_merchants_private_key(tmp_path: Path, gopay_key_file: Path) -> None:
+    key = new_rsa_key()
+    path = tmp_path / "merchant.pem"
+    path.write_text(_pem(key, serialization.PrivateFormat.TraditionalOpenSSL))
+    merchant = GoPayMerchant(
+        mchid="7",
+        platform_public_keys=(gopay_key_file,),
+        private_key=path,
+        api_key="secret-api-key",
+    )
+    cfg = GoPayConfig(merchants=(merchant,), api_url="http://gw.example")
+    querier = GoPayQuerier.from_config(cfg, source="tests")
+    assert querier.not_queryable(_order(merchant_id="7")) is None
+    assert "secret-api-key" not in repr(querier) + repr(querier.accounts)
+
+
+# --- Baofoo --------------------------------------------------------------------------------------
+
+SEED_KEY = "abcdefg"
+SEED_REPLY = (
+    b"100000178|10000001|2014010101010101|N|0|20141029184503|b4d6a91f6af4ce07c87420762d73d0e0"
+)
+
+
+def _baofoo_order(trans_id: str = "2014010101010101") -> OrderRef:
+    return _order(provider="baofoo", merchant_id="100000178", out_trade_no=trans_id, channel=None)
+
+
+def _baofoo_reply(body: bytes, status: int = 200) -> HttpReply:
+    return HttpReply(status=status, headers={}, body=body, content_type="text/plain", charset=None)
+
+
+def test_the_seeds_query_reply_vector_verifies_as_not_found() -> None:
+    terminal = Terminal("10000001", SEED_KEY)
+    answer = read_baofoo_reply(_baofoo_reply(SEED_REPLY), order=_baofoo_order(), terminal=terminal)
+    assert answer.result is QueryResult.NOT_FOUND
+    assert answer.notification is None
+
+
+def test_the_seed_reply_with_another_key_is_refused() -> None:
+    terminal = Terminal("10000001", "another")
+    answer = read_baofoo_reply(_baofoo_reply(SEED_REPLY), order=_baofoo_order(), terminal=terminal)
+    assert answer.result is QueryResult.REFUSED
+    assert answer.rejected is not None and answer.rejected.outcome is Outcome.BAD_SIGNATURE
+    assert answer.inbound is not None and answer.inbound.body == SEED_REPLY
+
+
+def test_baofoo_request_is_signed_over_member_terminal_trans_and_key() -> None:
+    querier = BaofooQuerier(
+        query_url="http://x", merchants=[BaofooMerchant("100000178", "10000001", SEED_KEY)]
+    )
+    body = querier.build_request(_baofoo_order())
+    expected = query_request_signature(
+        member_id="100000178", terminal_id="10000001", trans_id="2014010101010101", md5_key=SEED_KEY
+    )
+    assert body == (
+        b"MemberID=100000178&TerminalID=10000001&TransID=2014010101010101&MD5Sign="
+        + expected.encode()
+    )
+    assert expected == hashlib.md5(b"100000178|10000001|2014010101010101|abcdefg").hexdigest()
+
+
+def test_a_member_with_several_terminals_is_not_queryable() -> None:
+    querier = BaofooQuerier(
+        query_url="http://x",
+        merchants=[BaofooMerchant("1", "a", "k1"), BaofooMerchant("1", "b", "k2")],
+    )
+    order = _order(provider="baofoo", merchant_id="1", out_trade_no="t", channel=None)
+    assert "several terminals" in str(querier.not_queryable(order))
