@@ -12,9 +12,16 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from receiver.gateways import QueryAnswer, QueryResult
-from receiver.notification import Inbound
+from receiver.errors import Rejected
+from receiver.gateways import OrderRef, QueryAnswer, QueryResult
+from receiver.notification import Inbound, Notification, Status
 
+_RESULTS: dict[Status | None, QueryResult] = {
+    Status.PAID: QueryResult.PAID,
+    Status.FAILED: QueryResult.FAILED,
+    Status.CLOSED: QueryResult.CLOSED,
+    None: QueryResult.PENDING,
+}
 MAX_REPLY_BYTES = 64 * 1024  # an order-query reply is a few hundred bytes
 _REASON_MAX = 200
 
@@ -110,3 +117,17 @@ def _short(text: str) -> str:
 def error(reason: str) -> QueryAnswer:
     """An ERROR answer: nothing to apply, ask again at the next due time."""
     return QueryAnswer(result=QueryResult.ERROR, reason=reason)
+
+
+def answered(inbound: Inbound, n: Notification) -> QueryAnswer:
+    """A verified reply: its result is the status it asks for (None: still pending)."""
+    return QueryAnswer(result=_RESULTS[n.target], reason=n.detail, inbound=inbound, notification=n)
+
+
+def refused(inbound: Inbound, rejected: Rejected, *, order: OrderRef) -> QueryAnswer:
+    """A reply that failed verification or parsing, recorded against the order we asked about."""
+    rejected.merchant_id = order.merchant_id
+    rejected.out_trade_no = order.out_trade_no
+    return QueryAnswer(
+        result=QueryResult.REFUSED, reason=rejected.reason, inbound=inbound, rejected=rejected
+    )

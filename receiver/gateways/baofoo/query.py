@@ -16,18 +16,13 @@ import aiohttp
 from receiver.config import BaofooConfig, BaofooMerchant
 from receiver.errors import Rejected
 from receiver.gateways import OrderRef, QueryAnswer, QueryResult
-from receiver.gateways.asking import HttpReply, QueryFailed, error, post
+from receiver.gateways.asking import HttpReply, QueryFailed, answered, error, post, refused
 from receiver.gateways.baofoo.notify import FORM_TYPE, PROVIDER, build_notification
 from receiver.gateways.baofoo.signing import query_reply_signature, query_request_signature
 from receiver.notification import Notification, Outcome, Status
 
 REPLY_FIELDS = ("MemberID", "TerminalID", "TransID", "CheckResult", "succMoney", "SuccTime")
 _CHECK_RESULTS: dict[str, Status | None] = {"Y": Status.PAID, "F": Status.FAILED, "P": None}
-_RESULTS: dict[Status | None, QueryResult] = {
-    Status.PAID: QueryResult.PAID,
-    Status.FAILED: QueryResult.FAILED,
-    None: QueryResult.PENDING,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,11 +112,8 @@ def read_reply(reply: HttpReply, *, order: OrderRef, terminal: Terminal) -> Quer
             return QueryAnswer(result=QueryResult.NOT_FOUND, reason="CheckResult=N")
         n = reply_notification(fields)
     except Rejected as exc:
-        exc.merchant_id, exc.out_trade_no = order.merchant_id, order.out_trade_no
-        return QueryAnswer(
-            result=QueryResult.REFUSED, reason=exc.reason, inbound=inbound, rejected=exc
-        )
-    return QueryAnswer(result=_RESULTS[n.target], reason=n.detail, inbound=inbound, notification=n)
+        return refused(inbound, exc, order=order)
+    return answered(inbound, n)
 
 
 def _reply_parts(reply: HttpReply) -> list[str] | None:

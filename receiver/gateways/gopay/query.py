@@ -20,7 +20,7 @@ from yarl import URL
 from receiver.config import GoPayConfig, GoPayMerchant
 from receiver.errors import Rejected
 from receiver.gateways import OrderRef, QueryAnswer, QueryResult
-from receiver.gateways.asking import HttpReply, QueryFailed, error, post
+from receiver.gateways.asking import HttpReply, QueryFailed, answered, error, post, refused
 from receiver.gateways.gopay.jsonspan import read_charge
 from receiver.gateways.gopay.notify import (
     PROVIDER,
@@ -42,18 +42,11 @@ from receiver.gateways.gopay.signing import (
     sign_request,
     verify_signature,
 )
-from receiver.notification import Notification, Outcome, Status
+from receiver.notification import Notification, Outcome
 
 QUERY_PATH = "/pay/orderquery"
 ORDER_NOT_FOUND = 200000  # the platform's error_code for "Order does not exist."
 _ERROR_MSG_MAX = 120
-
-_RESULTS: dict[Status | None, QueryResult] = {
-    Status.PAID: QueryResult.PAID,
-    Status.FAILED: QueryResult.FAILED,
-    Status.CLOSED: QueryResult.CLOSED,
-    None: QueryResult.PENDING,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,12 +204,8 @@ def read_reply(
     try:
         n = verified_notification(reply, order=order, platform_keys=platform_keys)
     except Rejected as exc:
-        exc.merchant_id = exc.merchant_id or order.merchant_id
-        exc.out_trade_no = exc.out_trade_no or order.out_trade_no
-        return QueryAnswer(
-            result=QueryResult.REFUSED, reason=exc.reason, inbound=inbound, rejected=exc
-        )
-    return QueryAnswer(result=_RESULTS[n.target], reason=n.detail, inbound=inbound, notification=n)
+        return refused(inbound, exc, order=order)
+    return answered(inbound, n)
 
 
 def verified_notification(
