@@ -7,7 +7,7 @@ Every way the exchange can fail (timeout, refused connection, TLS, a reply too l
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -87,6 +87,23 @@ async def post(
     except (aiohttp.ClientError, OSError, ValueError) as exc:
         # ClientConnectorError (refused, unknown host), ServerDisconnectedError, InvalidURL, ...
         raise QueryFailed(_short(f"{type(exc).__name__}: {exc}")) from None
+
+
+async def exchange(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    data: bytes,
+    headers: Mapping[str, str],
+    timeout_s: float,
+    read: Callable[[HttpReply], QueryAnswer],
+) -> QueryAnswer:
+    """POST an order query and `read` its reply; no usable reply is an ERROR answer."""
+    try:
+        reply = await post(session, url, data=data, headers=headers, timeout_s=timeout_s)
+    except QueryFailed as exc:
+        return error(exc.reason)
+    return read(reply)
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, *, max_bytes: int) -> bytes:

@@ -6,6 +6,7 @@ At most one query per order per minute is the caller's schedule to keep, not thi
 
 from __future__ import annotations
 
+import functools
 import hmac
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ import aiohttp
 from receiver.config import BaofooConfig, BaofooMerchant
 from receiver.errors import Rejected
 from receiver.gateways import OrderRef, QueryAnswer, QueryResult
-from receiver.gateways.asking import HttpReply, QueryFailed, answered, error, post, refused
+from receiver.gateways.asking import HttpReply, answered, error, exchange, refused
 from receiver.gateways.baofoo.notify import FORM_TYPE, PROVIDER, build_notification
 from receiver.gateways.baofoo.signing import query_reply_signature, query_request_signature
 from receiver.notification import Notification, Outcome, Status
@@ -86,18 +87,15 @@ class BaofooQuerier:
         why = self.not_queryable(order)
         if why is not None:
             return error(why)
-        headers = {"Content-Type": FORM_TYPE, "Accept": "text/plain"}
-        try:
-            reply = await post(
-                session,
-                self.url,
-                data=self.build_request(order),
-                headers=headers,
-                timeout_s=timeout_s,
-            )
-        except QueryFailed as exc:
-            return error(exc.reason)
-        return read_reply(reply, order=order, terminal=self._terminals[order.merchant_id][0])
+        terminal = self._terminals[order.merchant_id][0]
+        return await exchange(
+            session,
+            self.url,
+            data=self.build_request(order),
+            headers={"Content-Type": FORM_TYPE, "Accept": "text/plain"},
+            timeout_s=timeout_s,
+            read=functools.partial(read_reply, order=order, terminal=terminal),
+        )
 
 
 def read_reply(reply: HttpReply, *, order: OrderRef, terminal: Terminal) -> QueryAnswer:

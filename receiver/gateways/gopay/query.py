@@ -8,6 +8,7 @@ freshness and the nonce are not checked: we asked for this reply.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from yarl import URL
 from receiver.config import GoPayConfig, GoPayMerchant
 from receiver.errors import Rejected
 from receiver.gateways import OrderRef, QueryAnswer, QueryResult
-from receiver.gateways.asking import HttpReply, QueryFailed, answered, error, post, refused
+from receiver.gateways.asking import HttpReply, answered, error, exchange, refused
 from receiver.gateways.gopay.jsonspan import read_charge
 from receiver.gateways.gopay.notify import (
     PROVIDER,
@@ -145,19 +146,15 @@ class GoPayQuerier:
         why = self.not_queryable(order)
         if why is not None:
             return error(why)
+        keys = self.accounts[order.merchant_id].platform_keys
         request = self.build_request(order)
-        try:
-            reply = await post(
-                session,
-                request.url,
-                data=request.body,
-                headers=request.headers,
-                timeout_s=timeout_s,
-            )
-        except QueryFailed as exc:
-            return error(exc.reason)
-        return read_reply(
-            reply, order=order, platform_keys=self.accounts[order.merchant_id].platform_keys
+        return await exchange(
+            session,
+            request.url,
+            data=request.body,
+            headers=request.headers,
+            timeout_s=timeout_s,
+            read=functools.partial(read_reply, order=order, platform_keys=keys),
         )
 
 

@@ -13,11 +13,12 @@ import functools
 import re
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -27,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 from receiver.errors import ConfigError, Rejected
 from receiver.notification import Outcome
 
+K = TypeVar("K", RSAPublicKey, RSAPrivateKey)
 MIN_KEY_BITS = 2048
 DENIED_KEY_PROBLEM = "the platform's published default key: anyone can sign with it"
 
@@ -88,26 +90,27 @@ def key_problem(key: RSAPublicKey) -> str | None:
 
 def load_key_file(path: Path, *, source: str, key: str) -> RSAPublicKey:
     """Read and vet one configured key file; ConfigError names the key path, never the key."""
-    text = _read_key_text(path, source=source, key=key)
-    try:
-        public_key = load_public_key(text)
-    except ValueError:
-        problem = f"{path} is not an RSA public key (PEM or one base64 line)"
-        raise ConfigError(source=source, key=key, problem=problem) from None
+    public_key = _key_file(path, source=source, key=key, parse=load_public_key, what="public")
     refused = key_problem(public_key)
     if refused is not None:
         raise ConfigError(source=source, key=key, problem=f"{path}: {refused}")
     return public_key
 
 
-def _read_key_text(path: Path, *, source: str, key: str) -> str:
+def _key_file(path: Path, *, source: str, key: str, parse: Callable[[str], K], what: str) -> K:
+    """One key file parsed by `parse`; unreadable or unparsable is a ConfigError (no key text)."""
     try:
-        return path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         problem = f"cannot read {path}: {exc.strerror or type(exc).__name__}"
         raise ConfigError(source=source, key=key, problem=problem) from None
     except UnicodeDecodeError:
-        return ""  # binary: falls through to "not an RSA key"
+        text = ""  # binary: falls through to "not an RSA key"
+    try:
+        return parse(text)
+    except ValueError:
+        problem = f"{path} is not an RSA {what} key (PEM or one base64 line)"
+        raise ConfigError(source=source, key=key, problem=problem) from None
 
 
 def load_private_key(text: str) -> RSAPrivateKey:
@@ -132,12 +135,8 @@ def load_private_key(text: str) -> RSAPrivateKey:
 
 def load_private_key_file(path: Path, *, source: str, key: str) -> RSAPrivateKey:
     """Read one configured private key file; ConfigError names the key path, never the key."""
-    text = _read_key_text(path, source=source, key=key)
-    try:
-        private_key = load_private_key(text)
-    except ValueError:
-        problem = f"{path} is not an unencrypted RSA private key (PEM or one base64 line)"
-        raise ConfigError(source=source, key=key, problem=problem) from None
+    parse, what = load_private_key, "unencrypted private"
+    private_key = _key_file(path, source=source, key=key, parse=parse, what=what)
     if private_key.key_size < MIN_KEY_BITS:
         problem = f"{path}: key is {private_key.key_size} bits, shorter than {MIN_KEY_BITS}"
         raise ConfigError(source=source, key=key, problem=problem)
