@@ -46,18 +46,26 @@ _TS_FLOAT = re.compile(r"[0-9](\.[0-9]+)?[eE]\+?[0-9]{1,2}")  # PHP float text, 
 # --- keys -------------------------------------------------------------------------------------
 
 
-def load_public_key(text: str) -> RSAPublicKey:
-    """An RSA public key from SPKI PEM, PKCS#1 PEM or bare base64 (SPKI or PKCS#1 DER)."""
+def _pem_or_der(text: str) -> tuple[bytes, bool]:
+    """The key's bytes and whether they are PEM, else DER from one base64 text; ValueError."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     if not lines:
         raise ValueError("empty key text")
+    if lines[0].startswith("-----BEGIN"):
+        return ("\n".join(lines) + "\n").encode("ascii"), True
+    # binascii.Error and UnicodeEncodeError are ValueErrors too.
+    return base64.b64decode("".join(lines).encode("ascii"), validate=True), False
+
+
+def load_public_key(text: str) -> RSAPublicKey:
+    """An RSA public key from SPKI PEM, PKCS#1 PEM or bare base64 (SPKI or PKCS#1 DER)."""
+    data, pem = _pem_or_der(text)
     try:
-        if lines[0].startswith("-----BEGIN"):
-            key = serialization.load_pem_public_key(("\n".join(lines) + "\n").encode("ascii"))
+        if pem:
+            key = serialization.load_pem_public_key(data)
         else:
-            der = base64.b64decode("".join(lines).encode("ascii"), validate=True)
-            key = serialization.load_der_public_key(der)
-    except (binascii.Error, UnsupportedAlgorithm) as exc:
+            key = serialization.load_der_public_key(data)
+    except UnsupportedAlgorithm as exc:
         raise ValueError("not a public key") from exc
     if not isinstance(key, RSAPublicKey):
         raise ValueError("not an RSA public key")
@@ -115,17 +123,13 @@ def _key_file(path: Path, *, source: str, key: str, parse: Callable[[str], K], w
 
 def load_private_key(text: str) -> RSAPrivateKey:
     """An RSA private key from PEM (PKCS#8 or PKCS#1) or bare base64 DER; ValueError otherwise."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    if not lines:
-        raise ValueError("empty key text")
+    data, pem = _pem_or_der(text)
     try:
-        if lines[0].startswith("-----BEGIN"):
-            pem = ("\n".join(lines) + "\n").encode("ascii")
-            key = serialization.load_pem_private_key(pem, password=None)
+        if pem:
+            key = serialization.load_pem_private_key(data, password=None)
         else:
-            der = base64.b64decode("".join(lines).encode("ascii"), validate=True)
-            key = serialization.load_der_private_key(der, password=None)
-    except (binascii.Error, UnicodeEncodeError, UnsupportedAlgorithm, TypeError) as exc:
+            key = serialization.load_der_private_key(data, password=None)
+    except (UnsupportedAlgorithm, TypeError) as exc:
         # TypeError: the PEM is encrypted and no password was given.
         raise ValueError("not a private key") from exc
     if not isinstance(key, RSAPrivateKey):
