@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
@@ -27,6 +28,7 @@ from receiver.simulate.payments import Payment
 from receiver.simulate.server import create_gateway_app
 from tests.conftest import BAOFOO_MEMBER, BAOFOO_TERMINAL, GOPAY_MCHID
 from tests.gopay_signer import GoPaySigner, new_rsa_key
+from tests.tls_support import self_signed
 
 API_KEY = "test-api-key"
 ServerFactory = Callable[..., Any]
@@ -364,3 +366,30 @@ async def test_the_ledger_applies_a_paid_answer_and_refuses_a_wrong_amount(
         (f"{provider}-ok", "paid"),
         (f"{provider}-short", "pending"),
     ]
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_a_gateway_whose_certificate_does_not_verify_is_a_tls_error(
+    aiohttp_server: ServerFactory,
+    rig: Rig,
+    tmp_path: Path,
+    gopay_key_file: Path,
+    merchant_key_file: Path,
+    baofoo_md5_key: str,
+    provider: str,
+) -> None:
+    cert, key = self_signed(tmp_path / "tls")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server: TestServer = await aiohttp_server(create_gateway_app(rig.gateway), ssl=context)
+    config = query_config(
+        f"https://127.0.0.1:{server.port}",
+        platform_key_file=gopay_key_file,
+        merchant_key_file=merchant_key_file,
+        md5_key=baofoo_md5_key,
+    )
+    order = order_ref(provider, "tls")
+    held(rig.gateway, order)
+    answer = await build_queriers(config)[provider].query(rig.session, order, timeout_s=5)
+    assert answer.result is QueryResult.ERROR
+    assert answer.reason.startswith("TLS error:") and "certificate" in answer.reason
