@@ -97,7 +97,11 @@ def _run_serve(args: argparse.Namespace) -> int:
         raise UsageError("--port must be a port number (0-65535)")
     baofoo = [_member_terminal(m) for m in args.baofoo_merchant or [DEFAULT_BAOFOO_MERCHANT]]
     gopay = args.gopay_merchant or [DEFAULT_GOPAY_MERCHANT]
-    keys = load_or_create(Path(args.keys_dir))
+    try:
+        keys = load_or_create(Path(args.keys_dir))
+    except OSError as exc:
+        problem = exc.strerror or type(exc).__name__
+        raise UsageError(f"--keys-dir {args.keys_dir}: {problem}") from None
     client = GoPayClient(public_key=keys.merchant.public_key(), api_key=keys.api_key)
     gateway = StandInGateway(
         platform=GoPaySimulator(keys.platform),
