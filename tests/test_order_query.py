@@ -248,6 +248,14 @@ async def test_a_wrong_api_key_gets_the_gateways_error_code(rig: Rig) -> None:
     assert answer.result is QueryResult.ERROR and "Auth Key" in answer.reason
 
 
+async def test_a_baofoo_query_with_the_wrong_md5_key_is_refused_by_the_gateway(rig: Rig) -> None:
+    rig.gateway.baofoo_keys[(BAOFOO_MEMBER, BAOFOO_TERMINAL)] = "another key"
+    order = order_ref("baofoo", "wrong-key")
+    held(rig.gateway, order)
+    answer = await rig.ask(order)
+    assert answer.result is QueryResult.ERROR and "not MemberID" in answer.reason
+
+
 @pytest.mark.parametrize(
     ("provider", "fault", "reason"),
     [
