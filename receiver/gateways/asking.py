@@ -7,7 +7,7 @@ Every way the exchange can fail (timeout, refused connection, TLS, a reply too l
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -44,11 +44,9 @@ class HttpReply:
     content_type: str
     charset: str | None
 
-    def inbound(self, provider: str, *, header_prefix: str = "") -> Inbound:
-        """The reply as an `Inbound`, keeping only the headers whose names start with the prefix."""
-        kept = {
-            k: v for k, v in self.headers.items() if header_prefix and k.startswith(header_prefix)
-        }
+    def inbound(self, provider: str, *, keep: Sequence[str] = ()) -> Inbound:
+        """The reply as an `Inbound`, with the headers named in `keep` (lower-case)."""
+        kept = {name: self.headers[name] for name in keep if name in self.headers}
         return Inbound(
             provider=provider,
             body=self.body,

@@ -48,6 +48,7 @@ from receiver.notification import Notification, Outcome
 QUERY_PATH = "/pay/orderquery"
 ORDER_NOT_FOUND = 200000  # the platform's error_code for "Order does not exist."
 _ERROR_MSG_MAX = 120
+SIGNED_HEADERS = (NONCE_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER)  # kept with a stored reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +198,7 @@ def read_reply(
         return _error_code(parsed)
     if reply.status != 200 or parsed.get("result_code") != "OK" or "charge" not in parsed:
         return error(f"reply is not a successful query result (HTTP {reply.status})")
-    inbound = reply.inbound(PROVIDER, header_prefix="x-ca-")
+    inbound = reply.inbound(PROVIDER, keep=SIGNED_HEADERS)
     try:
         n = verified_notification(reply, order=order, platform_keys=platform_keys)
     except Rejected as exc:
