@@ -23,6 +23,7 @@ from receiver.gateways.gopay.signing import (
     load_private_key,
     load_private_key_file,
     load_public_key,
+    sign_charge,
 )
 from receiver.notification import Outcome, Status
 from tests.gopay_signer import new_rsa_key, public_key_text
@@ -310,3 +311,18 @@ def test_a_member_with_several_terminals_is_not_queryable() -> None:
     )
     order = _order(provider="baofoo", merchant_id="1", out_trade_no="t", channel=None)
     assert "several terminals" in str(querier.not_queryable(order))
+
+
+def test_a_reply_signed_without_the_base64_step_verifies_as_the_plain_variant() -> None:
+    platform = new_rsa_key()
+    nonce, timestamp = "0" * 32, "1795591510237.1"
+    signature = sign_charge(
+        platform, nonce=nonce, timestamp=timestamp, charge=VECTOR_CHARGE, base64_step=False
+    )
+    headers = {"x-ca-noncestr": nonce, "x-ca-timestamp": timestamp, "x-ca-signature": signature}
+    reply = HttpReply(
+        status=200, headers=headers, body=VECTOR_REPLY_BODY, content_type="text/html", charset=None
+    )
+    answer = read_gopay_reply(reply, order=_order(), platform_keys=(platform.public_key(),))
+    assert answer.result is QueryResult.PAID
+    assert answer.notification is not None and answer.notification.detail == "signature=plain"

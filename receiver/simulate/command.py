@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from receiver.gateways.baofoo.notify import PROVIDER as BAOFOO
 from receiver.gateways.gopay.notify import PROVIDER as GOPAY
 from receiver.notification import Status, parse_money
 from receiver.simulate.gateway import Event, Fault, GoPayClient, StandInGateway
-from receiver.simulate.keys import config_snippet, load_or_create
+from receiver.simulate.keys import SimulatorKeys, config_snippet, load_or_create
 from receiver.simulate.server import PAYMENTS_PATH, create_gateway_app
 from receiver.simulate.signers import GoPaySimulator
 
@@ -97,11 +98,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         raise UsageError("--port must be a port number (0-65535)")
     baofoo = [_member_terminal(m) for m in args.baofoo_merchant or [DEFAULT_BAOFOO_MERCHANT]]
     gopay = args.gopay_merchant or [DEFAULT_GOPAY_MERCHANT]
-    try:
-        keys = load_or_create(Path(args.keys_dir))
-    except OSError as exc:
-        problem = exc.strerror or type(exc).__name__
-        raise UsageError(f"--keys-dir {args.keys_dir}: {problem}") from None
+    keys = _keys(args.keys_dir)
     client = GoPayClient(public_key=keys.merchant.public_key(), api_key=keys.api_key)
     gateway = StandInGateway(
         platform=GoPaySimulator(keys.platform),
@@ -112,13 +109,20 @@ def _run_serve(args: argparse.Namespace) -> int:
     gateway.fault = Fault(args.fault)
 
     def announce(base_url: str) -> None:
-        print(f"# receiver configuration for the stand-in gateway at {base_url}")
-        print(
-            config_snippet(keys, base_url=base_url, gopay_merchants=gopay, baofoo_merchants=baofoo)
+        snippet = config_snippet(
+            keys, base_url=base_url, gopay_merchants=gopay, baofoo_merchants=baofoo
         )
+        print(f"# receiver configuration for the stand-in gateway at {base_url}\n{snippet}")
         print(f"# listening on {base_url}; Ctrl-C stops", flush=True)
 
     return asyncio.run(_serve(gateway, host=args.host, port=args.port, announce=announce))
+
+
+def _keys(folder: str) -> SimulatorKeys:
+    try:
+        return load_or_create(Path(folder))
+    except OSError as exc:
+        raise UsageError(f"--keys-dir {folder}: {exc.strerror or type(exc).__name__}") from None
 
 
 def _member_terminal(text: str) -> tuple[str, str]:
@@ -132,7 +136,9 @@ def _print_event(event: Event) -> None:
     print(json.dumps(dict(event), ensure_ascii=False), flush=True)
 
 
-async def _serve(gateway: StandInGateway, *, host: str, port: int, announce: Any) -> int:
+async def _serve(
+    gateway: StandInGateway, *, host: str, port: int, announce: Callable[[str], None]
+) -> int:
     runner = web.AppRunner(create_gateway_app(gateway), access_log=None)
     await runner.setup()
     try:
