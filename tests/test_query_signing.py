@@ -326,3 +326,11 @@ def test_a_reply_signed_without_the_base64_step_verifies_as_the_plain_variant() 
     answer = read_gopay_reply(reply, order=_order(), platform_keys=(platform.public_key(),))
     assert answer.result is QueryResult.PAID
     assert answer.notification is not None and answer.notification.detail == "signature=plain"
+
+
+def test_the_baofoo_queriers_repr_holds_no_md5_key() -> None:
+    querier = BaofooQuerier(
+        query_url="http://x", merchants=[BaofooMerchant("1", "a", "secret-md5-key")]
+    )
+    assert "secret-md5-key" not in repr(querier)
+    assert "secret-md5-key" not in repr(querier._terminals)
