@@ -10,20 +10,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 from receiver.gateways.baofoo.notify import PROVIDER as BAOFOO
 from receiver.gateways.gopay.notify import PROVIDER as GOPAY
 from receiver.notification import Status, parse_money
 from receiver.simulate.gateway import Event, Fault, GoPayClient, StandInGateway
 from receiver.simulate.keys import SimulatorKeys, config_snippet, load_or_create
-from receiver.simulate.server import PAYMENTS_PATH, create_gateway_app
+from receiver.simulate.server import PAYMENTS_PATH, serving
 from receiver.simulate.signers import GoPaySimulator
 
 DEFAULT_PORT = 8090
@@ -112,8 +112,8 @@ def _run_serve(args: argparse.Namespace) -> int:
         snippet = config_snippet(
             keys, base_url=base_url, gopay_merchants=gopay, baofoo_merchants=baofoo
         )
-        print(f"# receiver configuration for the stand-in gateway at {base_url}\n{snippet}")
-        print(f"# listening on {base_url}; Ctrl-C stops", flush=True)
+        _print(f"# receiver configuration for the stand-in gateway at {base_url}\n{snippet}")
+        _print(f"# listening on {base_url}; Ctrl-C stops")
 
     return asyncio.run(_serve(gateway, host=args.host, port=args.port, announce=announce))
 
@@ -133,30 +133,31 @@ def _member_terminal(text: str) -> tuple[str, str]:
 
 
 def _print_event(event: Event) -> None:
-    print(json.dumps(dict(event), ensure_ascii=False), flush=True)
+    _print(json.dumps(dict(event), ensure_ascii=False))
+
+
+def _print(text: str) -> None:
+    try:
+        print(text, flush=True)
+    except OSError:
+        # stdout closed (`| head`): keep serving silently; devnull spares the flush at exit.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
 
 
 async def _serve(
     gateway: StandInGateway, *, host: str, port: int, announce: Callable[[str], None]
 ) -> int:
-    runner = web.AppRunner(create_gateway_app(gateway), access_log=None)
-    await runner.setup()
+    listening = False
     try:
-        site = web.TCPSite(runner, host, port)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise Failure(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        bound_host, bound_port = runner.addresses[0][:2]
-        announce(f"http://{_url_host(bound_host)}:{bound_port}")
-        await asyncio.Event().wait()  # until interrupted
-    finally:
-        await runner.cleanup()
+        async with serving(gateway, host=host, port=port) as base_url:
+            listening = True
+            announce(base_url)
+            await asyncio.Event().wait()  # until interrupted
+    except OSError as exc:
+        if listening:
+            raise
+        raise Failure(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     return 0
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 # --- pay ----------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,22 @@ def create_gateway_app(gateway: StandInGateway) -> web.Application:
     app.cleanup_ctx.append(_background)
     app.on_shutdown.append(_release_held)
     return app
+
+
+@asynccontextmanager
+async def serving(
+    gateway: StandInGateway, *, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[str]:
+    """Run the stand-in gateway on a socket (port 0: a free one); yields its base URL."""
+    runner = web.AppRunner(create_gateway_app(gateway), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        bound_host, bound_port = runner.addresses[0][:2]
+        url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+        yield f"http://{url_host}:{bound_port}"
+    finally:
+        await runner.cleanup()
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
