@@ -10,18 +10,19 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import asyncpg
-from aiohttp import web
+from aiohttp import HttpVersion11, hdrs, web
 
 from receiver import database
-from receiver.appkeys import CONFIG, GATEWAYS, IN_FLIGHT, LEDGER, POOL, InFlight
+from receiver.appkeys import CONFIG, GATEWAYS, IN_FLIGHT, LEDGER, POOL, UNVERIFIED, InFlight
 from receiver.config import Config
 from receiver.errors import DatabaseUnavailable
-from receiver.gateways import Gateway
+from receiver.gateways import Gateway, Refusal, reply
 from receiver.gateways.baofoo import BaofooGateway
 from receiver.gateways.gopay import GoPayGateway
-from receiver.handlers import healthz, notify
+from receiver.handlers import SERVER_NAME, healthz, notify, response
 from receiver.ledger import Ledger
 from receiver.logging import bind_request_id, get_logger
+from receiver.unverified import UnverifiedLimiter
 
 log = get_logger(__name__)
 
@@ -60,10 +61,14 @@ def create_app(config: Config, *, gateways: Mapping[str, Gateway] | None = None)
     app = web.Application()
     app[CONFIG] = config
     app[GATEWAYS] = dict(gateways) if gateways is not None else build_gateways(config)
+    app[UNVERIFIED] = UnverifiedLimiter(config.server.unverified_per_minute)
     in_flight = app[IN_FLIGHT] = InFlight()
     app.cleanup_ctx.append(database_ctx)
     app.cleanup_ctx.append(nonce_pruner_ctx)
-    app.router.add_route("*", "/notify/{provider}", in_context(notify, in_flight))
+    app.on_response_prepare.append(_server_header)
+    app.router.add_route(
+        "*", "/notify/{provider}", in_context(notify, in_flight), expect_handler=expect_continue
+    )
     app.router.add_get("/healthz", in_context(healthz, in_flight))
     app.router.add_get("/readyz", in_context(readyz, in_flight))
     return app
@@ -108,8 +113,23 @@ def _unhandled_reply(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAYS].get(request.match_info.get("provider", ""))
     if gateway is None:
         return web.json_response({"status": "unavailable"}, status=503)
-    fail = gateway.reply(None)
-    return web.Response(status=503, body=fail.body, content_type=fail.content_type)
+    return response(reply(gateway.dialect, Refusal.DATABASE_UNAVAILABLE))
+
+
+async def _server_header(_request: web.Request, response: web.StreamResponse) -> None:
+    response.headers[hdrs.SERVER] = SERVER_NAME
+
+
+async def expect_continue(request: web.Request) -> None:
+    """Answer `Expect: 100-continue`; leave any other expectation to the handler, which refuses
+    it in the gateway's dialect (aiohttp's own 417 quotes the header back)."""
+    if request.version == HttpVersion11 and _expects_continue(request):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the interim reply is not the response (as aiohttp's)
+
+
+def _expects_continue(request: web.Request) -> bool:
+    return request.headers.get(hdrs.EXPECT, "").lower() == "100-continue"
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:

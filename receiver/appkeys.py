@@ -10,6 +10,7 @@ from aiohttp import web
 from receiver.config import Config
 from receiver.gateways import Gateway
 from receiver.ledger import Ledger
+from receiver.unverified import UnverifiedLimiter
 
 
 class InFlight:
@@ -27,3 +28,4 @@ GATEWAYS = web.AppKey("gateways", dict[str, Gateway])
 POOL = web.AppKey("pool", asyncpg.Pool)
 LEDGER = web.AppKey("ledger", Ledger)
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
+UNVERIFIED = web.AppKey("unverified", UnverifiedLimiter)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from receiver.gateways import Refusal
     from receiver.notification import Outcome
 
 
@@ -38,11 +39,11 @@ class Rejected(ReceiverError):
         *,
         merchant_id: str | None = None,
         out_trade_no: str | None = None,
-        http_status: int | None = None,
+        refusal: Refusal | None = None,
     ) -> None:
         super().__init__(f"{outcome.value}: {reason}")
         self.outcome = outcome
-        self.http_status = http_status  # overrides the outcome's status (415 for content type)
+        self.refusal = refusal  # answered as this refusal, stored as `outcome` (415: media type)
         self.reason = reason
         self.merchant_id = merchant_id
         self.out_trade_no = out_trade_no

@@ -4,39 +4,55 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 
-from receiver.appkeys import CONFIG, GATEWAYS, LEDGER
+from receiver.appkeys import CONFIG, GATEWAYS, LEDGER, UNVERIFIED
 from receiver.config import Network
 from receiver.errors import DatabaseUnavailable, Rejected
-from receiver.gateways import Gateway, Reply
+from receiver.gateways import (
+    Gateway,
+    Refusal,
+    Reply,
+    reply,
+    reply_status,
+)
 from receiver.ledger import Result
 from receiver.logging import get_logger
 from receiver.notification import Inbound, Outcome
+from receiver.unverified import UNVERIFIED_OUTCOMES
 
 log = get_logger(__name__)
 
+# The Server header every reply carries: the service, never the aiohttp and Python versions.
+SERVER_NAME = "receiver"
+_IDENTITY = frozenset({"", "identity"})
 
-class BodyRefused(Exception):
-    """The body was too large or too slow; the reply's status says which."""
 
-    def __init__(self, status: int, reason: str) -> None:
+class Refused(Exception):
+    """The request is refused before a notification could be read; `refusal` says why."""
+
+    def __init__(self, refusal: Refusal, reason: str) -> None:
         super().__init__(reason)
-        self.status = status
+        self.refusal = refusal
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Handled:
     """What one notification came to, for the reply and the log line."""
 
-    reply: Reply
-    result: Result | None
+    answer: Outcome | Refusal
+    remote_addr: str | None
+    result: Result | None = None
     reason: str = ""
+    merchant_id: str | None = None  # what was read, when nothing was stored (503)
+    out_trade_no: str | None = None
 
 
 async def notify(request: web.Request) -> web.StreamResponse:
@@ -46,49 +62,84 @@ async def notify(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound(text="no such gateway\n")
     started = time.perf_counter()
     handled = await _handle(request, gateway)
-    _log_notification(gateway.provider, handled, started)
-    return _response(handled.reply, allow_post=request.method != "POST")
+    if handled.answer is not Refusal.TOO_MANY_UNVERIFIED:  # the limiter logs a summary instead
+        _log_notification(gateway.provider, handled, started)
+    return response(reply(gateway.dialect, handled.answer))
 
 
 async def _handle(request: web.Request, gateway: Gateway) -> Handled:
-    if request.method != "POST":
-        return _refused(gateway, 405, "method not allowed")
     config = request.app[CONFIG].server
+    remote_addr = client_address(
+        request.remote, request.headers.get("X-Forwarded-For"), config.trusted_proxies
+    )
     try:
+        _check_request(request)
         body = await read_body(
             request, limit=config.max_body_bytes, timeout_s=config.read_timeout_s
         )
-    except BodyRefused as exc:
-        return _refused(gateway, exc.status, exc.reason)
+    except Refused as exc:
+        return Handled(answer=exc.refusal, reason=exc.reason, remote_addr=remote_addr)
     inbound = Inbound(
         provider=gateway.provider,
         body=body,
         headers=request.headers,
         content_type=request.content_type,
         charset=request.charset,
-        remote_addr=client_address(
-            request.remote, request.headers.get("X-Forwarded-For"), config.trusted_proxies
-        ),
+        remote_addr=remote_addr,
     )
-    try:
-        return await _process(request.app, gateway, inbound)
-    except DatabaseUnavailable as exc:
-        return Handled(gateway.reply(None), None, str(exc))
+    return await _process(request.app, gateway, inbound)
+
+
+def _check_request(request: web.Request) -> None:
+    """Refuse what needs no body to refuse: another method, an expectation we do not meet."""
+    if request.method != "POST":
+        raise Refused(Refusal.METHOD_NOT_ALLOWED, "method not allowed")
+    expect = request.headers.get(hdrs.EXPECT)
+    if expect is not None and expect.lower() != "100-continue":
+        raise Refused(Refusal.BAD_REQUEST, "Expect other than 100-continue")
 
 
 async def _process(app: web.Application, gateway: Gateway, inbound: Inbound) -> Handled:
-    ledger = app[LEDGER]
     try:
         _check_source(gateway, inbound.remote_addr)
+        _check_encoding(inbound)
         notification = gateway.parse(inbound)
     except Rejected as rejected:
-        result = await ledger.reject(inbound, rejected)
-        reply = gateway.reply(rejected.outcome)
-        if rejected.http_status is not None:
-            reply = Reply(rejected.http_status, reply.body, reply.content_type)
-        return Handled(reply, result, rejected.reason)
-    result = await ledger.apply(inbound, notification)
-    return Handled(gateway.reply(result.outcome), result, result.detail)
+        return await _reject(app, inbound, rejected)
+    try:
+        result = await app[LEDGER].apply(inbound, notification)
+    except DatabaseUnavailable as exc:
+        return _unavailable(exc, inbound, notification.merchant_id, notification.out_trade_no)
+    return Handled(
+        answer=result.outcome, result=result, reason=result.detail, remote_addr=inbound.remote_addr
+    )
+
+
+async def _reject(app: web.Application, inbound: Inbound, rejected: Rejected) -> Handled:
+    if rejected.outcome in UNVERIFIED_OUTCOMES and not app[UNVERIFIED].admit(inbound.remote_addr):
+        return Handled(answer=Refusal.TOO_MANY_UNVERIFIED, remote_addr=inbound.remote_addr)
+    try:
+        result = await app[LEDGER].reject(inbound, rejected)
+    except DatabaseUnavailable as exc:
+        return _unavailable(exc, inbound, rejected.merchant_id, rejected.out_trade_no)
+    return Handled(
+        answer=rejected.refusal or rejected.outcome,
+        result=result,
+        reason=rejected.reason,
+        remote_addr=inbound.remote_addr,
+    )
+
+
+def _unavailable(
+    exc: DatabaseUnavailable, inbound: Inbound, merchant_id: str | None, out_trade_no: str | None
+) -> Handled:
+    return Handled(
+        answer=Refusal.DATABASE_UNAVAILABLE,
+        reason=str(exc),
+        remote_addr=inbound.remote_addr,
+        merchant_id=merchant_id,
+        out_trade_no=out_trade_no,
+    )
 
 
 def _check_source(gateway: Gateway, remote_addr: str | None) -> None:
@@ -97,27 +148,44 @@ def _check_source(gateway: Gateway, remote_addr: str | None) -> None:
         raise Rejected(Outcome.IP_DENIED, f"source address {remote_addr} not allowed")
 
 
-def _refused(gateway: Gateway, status: int, reason: str) -> Handled:
-    fail = gateway.reply(Outcome.MALFORMED)
-    return Handled(Reply(status, fail.body, fail.content_type), None, reason)
+def _check_encoding(inbound: Inbound) -> None:
+    """Gateways never compress: any Content-Encoding but identity is refused, never decoded
+    (the server does not decompress either), so a decompression bomb costs nothing."""
+    encoding = inbound.headers.get(hdrs.CONTENT_ENCODING, "")
+    if any(token.strip().lower() not in _IDENTITY for token in encoding.split(",")):
+        raise Rejected(
+            Outcome.MALFORMED,
+            "a Content-Encoding other than identity is not accepted",
+            refusal=Refusal.UNSUPPORTED_MEDIA_TYPE,
+        )
 
 
-def _response(reply: Reply, *, allow_post: bool) -> web.Response:
-    headers = {"Allow": "POST"} if allow_post and reply.status == 405 else None
-    return web.Response(
-        status=reply.status, body=reply.body, content_type=reply.content_type, headers=headers
-    )
+def response(r: Reply) -> web.Response:
+    """The aiohttp response for a reply (405 names the method allowed)."""
+    headers = {hdrs.ALLOW: "POST"} if r.status == Refusal.METHOD_NOT_ALLOWED else None
+    return web.Response(status=r.status, body=r.body, content_type=r.content_type, headers=headers)
 
 
 async def read_body(request: web.Request, *, limit: int, timeout_s: float) -> bytes:
-    """The whole body, refused with 413 past `limit` bytes and 408 past `timeout_s`."""
+    """The whole body, refused with 413 past `limit` bytes, 408 past `timeout_s`, 400 when its
+    framing is broken (chunk sizes, a length the body does not have)."""
     declared = request.content_length
     if declared is not None and declared > limit:
-        raise BodyRefused(413, f"body of {declared} bytes is over the {limit}-byte limit")
+        raise Refused(
+            Refusal.BODY_TOO_LARGE, f"body of {declared} bytes is over the {limit}-byte limit"
+        )
+    try:
+        return await _read_limited(request, limit=limit, timeout_s=timeout_s)
+    except (HttpProcessingError, web.RequestPayloadError, ConnectionError) as exc:
+        raise Refused(Refusal.BAD_REQUEST, f"body not readable: {_framing(exc)}") from None
+
+
+async def _read_limited(request: web.Request, *, limit: int, timeout_s: float) -> bytes:
+    too_large = Refused(Refusal.BODY_TOO_LARGE, f"body is over the {limit}-byte limit")
     if request.content.is_eof():  # usual: the body came with the headers, nothing to wait for
         body = await request.content.read()
         if len(body) > limit:
-            raise BodyRefused(413, f"body is over the {limit}-byte limit")
+            raise too_large
         return body
     chunks: list[bytes] = []
     size = 0
@@ -126,17 +194,38 @@ async def read_body(request: web.Request, *, limit: int, timeout_s: float) -> by
             async for chunk in request.content.iter_chunked(16384):
                 size += len(chunk)
                 if size > limit:
-                    raise BodyRefused(413, f"body is over the {limit}-byte limit")
+                    raise too_large
                 chunks.append(chunk)
     except TimeoutError:
-        raise BodyRefused(408, f"body not received within {timeout_s:g} s") from None
+        raise Refused(Refusal.BODY_TIMEOUT, f"body not received within {timeout_s:g} s") from None
     return b"".join(chunks)
+
+
+def _framing(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionError):
+        return "the client went away"
+    return describe_parser_error(exc)
+
+
+def describe_parser_error(exc: BaseException | None) -> str:
+    """What aiohttp's HTTP parser refused, in its own words but without the bytes it quotes
+    (its messages quote the offending line, which may be a signature header)."""
+    if exc is None:
+        return "request refused by the HTTP parser"
+    message = getattr(exc, "message", "") or ""
+    first = message.splitlines()[0] if message else ""
+    words = re.split(r"[:'\"(\[{<]", first, maxsplit=1)[0].strip().rstrip(".")
+    return f"{type(exc).__name__}: {words[:120]}" if words else type(exc).__name__
 
 
 def client_address(
     peer: str | None, forwarded_for: str | None, trusted: Sequence[Network]
 ) -> str | None:
-    """The client's address: the peer, or, behind a trusted proxy, the last untrusted hop."""
+    """The client's address: the peer, or, behind a trusted proxy, the last untrusted hop.
+
+    A hop that is not a plain IP address (garbage, bytes that are not text, an IPv6 zone) is no
+    usable address: the peer's is used.
+    """
     if not forwarded_for or not trusted or not address_in(peer, trusted):
         return peer
     hops = [hop.strip() for hop in forwarded_for.split(",")]
@@ -155,6 +244,10 @@ def address_in(address: str | None, networks: Sequence[Network]) -> bool:
 
 
 def _is_ip(text: str) -> bool:
+    # ipaddress takes any text after '%' as an IPv6 zone, NUL and lone surrogates included,
+    # which the database would refuse: a client address never has a zone.
+    if "%" in text:
+        return False
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -163,14 +256,18 @@ def _is_ip(text: str) -> bool:
 
 
 def _log_notification(provider: str, handled: Handled, started: float) -> None:
-    result = handled.result
+    status = reply_status(handled.answer)
     fields = {
         "provider": provider,
-        "http_status": handled.reply.status,
+        "http_status": status,
         "duration_ms": round((time.perf_counter() - started) * 1000, 2),
         "reason": handled.reason,
+        "remote_addr": handled.remote_addr,
     }
-    if result is not None:
+    result = handled.result
+    if result is None:
+        fields |= {"merchant_id": handled.merchant_id, "out_trade_no": handled.out_trade_no}
+    else:
         fields |= {
             "merchant_id": result.merchant_id,
             "out_trade_no": result.out_trade_no,
@@ -180,9 +277,7 @@ def _log_notification(provider: str, handled: Handled, started: float) -> None:
             "from_status": result.from_status and result.from_status.value,
             "to_status": result.to_status and result.to_status.value,
         }
-    level = "info" if handled.reply.status == 200 else "warning"
-    if handled.reply.status == 503:
-        level = "error"
+    level = "info" if status == 200 else "error" if status >= 500 else "warning"
     getattr(log, level)("notification", **fields)
 
 

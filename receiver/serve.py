@@ -43,7 +43,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from receiver import database
+from receiver import connections, database
 from receiver.app import build_gateways, create_app
 from receiver.appkeys import IN_FLIGHT
 from receiver.config import Config, ServerConfig
@@ -92,6 +92,7 @@ def run_worker(
 ) -> int:
     """Serve in this process until a signal; 0 after a graceful shutdown."""
     ssl_context = tls_context(config.server, source=config.source)
+    connections.raise_open_files_limit()  # systemd's default soft limit is 1024
     app = create_app(config)
     if parent_pid is not None:
         app.cleanup_ctx.append(_orphan_watch(parent_pid))
@@ -123,7 +124,7 @@ async def _serve_until_stopped(
     stop = _StopSignals()
     stop.install()
     in_flight = app[IN_FLIGHT]
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=CANCEL_GRACE_S)
+    runner = connections.Runner(app, shutdown_timeout=CANCEL_GRACE_S)
     try:
         if not await stop.unless_requested(runner.setup()):  # database, migrations
             return

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from receiver.config import BaofooConfig, BaofooMerchant
 from receiver.errors import Rejected
-from receiver.gateways import Gateway, Reply
+from receiver.gateways import Gateway, Refusal, Reply, reply
 from receiver.gateways.baofoo import (
     PREPAID_CARD_PAY_IDS,
     SIGNED_FIELDS,
@@ -176,7 +176,7 @@ def test_utf8_charset_labels_are_accepted(charset: str | None) -> None:
 @pytest.mark.parametrize("charset", ["latin-1", "iso-8859-1", "utf-16", "ascii", "big5", "x"])
 def test_other_charsets_are_415(charset: str) -> None:
     rejected = refused(signed_body(), charset=charset)
-    assert (rejected.outcome, rejected.http_status) == (Outcome.MALFORMED, 415)
+    assert (rejected.outcome, rejected.refusal) == (Outcome.MALFORMED, 415)
 
 
 @pytest.mark.parametrize(
@@ -184,7 +184,7 @@ def test_other_charsets_are_415(charset: str) -> None:
 )
 def test_other_content_types_are_415(content_type: str) -> None:
     rejected = refused(signed_body(), content_type=content_type)
-    assert (rejected.outcome, rejected.http_status) == (Outcome.MALFORMED, 415)
+    assert (rejected.outcome, rejected.refusal) == (Outcome.MALFORMED, 415)
 
 
 def test_content_type_is_case_insensitive_and_may_carry_parameters() -> None:
@@ -196,7 +196,7 @@ def test_undecodable_form_is_malformed() -> None:
     body = signed_body() + b"&AdditionalInfo=%FF%FE"
     rejected = refused(body)
     assert rejected.outcome is Outcome.MALFORMED
-    assert rejected.http_status is None
+    assert rejected.refusal is None
 
 
 # --- form parsing ---------------------------------------------------------------------------
@@ -397,19 +397,21 @@ def test_from_config_and_repr_keep_the_key_out() -> None:
 
 @pytest.mark.parametrize("outcome", ACCEPTED)
 def test_accepted_outcomes_reply_exactly_ok(outcome: Outcome) -> None:
-    assert gateway().reply(outcome) == Reply(status=200, body=b"OK", content_type="text/plain")
+    assert reply(gateway().dialect, outcome) == Reply(
+        status=200, body=b"OK", content_type="text/plain"
+    )
 
 
-@pytest.mark.parametrize("outcome", [*REFUSED, None])
-def test_refusals_reply_fail_and_never_begin_with_ok(outcome: Outcome | None) -> None:
-    reply = gateway().reply(outcome)
-    assert reply.body == b"FAIL"
-    assert reply.status >= 400
-    assert b"OK" not in reply.body.lstrip(b" ")[:5].upper()
+@pytest.mark.parametrize("answer", [*REFUSED, *Refusal])
+def test_refusals_reply_fail_and_never_begin_with_ok(answer: Outcome | Refusal) -> None:
+    r = reply(gateway().dialect, answer)
+    assert r.body == b"FAIL"
+    assert r.status >= 400
+    assert b"OK" not in r.body.lstrip(b" ")[:5].upper()
 
 
 def test_database_unavailable_is_503() -> None:
-    assert gateway().reply(None).status == 503
+    assert reply(gateway().dialect, Refusal.DATABASE_UNAVAILABLE).status == 503
 
 
 # --- properties -----------------------------------------------------------------------------
@@ -441,7 +443,7 @@ def _assert_only_rejected(gw: BaofooGateway, request: Inbound) -> None:
     except Rejected as exc:
         assert SECRET not in str(exc)
         assert SECRET not in repr(exc)
-        assert exc.http_status in {None, 415}
+        assert exc.refusal in {None, 415}
 
 
 @given(body=st.binary(max_size=300), charset=charsets, content_type=content_types)

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from receiver.config import GoPayConfig, GoPayMerchant
 from receiver.errors import ConfigError, Rejected
-from receiver.gateways import Gateway
+from receiver.gateways import Gateway, Refusal, reply
 from receiver.gateways.gopay import (
     FAIL_BODY,
     SUCCESS_BODY,
@@ -714,7 +714,7 @@ def test_wrong_content_type_is_415(
     body, headers = notify(signer)
     with pytest.raises(Rejected) as info:
         gateway.parse(inbound(body, headers, content_type=content_type, charset=charset))
-    assert (info.value.outcome, info.value.http_status) == (Outcome.MALFORMED, 415)
+    assert (info.value.outcome, info.value.refusal) == (Outcome.MALFORMED, 415)
 
 
 @pytest.mark.parametrize(
@@ -822,10 +822,10 @@ def test_tolerance_zero_turns_freshness_and_nonce_off(
 # --- replies ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("outcome", [*Outcome, None])
-def test_reply_bytes(gateway: GoPayGateway, outcome: Outcome | None) -> None:
-    r = gateway.reply(outcome)
-    accepted = outcome is not None and outcome.accepted
+@pytest.mark.parametrize("outcome", [*Outcome, *Refusal])
+def test_reply_bytes(gateway: GoPayGateway, outcome: Outcome | Refusal) -> None:
+    r = reply(gateway.dialect, outcome)
+    accepted = isinstance(outcome, Outcome) and outcome.accepted
     expected = (
         b'{"result_code":"OK","result_msg":"SUCCESS"}'
         if accepted
@@ -847,11 +847,12 @@ def test_reply_bytes(gateway: GoPayGateway, outcome: Outcome | None) -> None:
         (Outcome.UNKNOWN_MERCHANT, 403),
         (Outcome.UNKNOWN_ORDER, 404),
         (Outcome.AMOUNT_MISMATCH, 422),
-        (None, 503),
+        (Refusal.TOO_MANY_UNVERIFIED, 429),
+        (Refusal.DATABASE_UNAVAILABLE, 503),
     ],
 )
-def test_reply_status(gateway: GoPayGateway, outcome: Outcome | None, status: int) -> None:
-    assert gateway.reply(outcome).status == status
+def test_reply_status(gateway: GoPayGateway, outcome: Outcome | Refusal, status: int) -> None:
+    assert reply(gateway.dialect, outcome).status == status
 
 
 # --- properties -------------------------------------------------------------------------------

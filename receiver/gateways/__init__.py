@@ -23,18 +23,38 @@ class Reply:
     content_type: str
 
 
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """How a gateway wants to be answered: the body that stops its retries, and the one that
+    does not (every refusal, whatever its status)."""
+
+    success_body: bytes
+    fail_body: bytes
+    content_type: str
+
+
+class Refusal(enum.IntEnum):
+    """A reply given before or without an outcome; the value is its HTTP status (SPEC:
+    `receiver_http_refusals_total`)."""
+
+    BAD_REQUEST = 400  #: the HTTP parser refused the request (bad bytes, framing, method)
+    METHOD_NOT_ALLOWED = 405  #: not a POST
+    BODY_TIMEOUT = 408  #: the body did not arrive within `server.read_timeout_s`
+    BODY_TOO_LARGE = 413  #: the body is over `server.max_body_bytes`
+    UNSUPPORTED_MEDIA_TYPE = 415  #: content type, charset or a Content-Encoding not accepted
+    TOO_MANY_UNVERIFIED = 429  #: over `server.unverified_per_minute` from this address
+    DATABASE_UNAVAILABLE = 503  #: nothing acknowledged: the gateway retries
+
+
 class Gateway(Protocol):
     """What handlers need of a gateway adapter."""
 
     provider: str
     allowed_ips: tuple[Network, ...]  # source addresses allowed to notify; empty = any
+    dialect: Dialect
 
     def parse(self, inbound: Inbound) -> Notification:
         """Verify and parse one notification; raise `Rejected` with the outcome otherwise."""
-        ...
-
-    def reply(self, outcome: Outcome | None) -> Reply:
-        """The reply for an outcome; None means the database was unavailable (503)."""
         ...
 
 
@@ -56,9 +76,17 @@ HTTP_STATUS: dict[Outcome, int] = {
 }
 
 
-def http_status(outcome: Outcome | None) -> int:
-    """SPEC's HTTP status for an outcome; None (database unavailable) is 503."""
-    return 503 if outcome is None else HTTP_STATUS[outcome]
+def reply_status(answer: Outcome | Refusal) -> int:
+    """SPEC's HTTP status for an outcome or a refusal."""
+    return int(answer) if isinstance(answer, Refusal) else HTTP_STATUS[answer]
+
+
+def reply(dialect: Dialect, answer: Outcome | Refusal) -> Reply:
+    """The one place a reply is decided: SPEC's status, and the gateway's success body only for
+    an outcome that tells it to stop retrying."""
+    accepted = isinstance(answer, Outcome) and answer.accepted
+    body = dialect.success_body if accepted else dialect.fail_body
+    return Reply(reply_status(answer), body, dialect.content_type)
 
 
 # --- the asking side: order queries (reconciliation) ------------------------------------------

@@ -14,7 +14,7 @@ from urllib.parse import unquote_to_bytes
 
 from receiver.config import BaofooConfig, BaofooMerchant, Network
 from receiver.errors import Rejected
-from receiver.gateways import Reply, http_status
+from receiver.gateways import Dialect, Refusal
 from receiver.gateways.baofoo.signing import SIGNATURE_FIELD, SIGNED_FIELDS, baofoo_signature
 from receiver.notification import Inbound, Notification, Outcome, Status, is_identifier
 
@@ -22,6 +22,8 @@ PROVIDER = "baofoo"
 FORM_TYPE = "application/x-www-form-urlencoded"
 CURRENCY = "CNY"
 CHINA_TIME = timezone(timedelta(hours=8), "UTC+08:00")
+# `OK` stops Baofoo resending; the refusal body must never start with OK.
+DIALECT = Dialect(success_body=b"OK", fail_body=b"FAIL", content_type="text/plain")
 
 REQUIRED_FIELDS = frozenset(SIGNED_FIELDS) - {"AdditionalInfo"} | {SIGNATURE_FIELD}
 _KNOWN_FIELDS = frozenset(SIGNED_FIELDS) | {SIGNATURE_FIELD}
@@ -78,6 +80,7 @@ class BaofooGateway:
     """The Baofoo 4.0 adapter: verify form notifications, answer `OK` or `FAIL`."""
 
     provider = PROVIDER
+    dialect = DIALECT
 
     def __init__(
         self, merchants: Iterable[BaofooMerchant], *, allowed_ips: Sequence[Network] = ()
@@ -103,11 +106,6 @@ class BaofooGateway:
         verified_with = _verify(fields, md5_key, charset=charset)
         return _notification(fields, charset=charset, verified_with=verified_with)
 
-    def reply(self, outcome: Outcome | None) -> Reply:
-        """`OK` when Baofoo should stop resending, `FAIL` (never starting with OK) otherwise."""
-        body = b"OK" if outcome is not None and outcome.accepted else b"FAIL"
-        return Reply(status=http_status(outcome), body=body, content_type="text/plain")
-
     def _md5_key(self, fields: Mapping[str, str]) -> str:
         key = self._keys.get((fields["MemberID"], fields["TerminalID"]))
         if key is None:
@@ -119,11 +117,19 @@ def _request_charset(inbound: Inbound) -> str:
     """The Python codec for the request, or 415 for another content type or charset."""
     media_type = inbound.content_type.split(";", 1)[0].strip().lower()
     if media_type != FORM_TYPE:
-        raise Rejected(Outcome.MALFORMED, f"content type must be {FORM_TYPE}", http_status=415)
+        raise Rejected(
+            Outcome.MALFORMED,
+            f"content type must be {FORM_TYPE}",
+            refusal=Refusal.UNSUPPORTED_MEDIA_TYPE,
+        )
     label = (inbound.charset or "utf-8").strip().strip('"').lower().replace("_", "-")
     codec = _CHARSETS.get(label)
     if codec is None:
-        raise Rejected(Outcome.MALFORMED, "charset must be UTF-8, GBK or GB18030", http_status=415)
+        raise Rejected(
+            Outcome.MALFORMED,
+            "charset must be UTF-8, GBK or GB18030",
+            refusal=Refusal.UNSUPPORTED_MEDIA_TYPE,
+        )
     return codec
 
 

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from receiver.config import GoPayConfig, Network
 from receiver.errors import Rejected
-from receiver.gateways import Reply, http_status
+from receiver.gateways import Dialect, Refusal
 from receiver.gateways.gopay.jsonspan import malformed as _malformed
 from receiver.gateways.gopay.jsonspan import read_charge
 from receiver.gateways.gopay.signing import (
@@ -31,6 +31,7 @@ PROVIDER = "gopay"
 
 SUCCESS_BODY = b'{"result_code":"OK","result_msg":"SUCCESS"}'
 FAIL_BODY = b'{"result_code":"OK","result_msg":"FAIL"}'
+DIALECT = Dialect(SUCCESS_BODY, FAIL_BODY, "application/json")
 
 _UTF8_CHARSETS = frozenset({"utf-8", "utf8"})
 _AMOUNT = re.compile(r"[0-9]{1,15}(\.[0-9]{1,3})?")
@@ -49,6 +50,7 @@ class GoPayGateway:
     """The GoPay notification adapter (see PROTOCOL.md, GoPay)."""
 
     provider = PROVIDER
+    dialect = DIALECT
 
     def __init__(
         self,
@@ -99,15 +101,6 @@ class GoPayGateway:
             if exc.out_trade_no is None:
                 exc.out_trade_no = _hint(charge.get("out_trade_no"))
             raise
-
-    def reply(self, outcome: Outcome | None) -> Reply:
-        """SUCCESS for accepted outcomes, FAIL (so the platform retries) for anything else."""
-        accepted = outcome is not None and outcome.accepted
-        return Reply(
-            status=http_status(outcome),
-            body=SUCCESS_BODY if accepted else FAIL_BODY,
-            content_type="application/json",
-        )
 
     def _verified(
         self, inbound: Inbound, *, charge_bytes: bytes, charge: dict[str, Any]
@@ -169,9 +162,15 @@ def check_content_type(inbound: Inbound) -> None:
     """Only JSON in UTF-8 is accepted (415 otherwise)."""
     mime = inbound.content_type.split(";", 1)[0].strip().lower()
     if mime != "application/json":
-        raise Rejected(Outcome.MALFORMED, "content type must be application/json", http_status=415)
+        raise Rejected(
+            Outcome.MALFORMED,
+            "content type must be application/json",
+            refusal=Refusal.UNSUPPORTED_MEDIA_TYPE,
+        )
     if inbound.charset is not None and inbound.charset.strip().lower() not in _UTF8_CHARSETS:
-        raise Rejected(Outcome.MALFORMED, "charset must be UTF-8", http_status=415)
+        raise Rejected(
+            Outcome.MALFORMED, "charset must be UTF-8", refusal=Refusal.UNSUPPORTED_MEDIA_TYPE
+        )
 
 
 # --- business fields --------------------------------------------------------------------------
