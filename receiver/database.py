@@ -187,5 +187,19 @@ async def wait_and_migrate(pool: asyncpg.Pool, *, patience_s: float) -> list[str
 
 def describe_connection_error(exc: BaseException) -> str:
     """A one-line reason for an operator, never the URL (it may hold a password)."""
+    return f"database unavailable: {_plain_reason(exc)}"
+
+
+def _plain_reason(exc: BaseException) -> str:
+    # In words a person understands: "connection refused", not "FileNotFoundError: [Errno 2]"
+    # (which is what a Unix socket with no server behind it gives).
+    if isinstance(exc, ConnectionRefusedError | FileNotFoundError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, ConnectionError):
+        return "connection lost"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[:1].lower() + exc.strerror[1:]
     text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"database unavailable: {type(exc).__name__}{': ' + text if text else ''}"
+    return text or type(exc).__name__

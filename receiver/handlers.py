@@ -32,6 +32,9 @@ log = get_logger(__name__)
 # The Server header every reply carries: the service, never the aiohttp and Python versions.
 SERVER_NAME = "receiver"
 _IDENTITY = frozenset({"", "identity"})
+# Where aiohttp's parser messages start quoting what they refused (an apostrophe inside a word,
+# as in "can't", is not a quote).
+_QUOTING = re.compile(r"""[:"(\[{<]|(?<!\w)'""")
 
 
 class Refused(Exception):
@@ -214,7 +217,7 @@ def describe_parser_error(exc: BaseException | None) -> str:
         return "request refused by the HTTP parser"
     message = getattr(exc, "message", "") or ""
     first = message.splitlines()[0] if message else ""
-    words = re.split(r"[:'\"(\[{<]", first, maxsplit=1)[0].strip().rstrip(".")
+    words = _QUOTING.split(first, maxsplit=1)[0].strip().rstrip(".")
     return f"{type(exc).__name__}: {words[:120]}" if words else type(exc).__name__
 
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from receiver import database
@@ -27,6 +28,7 @@ from receiver.config import (
     GoPayConfig,
     GoPayMerchant,
 )
+from receiver.connections import Runner
 from receiver.ledger import NewOrder, create_order
 from tests.gopay_signer import GoPaySigner, new_rsa_key, public_key_text
 from tests.pgproxy import PgProxy
@@ -123,24 +125,44 @@ def config(migrated: str, gopay_key_file: Path, baofoo_md5_key: str, tmp_path: P
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
+class ReceiverTestServer(TestServer):
+    """aiohttp's test server on the receiver's own runner: its connection handling, header
+    deadline, connection limit and parser refusals, as `receiver serve` runs them."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        return Runner(self.app, **kwargs)
+
+
+@pytest.fixture
+def serve_app(aiohttp_client: ClientFactory) -> Callable[[Config], Awaitable[TestClient[Any, Any]]]:
+    """Serve `create_app(config)` as `receiver serve` does, on a free port; a client for it."""
+
+    async def serve(config: Config) -> TestClient[Any, Any]:
+        return await aiohttp_client(ReceiverTestServer(create_app(config)))
+
+    return serve
+
+
 @pytest.fixture
 async def client(
-    db: asyncpg.Connection, config: Config, aiohttp_client: ClientFactory
+    db: asyncpg.Connection, config: Config, serve_app: Callable[..., Any]
 ) -> TestClient[Any, Any]:
     """The receiver over real HTTP on an emptied database."""
-    return await aiohttp_client(create_app(config))
+    return await serve_app(config)
 
 
 @pytest.fixture
 async def proxied(
-    db: asyncpg.Connection, config: Config, aiohttp_client: ClientFactory
+    db: asyncpg.Connection, config: Config, serve_app: Callable[..., Any]
 ) -> AsyncIterator[tuple[TestClient[Any, Any], PgProxy]]:
     """The receiver reaching its database through a proxy the test can cut and restore."""
     proxy = PgProxy(config.database.url)
     await proxy.start()
     try:
-        app = create_app(replace(config, database=replace(config.database, url=proxy.url)))
-        yield await aiohttp_client(app), proxy
+        yield (
+            await serve_app(replace(config, database=replace(config.database, url=proxy.url))),
+            proxy,
+        )
     finally:
         await proxy.close()
 
