@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from receiver.config import Config, parse_config
+from receiver.connections import RESERVED_DESCRIPTORS
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 ENV = {"BAOFOO_MD5_KEY": "not-a-real-key"}
@@ -168,6 +169,13 @@ def test_systemd_stop_timeout_outlasts_shutdown() -> None:
     assert settings["Type"] == "exec"
     assert settings["ExecStart"].endswith("serve --config /etc/receiver/receiver.toml")
     assert settings["User"] not in {"root", "0"}
+
+
+def test_systemd_unit_gives_descriptors_for_every_connection() -> None:
+    text = (DEPLOY / "receiver.service").read_text(encoding="utf-8")
+    settings = dict(re.findall(r"^(\w+)=(.*)$", text, re.M))
+    server = example_config().server
+    assert int(settings["LimitNOFILE"]) >= server.max_connections + RESERVED_DESCRIPTORS
 
 
 def test_nginx_site_limits_slow_clients_and_passes_the_client_address() -> None:
