@@ -54,8 +54,11 @@ async def exchange(host: str, port: int, data: bytes, *, within_s: float = 5.0) 
 
 
 async def read_reply(reader: asyncio.StreamReader) -> RawReply:
-    """One reply: its head, then Content-Length bytes of body (or up to EOF)."""
+    """One final reply (interim 1xx ones skipped): its head, then Content-Length bytes of body
+    (or up to EOF)."""
     head = await reader.readuntil(b"\r\n\r\n")
+    while head.startswith(b"HTTP/1.1 1"):
+        head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ", 2)[1])
     headers: dict[str, str] = {}
