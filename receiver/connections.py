@@ -198,7 +198,8 @@ class ReceiverRequestHandler(web.RequestHandler):
         return waiter is not None and not waiter.done()
 
     def _arm_head_timer(self) -> None:
-        self._head_timer = self._loop.call_later(self._head_timeout, self._head_timed_out)
+        loop = asyncio.get_running_loop()
+        self._head_timer = loop.call_later(self._head_timeout, self._head_timed_out)
 
     def _disarm_head_timer(self) -> None:
         if self._head_timer is not None:

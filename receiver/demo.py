@@ -29,6 +29,7 @@ from receiver.config import (
     GoPayMerchant,
     LogConfig,
 )
+from receiver.connections import Runner
 from receiver.ledger import NewOrder, create_order
 from receiver.logging import configure_logging
 from receiver.simulate import BaofooSimulator, GoPaySimulator
@@ -73,7 +74,7 @@ async def _demo(workdir: Path) -> int:
     config = _config(workdir, key_file, baofoo.md5_key)
     configure_logging(fmt="console", level="error")
     print(f"Starting an embedded PostgreSQL under {workdir} and the receiver ...")
-    runner = web.AppRunner(create_app(config), access_log=None)
+    runner = Runner(create_app(config))
     await runner.setup()
     try:
         site = web.TCPSite(runner, "127.0.0.1", 0)
