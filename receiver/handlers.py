@@ -112,7 +112,12 @@ async def _process(app: web.Application, gateway: Gateway, inbound: Inbound) -> 
     try:
         result = await app[LEDGER].apply(inbound, notification)
     except DatabaseUnavailable as exc:
-        return _unavailable(exc, inbound, notification.merchant_id, notification.out_trade_no)
+        return _unavailable(
+            exc,
+            inbound,
+            merchant_id=notification.merchant_id,
+            out_trade_no=notification.out_trade_no,
+        )
     return Handled(
         answer=result.outcome, result=result, reason=result.detail, remote_addr=inbound.remote_addr
     )
@@ -124,7 +129,9 @@ async def _reject(app: web.Application, inbound: Inbound, rejected: Rejected) ->
     try:
         result = await app[LEDGER].reject(inbound, rejected)
     except DatabaseUnavailable as exc:
-        return _unavailable(exc, inbound, rejected.merchant_id, rejected.out_trade_no)
+        return _unavailable(
+            exc, inbound, merchant_id=rejected.merchant_id, out_trade_no=rejected.out_trade_no
+        )
     return Handled(
         answer=rejected.refusal or rejected.outcome,
         result=result,
@@ -134,7 +141,11 @@ async def _reject(app: web.Application, inbound: Inbound, rejected: Rejected) ->
 
 
 def _unavailable(
-    exc: DatabaseUnavailable, inbound: Inbound, merchant_id: str | None, out_trade_no: str | None
+    exc: DatabaseUnavailable,
+    inbound: Inbound,
+    *,
+    merchant_id: str | None,
+    out_trade_no: str | None,
 ) -> Handled:
     return Handled(
         answer=Refusal.DATABASE_UNAVAILABLE,
