@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -23,11 +24,19 @@ IDLE_CONNECTIONS = 350  # more than HARD: the 1,050 of the report against 1,024,
 HEADER_TIMEOUT_S = 2.0
 
 
+# Sets the descriptor limit, then becomes the command (as prlimit(1) would).
+WITH_LIMIT = (
+    "import os, resource, sys; "
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2]))); "
+    "os.execv(sys.argv[3], sys.argv[3:])"
+)
+
+
 class LimitedService(ServiceProcess):
-    """`receiver serve` started under `prlimit`, with a descriptor limit of its own."""
+    """`receiver serve` started with a descriptor limit of its own."""
 
     def command(self) -> list[str]:
-        return ["prlimit", f"--nofile={SOFT}:{HARD}", "--", *super().command()]
+        return [sys.executable, "-c", WITH_LIMIT, str(SOFT), str(HARD), *super().command()]
 
 
 def open_files_limit(pid: int) -> tuple[int, int]:
