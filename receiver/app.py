@@ -116,8 +116,8 @@ def _unhandled_reply(request: web.Request) -> web.Response:
     return response(reply(gateway.dialect, Refusal.DATABASE_UNAVAILABLE))
 
 
-async def _server_header(_request: web.Request, response: web.StreamResponse) -> None:
-    response.headers[hdrs.SERVER] = SERVER_NAME
+async def _server_header(_request: web.Request, resp: web.StreamResponse) -> None:
+    resp.headers[hdrs.SERVER] = SERVER_NAME
 
 
 async def expect_continue(request: web.Request) -> None:
