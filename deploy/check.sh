@@ -228,6 +228,14 @@ check(svc.get("spec", {}).get("selector", {}).items()
 secret = docs.get("Secret", {})
 check(all("PLACEHOLDER" in v for v in secret.get("stringData", {}).values()),
       "k8s secret.example.yaml: placeholders only")
+cron = docs.get("CronJob", {})
+cron_pod = cron.get("spec", {}).get("jobTemplate", {}).get("spec", {}).get("template", {})
+cron_c = (cron_pod.get("spec", {}).get("containers") or [{}])[0]
+check(cron_c.get("command", [])[:2] == ["receiver", "reconcile"]
+      and cron.get("spec", {}).get("concurrencyPolicy") == "Forbid",
+      "k8s cronjob.yaml: receiver reconcile, concurrencyPolicy Forbid")
+check(cron_c.get("env") == c["env"] and cron_c.get("securityContext", {}).get("readOnlyRootFilesystem"),
+      "k8s cronjob.yaml: the Deployment's env, read-only root")
 sys.exit(1 if problems else 0)
 EOF
         ok "content of docker-compose.yml, k8s/*.yaml, receiver.toml.example (PyYAML, parse_config)"

@@ -7,18 +7,30 @@ import contextlib
 import itertools
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from typing import Any
 
+import aiohttp
 import asyncpg
 from aiohttp import HttpVersion11, hdrs, web
 
-from receiver import database
-from receiver.appkeys import CONFIG, GATEWAYS, IN_FLIGHT, LEDGER, POOL, UNVERIFIED, InFlight
+from receiver import database, reconcile
+from receiver.appkeys import (
+    CONFIG,
+    GATEWAYS,
+    IN_FLIGHT,
+    LEDGER,
+    POOL,
+    QUERIERS,
+    UNVERIFIED,
+    InFlight,
+)
 from receiver.config import Config
 from receiver.errors import DatabaseUnavailable
-from receiver.gateways import Gateway, Refusal, reply
+from receiver.gateways import Gateway, OrderQuerier, Refusal, reply
 from receiver.gateways.baofoo import BaofooGateway
 from receiver.gateways.gopay import GoPayGateway
+from receiver.gateways.queriers import build_queriers
 from receiver.handlers import SERVER_NAME, healthz, notify, response
 from receiver.ledger import Ledger
 from receiver.logging import bind_request_id, get_logger
@@ -56,15 +68,22 @@ def build_gateways(config: Config) -> dict[str, Gateway]:
     return {g.provider: g for g in gateways}
 
 
-def create_app(config: Config, *, gateways: Mapping[str, Gateway] | None = None) -> web.Application:
+def create_app(
+    config: Config,
+    *,
+    gateways: Mapping[str, Gateway] | None = None,
+    queriers: Mapping[str, OrderQuerier] | None = None,
+) -> web.Application:
     """The receiver as an aiohttp application; raises ConfigError for a bad configuration."""
     app = web.Application()
     app[CONFIG] = config
     app[GATEWAYS] = dict(gateways) if gateways is not None else build_gateways(config)
+    app[QUERIERS] = dict(queriers) if queriers is not None else build_queriers(config)
     app[UNVERIFIED] = UnverifiedLimiter(config.server.unverified_per_minute)
     in_flight = app[IN_FLIGHT] = InFlight()
     app.cleanup_ctx.append(database_ctx)
     app.cleanup_ctx.append(nonce_pruner_ctx)
+    app.cleanup_ctx.append(reconciler_ctx)
     app.on_response_prepare.append(_server_header)
     app.router.add_route(
         "*", "/notify/{provider}", in_context(notify, in_flight), expect_handler=expect_continue
@@ -166,16 +185,26 @@ async def _open_pool(url: str, config: Config) -> asyncpg.Pool:
             await asyncio.sleep(1.0)
 
 
-async def nonce_pruner_ctx(app: web.Application) -> AsyncIterator[None]:
+CleanupContext = Callable[[web.Application], AsyncIterator[None]]
+
+
+def background(run: Callable[[web.Application], Coroutine[Any, Any, None]]) -> CleanupContext:
+    """A cleanup context running `run(app)` as a task for the app's life, cancelled at once
+    on shutdown (background work never delays it)."""
+
+    async def background_ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(run(app))
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return background_ctx
+
+
+async def _prune_nonces(app: web.Application) -> None:
     """Prune old GoPay nonces in the background so the table stays small."""
-    task = asyncio.create_task(_prune_nonces_forever(app[LEDGER]))
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
-async def _prune_nonces_forever(ledger: Ledger) -> None:
+    ledger = app[LEDGER]
     while True:
         try:
             pruned = await ledger.prune_nonces()
@@ -184,6 +213,34 @@ async def _prune_nonces_forever(ledger: Ledger) -> None:
         except DatabaseUnavailable as exc:
             log.warning("nonces_prune_failed", reason=str(exc))
         await asyncio.sleep(NONCE_PRUNE_INTERVAL_S)
+
+
+nonce_pruner_ctx = background(_prune_nonces)
+
+
+def reconciler_runs(app: web.Application) -> bool:
+    """True when serve reconciles: enabled, and some gateway has an order-query client."""
+    return app[CONFIG].reconcile.enabled and bool(app[QUERIERS])
+
+
+async def _reconcile(app: web.Application) -> None:
+    """Query overdue orders in the background (see reconcile.py), while serve runs."""
+    if not reconciler_runs(app):
+        return
+    queriers: dict[str, OrderQuerier] = app[QUERIERS]
+    async with aiohttp.ClientSession() as session:
+        reconciler = reconcile.Reconciler(
+            pool=app[POOL],
+            ledger=app[LEDGER],
+            queriers=queriers,
+            session=session,
+            config=app[CONFIG].reconcile,
+            report=reconcile.log_report,
+        )
+        await reconciler.run_forever()
+
+
+reconciler_ctx = background(_reconcile)
 
 
 async def readyz(request: web.Request) -> web.Response:

@@ -8,7 +8,7 @@ import asyncpg
 from aiohttp import web
 
 from receiver.config import Config
-from receiver.gateways import Gateway
+from receiver.gateways import Gateway, OrderQuerier
 from receiver.ledger import Ledger
 from receiver.unverified import UnverifiedLimiter
 
@@ -29,3 +29,4 @@ POOL = web.AppKey("pool", asyncpg.Pool)
 LEDGER = web.AppKey("ledger", Ledger)
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
 UNVERIFIED = web.AppKey("unverified", UnverifiedLimiter)
+QUERIERS = web.AppKey("queriers", dict[str, OrderQuerier])

@@ -1,4 +1,5 @@
-"""The `receiver` command: serve, migrate, orders add|show, demo.
+"""The `receiver` command: serve, migrate, orders add|show|list|resolve, notifications list,
+replay, reconcile, demo.
 
 Exit status: 0 success, 2 bad usage or configuration, 1 failure; one clear line on stderr.
 """
@@ -10,18 +11,20 @@ import asyncio
 import json
 import socket
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
+import aiohttp
 import asyncpg
 
-from receiver import database, ledger
+from receiver import database, ledger, ops, reconcile, replay
 from receiver.config import Config, load_config
 from receiver.errors import ConfigError, DatabaseUnavailable
+from receiver.gateways.queriers import build_queriers
 from receiver.logging import configure_logging
-from receiver.notification import parse_money
+from receiver.notification import Outcome, parse_money
 
 PROVIDERS = ("gopay", "baofoo")
 
@@ -62,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     from receiver.simulate.command import add_simulate_parser  # noqa: PLC0415 - imports this module
 
     add_simulate_parser(sub, _Parser)
+    _add_operations(sub, osub)
     return parser
 
 
@@ -114,9 +118,7 @@ def _run(args: argparse.Namespace) -> int:
         return serve(config, host=args.host, port=args.port, workers=args.workers)
     if args.command == "migrate":
         return asyncio.run(_migrate(config))
-    if args.orders_command == "add":
-        return asyncio.run(_orders_add(config, args))
-    return asyncio.run(_orders_show(config, args))
+    return asyncio.run(_command(args)(config, args))
 
 
 def _check_workers(workers: int) -> None:
@@ -201,6 +203,227 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     return value
+
+
+# --- operations: orders list|resolve, notifications list, replay, reconcile ------------------
+
+Command = Callable[[Config, argparse.Namespace], Coroutine[Any, Any, int]]
+STATUSES = ("pending", "paid", "failed", "closed")
+OUTCOMES = tuple(o.value for o in Outcome)
+QUERY_URL_KEYS = {"gopay": "gopay.api_url", "baofoo": "baofoo.query_url"}
+
+
+def _command(args: argparse.Namespace) -> Command:
+    commands: dict[tuple[str, str | None], Command] = {
+        ("orders", "add"): _orders_add,
+        ("orders", "show"): _orders_show,
+        ("orders", "list"): _orders_list,
+        ("orders", "resolve"): _orders_resolve,
+        ("notifications", "list"): _notifications_list,
+        ("replay", None): _replay,
+        ("reconcile", None): _reconcile,
+    }
+    return commands[(args.command, getattr(args, f"{args.command}_command", None))]
+
+
+def _add_operations(
+    sub: argparse._SubParsersAction[_Parser], osub: argparse._SubParsersAction[_Parser]
+) -> None:
+    """The operators' commands: JSON lines on stdout, for jq."""
+    _orders_list_args(osub.add_parser("list", help="orders as JSON lines, newest first"))
+    resolve = osub.add_parser("resolve", help="clear needs_review, keeping a note and when")
+    _order_key_args(resolve)
+    resolve.add_argument("--note", required=True, help="what was done about it")
+    notes = sub.add_parser("notifications", help="inspect stored notifications")
+    nsub = notes.add_subparsers(dest="notifications_command", required=True, parser_class=_Parser)
+    _notifications_list_args(nsub.add_parser("list", help="as JSON lines, newest first, no body"))
+    _replay_args(sub.add_parser("replay", help="re-process stored notifications"))
+    _reconcile_args(sub.add_parser("reconcile", help="one pass of order queries"))
+
+
+def _orders_list_args(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+    p.add_argument("--provider", choices=PROVIDERS)
+    p.add_argument("--status", choices=STATUSES)
+    p.add_argument("--needs-review", action="store_true")
+    p.add_argument("--overdue", action="store_true", help="pending past reconcile.first_after_s")
+    p.add_argument("--older-than", type=_duration, metavar="D", help="e.g. 90s, 15m, 3h, 2d")
+    p.add_argument("--limit", type=_positive, default=1000)
+
+
+def _notifications_list_args(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+    p.add_argument("--provider", choices=PROVIDERS)
+    p.add_argument("--outcome", choices=OUTCOMES)
+    p.add_argument("--source", choices=ledger.SOURCES)
+    p.add_argument("--since", type=_duration, metavar="D", help="e.g. 90s, 15m, 3h, 2d")
+    p.add_argument("--limit", type=_positive, default=1000)
+
+
+def _replay_args(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", type=_positive, nargs="+", action="extend", dest="ids")
+    which.add_argument("--outcome", choices=OUTCOMES)
+    p.add_argument("--provider", choices=PROVIDERS, help="with --outcome")
+    p.add_argument("--since", type=_duration, metavar="D", help="with --outcome")
+    p.add_argument("--dry-run", action="store_true", help="say what would happen, store nothing")
+
+
+def _reconcile_args(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+    p.add_argument("--provider", choices=PROVIDERS)
+    p.add_argument("--order", type=_order_ref, metavar="PROVIDER/MERCHANT/OUT_TRADE_NO")
+
+
+def _duration(text: str) -> Any:
+    try:
+        return ops.parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above 0")
+    return int(text)
+
+
+def _order_ref(text: str) -> tuple[str, str, str]:
+    provider, _, rest = text.partition("/")
+    merchant, _, out_trade_no = rest.partition("/")
+    if not (merchant and out_trade_no):
+        raise argparse.ArgumentTypeError(f"{text!r} is not PROVIDER/MERCHANT/OUT_TRADE_NO")
+    if provider not in PROVIDERS:
+        raise argparse.ArgumentTypeError(f"unknown provider {provider!r} (gopay or baofoo)")
+    return provider, merchant, out_trade_no
+
+
+def _print_line(row: dict[str, Any]) -> None:
+    print(json.dumps(_jsonable(row), ensure_ascii=False), flush=True)
+
+
+async def _orders_list(config: Config, args: argparse.Namespace) -> int:
+    overdue = config.reconcile.first_after_s if args.overdue else None
+    found = ops.OrderFilter(
+        provider=args.provider,
+        status=args.status,
+        needs_review=args.needs_review,
+        overdue_after=None if overdue is None else timedelta(seconds=overdue),
+        older_than=args.older_than,
+        limit=args.limit,
+    )
+    for row in await _read(config, lambda conn: ops.list_orders(conn, found)):
+        _print_line(dict(row))
+    return 0
+
+
+async def _orders_resolve(config: Config, args: argparse.Namespace) -> int:
+    if not args.note.strip():
+        raise UsageError("--note must say what was done")
+    async with _connect(config) as conn:
+        await database.migrate(conn)
+        row = await ops.resolve_order(
+            conn,
+            provider=args.provider,
+            merchant_id=args.merchant,
+            out_trade_no=args.out_trade_no,
+            note=args.note,
+        )
+    if row is None:
+        raise Failure(f"no {args.provider} order {args.out_trade_no} for merchant {args.merchant}")
+    _print_line(dict(row))
+    return 0
+
+
+async def _notifications_list(config: Config, args: argparse.Namespace) -> int:
+    found = ops.NotificationFilter(
+        provider=args.provider,
+        outcome=args.outcome,
+        source=args.source,
+        since=args.since,
+        limit=args.limit,
+    )
+    for row in await _read(config, lambda conn: ops.list_notifications(conn, found)):
+        print(json.dumps(_note(row), ensure_ascii=False), flush=True)
+    return 0
+
+
+async def _read(
+    config: Config, fetch: Callable[[asyncpg.Connection], Awaitable[list[asyncpg.Record]]]
+) -> list[asyncpg.Record]:
+    """Rows fetched on a connection to the configured database, its schema current."""
+    async with _connect(config) as conn:
+        await database.migrate(conn)
+        return await fetch(conn)
+
+
+@asynccontextmanager
+async def _ledger(config: Config) -> AsyncIterator[tuple[asyncpg.Pool, ledger.Ledger]]:
+    """A small pool on the configured database, its schema current, and a ledger on it."""
+    async with database.database_url(config.database) as url:
+        pool = await database.create_pool(url, min_size=1, max_size=4)
+        try:
+            await database.wait_and_migrate(pool, patience_s=0)
+            yield pool, ledger.Ledger(pool, nonce_window_s=config.gopay.timestamp_tolerance_s)
+        finally:
+            await pool.close()
+
+
+async def _replay(config: Config, args: argparse.Namespace) -> int:
+    if args.ids and (args.provider or args.since):
+        raise UsageError("--provider and --since go with --outcome, not --id")
+    from receiver.app import build_gateways  # noqa: PLC0415 - the web stack only when needed
+
+    gateways = build_gateways(config)
+    selection = replay.Selection(
+        ids=args.ids or (), outcome=args.outcome, provider=args.provider, since=args.since
+    )
+    async with _ledger(config) as (pool, book):
+        async with pool.acquire() as conn:
+            try:
+                rows = await replay.select(conn, selection)
+            except replay.NoSuchNotification as exc:
+                raise Failure(str(exc)) from None
+        for row in rows:
+            done = await replay.replay(row, gateways=gateways, ledger=book, dry_run=args.dry_run)
+            _print_line(done.as_dict())
+    return 0
+
+
+async def _reconcile(config: Config, args: argparse.Namespace) -> int:
+    provider = args.order[0] if args.order else args.provider
+    if args.order and args.provider not in (None, provider):
+        raise UsageError("--provider and --order name different gateways")
+    queriers = {p: q for p, q in build_queriers(config).items() if provider in (None, p)}
+    if not queriers:
+        key = QUERY_URL_KEYS.get(provider or "", ", ".join(QUERY_URL_KEYS.values()))
+        raise ConfigError(source=config.source, key=key, problem="is empty: no order queries")
+    async with _ledger(config) as (pool, book), aiohttp.ClientSession() as session:
+        reconciler = reconcile.Reconciler(
+            pool=pool,
+            ledger=book,
+            queriers=queriers,
+            session=session,
+            config=config.reconcile,
+            report=lambda report: _print_line(report.as_dict()),
+        )
+        reports = await _reconcile_pass(reconciler, args)
+    attempted = [r for r in reports if r.attempted]
+    if attempted and not any(r.reached for r in attempted):
+        raise Failure(f"no gateway could be reached ({len(attempted)} queries failed)")
+    return 0
+
+
+async def _reconcile_pass(
+    reconciler: reconcile.Reconciler, args: argparse.Namespace
+) -> list[reconcile.Report]:
+    if args.order is None:
+        return await reconciler.run_pass(args.provider)
+    try:
+        return [await reconciler.query_now(*args.order)]
+    except reconcile.OrderNotFound as exc:
+        raise Failure(str(exc)) from None
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ def _check_request(request: web.Request) -> None:
 
 async def _process(app: web.Application, gateway: Gateway, inbound: Inbound) -> Handled:
     try:
-        _check_source(gateway, inbound.remote_addr)
+        check_source(gateway, inbound.remote_addr)
         _check_encoding(inbound)
         notification = gateway.parse(inbound)
     except Rejected as rejected:
@@ -156,7 +156,8 @@ def _unavailable(
     )
 
 
-def _check_source(gateway: Gateway, remote_addr: str | None) -> None:
+def check_source(gateway: Gateway, remote_addr: str | None) -> None:
+    """IP_DENIED when the gateway has an allow-list and the address is not on it."""
     allowed = gateway.allowed_ips
     if allowed and not address_in(remote_addr, allowed):
         raise Rejected(Outcome.IP_DENIED, f"source address {remote_addr} not allowed")

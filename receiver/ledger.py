@@ -31,6 +31,10 @@ from receiver.errors import DatabaseUnavailable, Rejected
 from receiver.notification import Inbound, Notification, Outcome, Status, is_identifier
 from receiver.planning import Decision, Move, OrderKey, OrderState, Plan, order_key, plan_batch
 
+#: `notifications.source`: pushed by the gateway, an order-query reply, an operator's replay.
+NOTIFY, QUERY, REPLAY = "notify", "query", "replay"
+SOURCES = (NOTIFY, QUERY, REPLAY)
+
 RACE_RETRIES = 5  # then once more, and a loss after that fails the batch like any error
 
 PRUNE_NONCES = "DELETE FROM gopay_nonces WHERE seen_at < now() - $1::interval"
@@ -55,15 +59,17 @@ WRITE_BATCH = """
 WITH input AS MATERIALIZED (
     SELECT t.*, nextval(pg_get_serial_sequence('notifications', 'id')) AS nid
     FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::text[],
-                $7::text[], $8::text[], $9::bigint[], $10::text[], $11::text[])
+                $7::text[], $8::text[], $9::bigint[], $10::text[], $11::text[], $12::text[],
+                $13::bigint[])
          WITH ORDINALITY AS t (provider, remote_addr, headers, body, merchant_id, out_trade_no,
-                               outcome, detail, order_id, from_status, to_status, ord)
+                               outcome, detail, order_id, from_status, to_status, source,
+                               replay_of, ord)
 ),
 inserted AS (
     INSERT INTO notifications (id, provider, remote_addr, headers, body, merchant_id,
-                               out_trade_no, outcome, detail, order_id)
+                               out_trade_no, outcome, detail, order_id, source, replay_of)
     SELECT nid, provider, remote_addr, headers::jsonb, body, merchant_id, out_trade_no,
-           outcome, detail, order_id
+           outcome, detail, order_id, source, replay_of
     FROM input ORDER BY ord
 ),
 moved AS (
@@ -76,8 +82,8 @@ moved AS (
                        ELSE o.paid_at END,
         provider_trade_no = coalesce(m.provider_trade_no, o.provider_trade_no),
         updated_at = now()
-    FROM unnest($12::bigint[], $13::text[], $14::text[], $15::boolean[], $16::bigint[],
-                $17::timestamptz[], $18::text[])
+    FROM unnest($14::bigint[], $15::text[], $16::text[], $17::boolean[], $18::bigint[],
+                $19::timestamptz[], $20::text[])
          AS m (order_id, old_status, new_status, late, paid, paid_at, provider_trade_no)
     WHERE o.id = m.order_id AND o.status = m.old_status
     RETURNING o.id
@@ -89,21 +95,22 @@ events AS (
     ORDER BY ord
 ),
 claimed AS (
-    INSERT INTO gopay_nonces (nonce) SELECT unnest($19::text[])
+    INSERT INTO gopay_nonces (nonce) SELECT unnest($21::text[])
     ON CONFLICT (nonce) DO UPDATE SET seen_at = now()
-        WHERE gopay_nonces.seen_at < now() - $20::interval
+        WHERE gopay_nonces.seen_at < now() - $22::interval
     RETURNING nonce
 )
 SELECT array_agg(nid ORDER BY ord) AS nids,
-       receiver_check_batch((SELECT count(*) FROM moved), cardinality($12::bigint[]),
-                            (SELECT count(*) FROM claimed), cardinality($19::text[])) AS ok
+       receiver_check_batch((SELECT count(*) FROM moved), cardinality($14::bigint[]),
+                            (SELECT count(*) FROM claimed), cardinality($21::text[])) AS ok
 FROM input
 """
 
 INSERT_NOTIFICATION = """
 INSERT INTO notifications
-    (provider, remote_addr, headers, body, merchant_id, out_trade_no, outcome, detail, order_id)
-VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9)
+    (provider, remote_addr, headers, body, merchant_id, out_trade_no, outcome, detail, order_id,
+     source, replay_of)
+VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10, $11)
 RETURNING id
 """
 
@@ -127,6 +134,8 @@ class _Item:
     inbound: Inbound
     n: Notification
     future: asyncio.Future[Result]
+    source: str = NOTIFY
+    replay_of: int | None = None
 
 
 class Ledger:
@@ -148,10 +157,21 @@ class Ledger:
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def apply(self, inbound: Inbound, n: Notification) -> Result:
-        """Record a verified notification and move its order forward at most once."""
+    async def apply(
+        self,
+        inbound: Inbound,
+        n: Notification,
+        *,
+        source: str = NOTIFY,
+        replay_of: int | None = None,
+    ) -> Result:
+        """Record a verified notification and move its order forward at most once.
+
+        Every source of truth comes this way: a pushed notification, an order-query reply
+        (`source="query"`) and an operator's replay (`source="replay"`, `replay_of`).
+        """
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Item(inbound, n, future))
+        self._queue.append(_Item(inbound, n, future, source, replay_of))
         self._dispatch()
         return await future
 
@@ -228,17 +248,21 @@ class Ledger:
     async def _write_plan(
         self, conn: asyncpg.Connection, batch: Sequence[_Item], plan: Plan
     ) -> list[int]:
-        rows = [
-            _notification_row(item.inbound, item.n, d)
-            for item, d in zip(batch, plan.decisions, strict=True)
-        ]
+        rows = [_notification_row(item, d) for item, d in zip(batch, plan.decisions, strict=True)]
         moves = [_move_row(m) for m in plan.moves.values()]
         record = await conn.fetchrow(
-            WRITE_BATCH, *_columns(rows, 11), *_columns(moves, 7), plan.claims, self._nonce_window
+            WRITE_BATCH, *_columns(rows, 13), *_columns(moves, 7), plan.claims, self._nonce_window
         )
         return list(record["nids"])
 
-    async def reject(self, inbound: Inbound, rejected: Rejected) -> Result:
+    async def reject(
+        self,
+        inbound: Inbound,
+        rejected: Rejected,
+        *,
+        source: str = NOTIFY,
+        replay_of: int | None = None,
+    ) -> Result:
         """Record a refused notification with its outcome and reason."""
         try:
             async with self._pool.acquire() as conn:
@@ -253,6 +277,8 @@ class Ledger:
                     rejected.outcome.value,
                     _text(rejected.reason),
                     None,
+                    source,
+                    replay_of,
                 )
         except CONNECTION_ERRORS as exc:
             raise DatabaseUnavailable(describe_connection_error(exc)) from exc
@@ -263,6 +289,15 @@ class Ledger:
             out_trade_no=rejected.out_trade_no,
             detail=rejected.reason,
         )
+
+    async def preview(self, n: Notification) -> Decision:
+        """What `apply` would decide for `n` against the orders as they are now; writes nothing."""
+        try:
+            async with self._pool.acquire() as conn:
+                orders, seen = await self._read(conn, [n])
+        except CONNECTION_ERRORS as exc:
+            raise DatabaseUnavailable(describe_connection_error(exc)) from exc
+        return plan_batch([n], orders, seen).decisions[0]
 
     async def prune_nonces(self) -> int:
         """Forget nonces older than the replay window; returns how many went."""
@@ -293,7 +328,8 @@ def _result(n: Notification, d: Decision, nid: int) -> Result:
     )
 
 
-def _notification_row(inbound: Inbound, n: Notification, d: Decision) -> tuple[object, ...]:
+def _notification_row(item: _Item, d: Decision) -> tuple[object, ...]:
+    inbound, n = item.inbound, item.n
     return (
         inbound.provider,
         inbound.remote_addr,
@@ -306,6 +342,8 @@ def _notification_row(inbound: Inbound, n: Notification, d: Decision) -> tuple[o
         d.order_id,
         d.from_status and d.from_status.value,
         d.to_status and d.to_status.value,
+        item.source,
+        item.replay_of,
     )
 
 
@@ -347,7 +385,7 @@ SELECT * FROM orders WHERE provider = $1 AND merchant_id = $2 AND out_trade_no =
 
 SELECT_ORDER_NOTIFICATIONS = """
 SELECT id, provider, received_at, remote_addr, headers, body, merchant_id, out_trade_no,
-       outcome, detail, order_id
+       outcome, detail, order_id, source, replay_of
 FROM notifications
 WHERE provider = $1 AND merchant_id = $2 AND out_trade_no = $3
 ORDER BY id

@@ -33,7 +33,7 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator, MutableMapping
+from collections.abc import Awaitable, Iterator, MutableMapping
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import wait as wait_for_sentinels
 from multiprocessing.process import BaseProcess
@@ -44,7 +44,7 @@ import structlog
 from aiohttp import web
 
 from receiver import connections, database
-from receiver.app import build_gateways, create_app
+from receiver.app import CleanupContext, background, build_gateways, create_app
 from receiver.appkeys import IN_FLIGHT
 from receiver.config import Config, ServerConfig
 from receiver.errors import ConfigError, DatabaseUnavailable
@@ -207,15 +207,8 @@ def bind_pid_to_logs() -> None:
     )
 
 
-def _orphan_watch(parent_pid: int) -> Any:
-    async def watch(_app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(_stop_when_orphaned(parent_pid))
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    return watch
+def _orphan_watch(parent_pid: int) -> CleanupContext:
+    return background(lambda _app: _stop_when_orphaned(parent_pid))
 
 
 async def _stop_when_orphaned(parent_pid: int) -> None:

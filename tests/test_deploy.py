@@ -189,3 +189,25 @@ def test_nginx_site_limits_slow_clients_and_passes_the_client_address() -> None:
     assert re.search(r"^\s*ssl_protocols\s+TLSv1\.2 TLSv1\.3;", text, re.M)
     locations = re.findall(r"^\s*location\s+(.*?)\s*\{", text, re.M)
     assert sorted(locations) == ["/", "/notify/", "= /healthz", "= /readyz"]
+
+
+@pytest.mark.skipif(yaml is None, reason="PyYAML is not installed")
+def test_k8s_cronjob_runs_one_reconcile_pass_like_the_deployment() -> None:
+    job = yaml.safe_load((DEPLOY / "k8s" / "cronjob.yaml").read_text(encoding="utf-8"))
+    assert job["kind"] == "CronJob" and job["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["command"] == [
+        "receiver",
+        "reconcile",
+        "--config",
+        "/etc/receiver/receiver.toml",
+    ]
+    deployment = _k8s_deployment()["spec"]["template"]["spec"]
+    [served] = deployment["containers"]
+    assert container["env"] == served["env"]  # the same database and secrets
+    assert container["image"] == served["image"]
+    assert pod["volumes"] == deployment["volumes"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["restartPolicy"] == "Never"

@@ -53,8 +53,11 @@ class Gateway(Protocol):
     allowed_ips: tuple[Network, ...]  # source addresses allowed to notify; empty = any
     dialect: Dialect
 
-    def parse(self, inbound: Inbound) -> Notification:
-        """Verify and parse one notification; raise `Rejected` with the outcome otherwise."""
+    def parse(self, inbound: Inbound, *, fresh: bool = True) -> Notification:
+        """Verify and parse one notification; raise `Rejected` with the outcome otherwise.
+
+        `fresh=False` (a replay of stored bytes) skips only the freshness and nonce checks.
+        """
         ...
 
 

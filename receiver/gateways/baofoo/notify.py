@@ -97,8 +97,11 @@ class BaofooGateway:
         # Merchant pairs only: the MD5 keys must never reach a log line.
         return f"BaofooGateway(merchants={sorted(self._keys)!r})"
 
-    def parse(self, inbound: Inbound) -> Notification:
-        """Verify and parse one notification; raise `Rejected` with the outcome otherwise."""
+    def parse(self, inbound: Inbound, *, fresh: bool = True) -> Notification:
+        """Verify and parse one notification; raise `Rejected` with the outcome otherwise.
+
+        Baofoo signs no timestamp or nonce, so `fresh` (False for a replay) changes nothing.
+        """
         charset = _request_charset(inbound)
         fields = parse_form(inbound.body, encoding=charset)
         _require_fields(fields)

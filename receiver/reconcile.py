@@ -1,0 +1,406 @@
+"""Reconciliation: ask the gateways about orders whose notification never came.
+
+Notifications are hints; the gateway's order query is the truth. Due orders -> claimed in
+PostgreSQL -> the injected `OrderQuerier`s -> the same ledger as notifications
+(`source = 'query'`).
+
+The schedule is computed from `orders.created_at` alone (the merchant's checkout inserts orders
+and knows nothing of it): first query `first_after_s` after creation, then after each of
+`intervals_s`, the last repeating, until the order is no longer pending or older than
+`give_up_after_s`. A Baofoo order is asked at most once a minute.
+
+Claiming is one statement per batch that moves each order's `order_queries.next_at` past now()
+only where it was due, so with several workers or replicas each due order is queried once per
+interval: the first claimer wins, the others find it no longer due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from receiver.config import ReconcileConfig
+from receiver.database import CONNECTION_ERRORS, describe_connection_error
+from receiver.errors import DatabaseUnavailable
+from receiver.gateways import OrderQuerier, OrderRef, QueryAnswer, QueryResult
+from receiver.ledger import QUERY, Ledger, Result
+from receiver.logging import get_logger
+
+if TYPE_CHECKING:
+    import aiohttp
+
+log = get_logger(__name__)
+
+#: Least time between two queries of one order, per provider (Baofoo: once a minute).
+MIN_GAP_S: Mapping[str, float] = {"baofoo": 60.0}
+CLAIM_AHEAD_S = 1.0  # a claim moves next_at at least this far ahead: never due again at once
+POLL_S = 5.0  # serve's reconciler looks for due orders at least this often
+TIMEOUT_GRACE_S = 1.0  # a querier that overruns its own timeout by this much is cut off
+CLAIM_PER_SLOT = 2  # orders claimed per round, per query slot
+
+NOT_QUERYABLE = "not_queryable"  # report result: the querier cannot ask about this order
+TOO_SOON = "too_soon"  # report result: --order on a Baofoo order asked less than a minute ago
+
+
+# --- the schedule (pure) ----------------------------------------------------------------------
+
+
+def min_gap_s(provider: str) -> float:
+    """The least time between two queries of one order of `provider`."""
+    return MIN_GAP_S.get(provider, 0.0)
+
+
+def next_offset_s(age_s: float, config: ReconcileConfig) -> float:
+    """The first scheduled query time after `age_s`, in seconds since the order's creation."""
+    point = float(config.first_after_s)
+    if point > age_s:
+        return point
+    for interval in config.intervals_s:
+        point += interval
+        if point > age_s:
+            return point
+    last = config.intervals_s[-1]
+    return point + last * (math.floor((age_s - point) / last) + 1)
+
+
+def next_query_at(
+    *, created_at: datetime, now: datetime, provider: str, config: ReconcileConfig
+) -> datetime:
+    """When an order asked at `now` is next due: its next schedule point, the gap respected."""
+    age_s = (now - created_at).total_seconds()
+    scheduled = created_at + timedelta(seconds=next_offset_s(age_s, config))
+    return max(scheduled, now + timedelta(seconds=max(min_gap_s(provider), CLAIM_AHEAD_S)))
+
+
+def is_due(created_at: datetime, now: datetime, config: ReconcileConfig) -> bool:
+    """True when an order this old is inside the query window (its first point reached)."""
+    age_s = (now - created_at).total_seconds()
+    return config.first_after_s <= age_s and not gave_up(age_s, config)
+
+
+def gave_up(age_s: float, config: ReconcileConfig) -> bool:
+    """True when an order this old is no longer queried."""
+    return age_s >= config.give_up_after_s
+
+
+def poll_interval_s(config: ReconcileConfig) -> float:
+    """How often serve looks for due orders: never slower than the shortest schedule step."""
+    return float(min(POLL_S, config.first_after_s, *config.intervals_s))
+
+
+# --- SQL --------------------------------------------------------------------------------------
+
+# Pending orders inside the query window whose next query is due (or that were never asked).
+SELECT_DUE = """
+SELECT o.id, o.provider, o.merchant_id, o.out_trade_no, o.amount_minor, o.currency, o.channel,
+       o.created_at, now() AS now
+FROM orders o
+LEFT JOIN order_queries q ON q.order_id = o.id
+WHERE o.status = 'pending'
+  AND o.provider = $1
+  AND o.created_at <= now() - $2::interval
+  AND o.created_at > now() - $3::interval
+  AND (q.next_at IS NULL OR q.next_at <= now())
+  AND o.id <> ALL($4::bigint[])
+ORDER BY o.created_at
+LIMIT $5
+"""
+
+# The claim: only where the order is still pending and still due does next_at move on; a
+# concurrent claimer waits for the row and then finds it no longer due. Ids in order, so two
+# claimers lock rows in the same order and cannot deadlock.
+CLAIM_DUE = """
+INSERT INTO order_queries AS q (order_id, attempts, next_at, last_at)
+SELECT c.order_id, 1, c.next_at, now()
+FROM unnest($1::bigint[], $2::timestamptz[]) AS c (order_id, next_at)
+JOIN orders o ON o.id = c.order_id AND o.status = 'pending'
+ORDER BY c.order_id
+ON CONFLICT (order_id) DO UPDATE
+SET attempts = q.attempts + 1, next_at = EXCLUDED.next_at, last_at = EXCLUDED.last_at
+WHERE q.next_at <= now()
+RETURNING q.order_id
+"""
+
+# An operator's "this order, now": whatever the schedule says, but never within the gap.
+CLAIM_NOW = """
+INSERT INTO order_queries AS q (order_id, attempts, next_at, last_at)
+VALUES ($1, 1, $2, now())
+ON CONFLICT (order_id) DO UPDATE
+SET attempts = q.attempts + 1, last_at = now(), next_at = greatest(q.next_at, EXCLUDED.next_at)
+WHERE q.last_at IS NULL OR q.last_at <= now() - $3::interval
+RETURNING q.order_id
+"""
+
+SELECT_ORDER = """
+SELECT id, provider, merchant_id, out_trade_no, amount_minor, currency, channel, created_at,
+       now() AS now
+FROM orders
+WHERE provider = $1 AND merchant_id = $2 AND out_trade_no = $3
+"""
+
+RECORD_RESULT = "UPDATE order_queries SET last_result = $2 WHERE order_id = $1"
+
+
+# --- what a pass reports ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Report:
+    """One order queried: what the gateway said and what the ledger made of it."""
+
+    provider: str
+    merchant_id: str
+    out_trade_no: str
+    order_id: int
+    result: str  # a QueryResult value, or NOT_QUERYABLE / TOO_SOON
+    outcome: str | None = None  # the stored notification's outcome; None: nothing stored
+    reason: str = ""
+    notification_id: int | None = None
+    from_status: str | None = None
+    to_status: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as one JSON object."""
+        return asdict(self)
+
+    @property
+    def attempted(self) -> bool:
+        """True when a gateway was asked."""
+        return self.result not in (NOT_QUERYABLE, TOO_SOON)
+
+    @property
+    def reached(self) -> bool:
+        """True when a gateway answered (whatever it said)."""
+        return self.attempted and self.result != QueryResult.ERROR
+
+
+class OrderNotFound(Exception):
+    """`--order` names an order that does not exist."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Due:
+    order: OrderRef
+    created_at: datetime
+    now: datetime
+
+
+def order_ref(row: Mapping[str, Any]) -> OrderRef:
+    """What an order query needs of an `orders` row."""
+    return OrderRef(
+        order_id=row["id"],
+        provider=row["provider"],
+        merchant_id=row["merchant_id"],
+        out_trade_no=row["out_trade_no"],
+        amount_minor=row["amount_minor"],
+        currency=row["currency"],
+        channel=row["channel"],
+    )
+
+
+def _due(row: asyncpg.Record) -> _Due:
+    return _Due(order_ref(row), row["created_at"], row["now"])
+
+
+@contextlib.asynccontextmanager
+async def _database(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    try:
+        async with pool.acquire() as conn:
+            yield conn
+    except CONNECTION_ERRORS as exc:
+        raise DatabaseUnavailable(describe_connection_error(exc)) from exc
+
+
+# --- the shell --------------------------------------------------------------------------------
+
+
+class Reconciler:
+    """Claims due orders, asks their gateways, and applies the answers through the ledger.
+
+    Each provider has its own share of `config.concurrency` query slots and its own loop, so a
+    gateway that hangs or is down holds only its own slots, each for at most `timeout_s`.
+    """
+
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        ledger: Ledger,
+        queriers: Mapping[str, OrderQuerier],
+        session: aiohttp.ClientSession,
+        config: ReconcileConfig,
+        report: Callable[[Report], None] = lambda _report: None,
+    ) -> None:
+        self._pool = pool
+        self._ledger = ledger
+        self.queriers = dict(queriers)
+        self._session = session
+        self.config = config
+        self._report = report
+        share = max(1, config.concurrency // max(1, len(self.queriers)))
+        self._slots = {provider: asyncio.Semaphore(share) for provider in self.queriers}
+        self._claim_batch = share * CLAIM_PER_SLOT
+
+    async def run_pass(self, provider: str | None = None) -> list[Report]:
+        """Query every order due now (of `provider`, else of every provider), each once."""
+        providers = [p for p in self.queriers if provider in (None, p)]
+        passes = await asyncio.gather(*(self.drain(p) for p in providers))
+        return [report for reports in passes for report in reports]
+
+    async def drain(self, provider: str) -> list[Report]:
+        """Claim and query `provider`'s due orders until none is left for this pass."""
+        reports: list[Report] = []
+        seen: list[int] = []
+        while True:
+            looked_at, claimed = await self._claim(provider, exclude=seen)
+            if not looked_at:
+                return reports
+            seen += looked_at  # claimed here or by another process: either way, done with
+            reports += await asyncio.gather(*(self._query(due.order) for due in claimed))
+
+    async def query_now(self, provider: str, merchant_id: str, out_trade_no: str) -> Report:
+        """Query one order at once, whatever its schedule (the gap between queries kept)."""
+        async with _database(self._pool) as conn:
+            row = await conn.fetchrow(SELECT_ORDER, provider, merchant_id, out_trade_no)
+            if row is None:
+                what = f"no {provider} order {out_trade_no} for merchant {merchant_id}"
+                raise OrderNotFound(what)
+            due = _due(row)
+            claimed = await conn.fetchval(
+                CLAIM_NOW,
+                due.order.order_id,
+                self._next_at(due),
+                timedelta(seconds=min_gap_s(provider)),
+            )
+        if claimed is None:
+            gap = min_gap_s(provider)
+            report = _report(due.order, TOO_SOON, reason=f"asked less than {gap:g} s ago")
+            self._report(report)
+            return report
+        return await self._query(due.order)
+
+    async def run_forever(self) -> None:
+        """serve's background reconciler: one loop per provider, until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            for provider in self.queriers:
+                group.create_task(self._provider_forever(provider))
+
+    async def _provider_forever(self, provider: str) -> None:
+        while True:
+            try:
+                await self.drain(provider)
+            except DatabaseUnavailable as exc:
+                log.warning("reconcile_failed", provider=provider, reason=str(exc))
+            except Exception:  # a bug must not stop reconciliation for good
+                log.exception("reconcile_error", provider=provider)
+            await asyncio.sleep(poll_interval_s(self.config))
+
+    async def _claim(
+        self, provider: str, *, exclude: Sequence[int]
+    ) -> tuple[list[int], list[_Due]]:
+        """The due orders looked at, and those of them this process claimed."""
+        first = timedelta(seconds=self.config.first_after_s)
+        give_up = timedelta(seconds=self.config.give_up_after_s)
+        async with _database(self._pool) as conn:
+            rows = await conn.fetch(
+                SELECT_DUE, provider, first, give_up, list(exclude), self._claim_batch
+            )
+            looked_at = [row["id"] for row in rows]
+            # SELECT_DUE applies the same window; the pure rule has the last word.
+            due = [d for d in map(_due, rows) if is_due(d.created_at, d.now, self.config)]
+            if not due:
+                return looked_at, []
+            ids = [d.order.order_id for d in due]
+            next_at = [self._next_at(d) for d in due]
+            claimed = {r["order_id"] for r in await conn.fetch(CLAIM_DUE, ids, next_at)}
+        return looked_at, [d for d in due if d.order.order_id in claimed]
+
+    def _next_at(self, due: _Due) -> datetime:
+        return next_query_at(
+            created_at=due.created_at, now=due.now, provider=due.order.provider, config=self.config
+        )
+
+    async def _query(self, order: OrderRef) -> Report:
+        querier = self.queriers[order.provider]
+        reason = querier.not_queryable(order)
+        if reason is not None:
+            report = _report(order, NOT_QUERYABLE, reason=reason)
+        else:
+            async with self._slots[order.provider]:
+                answer = await self._ask(querier, order)
+            report = await self._apply(order, answer)
+            await self._record(order, report.result)
+        self._report(report)
+        return report
+
+    async def _ask(self, querier: OrderQuerier, order: OrderRef) -> QueryAnswer:
+        timeout_s = self.config.timeout_s
+        try:
+            async with asyncio.timeout(timeout_s + TIMEOUT_GRACE_S):
+                return await querier.query(self._session, order, timeout_s=timeout_s)
+        except TimeoutError:
+            reason = f"no answer within {timeout_s:g} s"
+        except Exception as exc:  # the Protocol says never; one bad querier must not sink a pass
+            log.exception("order_query_error", provider=order.provider)
+            reason = f"query failed: {type(exc).__name__}"
+        return QueryAnswer(result=QueryResult.ERROR, reason=reason)
+
+    async def _apply(self, order: OrderRef, answer: QueryAnswer) -> Report:
+        """The answer through the ledger, as a notification; NOT_FOUND and ERROR store nothing."""
+        try:
+            result = await self._store(answer)
+        except (DatabaseUnavailable, asyncpg.PostgresError) as exc:
+            # Not stored, so asked again at its next due time; one order must not sink a pass.
+            return _report(order, answer.result, reason=f"{answer.reason}; not stored: {exc}")
+        if result is None:
+            return _report(order, answer.result, reason=answer.reason)
+        return _report(order, answer.result, reason=answer.reason or result.detail, stored=result)
+
+    async def _store(self, answer: QueryAnswer) -> Result | None:
+        if answer.inbound is None:
+            return None
+        if answer.notification is not None:
+            return await self._ledger.apply(answer.inbound, answer.notification, source=QUERY)
+        if answer.rejected is not None:
+            return await self._ledger.reject(answer.inbound, answer.rejected, source=QUERY)
+        return None
+
+    async def _record(self, order: OrderRef, result: str) -> None:
+        try:
+            async with _database(self._pool) as conn:
+                await conn.execute(RECORD_RESULT, order.order_id, result)
+        except DatabaseUnavailable:
+            pass  # only bookkeeping: the schedule already moved on when the order was claimed
+
+
+def _report(order: OrderRef, result: str, *, reason: str, stored: Result | None = None) -> Report:
+    fields: dict[str, Any] = {}
+    if stored is not None:
+        fields = {
+            "outcome": stored.outcome.value,
+            "notification_id": stored.notification_id,
+            "from_status": stored.from_status and stored.from_status.value,
+            "to_status": stored.to_status and stored.to_status.value,
+        }
+    return Report(
+        provider=order.provider,
+        merchant_id=order.merchant_id,
+        out_trade_no=order.out_trade_no,
+        order_id=order.order_id,
+        result=str(result),
+        reason=reason,
+        **fields,
+    )
+
+
+def log_report(report: Report) -> None:
+    """serve's log line for one order queried."""
+    level = "warning" if report.result == QueryResult.ERROR else "info"
+    getattr(log, level)("order_query", **report.as_dict())

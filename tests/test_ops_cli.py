@@ -1,0 +1,259 @@
+"""Operators' commands as real processes: JSON lines on stdout, one stderr line on bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.conftest import BAOFOO_MEMBER, BAOFOO_TERMINAL, GOPAY_MCHID
+from tests.stand_in import API_KEY, StandIn, merchant_key_file, start_stand_in
+from tests.test_cli import one_line, run
+from tests.test_gopay_http import charge, post
+
+
+def lines(proc: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def config_file(
+    tmp_path: Path, url: str, key_file: Path, md5_key: str, *, gateway_url: str = ""
+) -> Path:
+    """A configuration like an operator's: one merchant per gateway, first query after 60 s,
+    order queries to `gateway_url` when given."""
+    path = tmp_path / "receiver.toml"
+    path.write_text(
+        f"""
+[database]
+url = "{url}"
+[reconcile]
+first_after_s = 60
+timeout_s = 2
+[gopay]
+api_url = "{gateway_url}"
+[[gopay.merchants]]
+mchid = "{GOPAY_MCHID}"
+platform_public_keys = ["{key_file}"]
+private_key = "{merchant_key_file(tmp_path)}"
+api_key = "{API_KEY}"
+default_channel = "gopay_banktransfer"
+[baofoo]
+query_url = "{gateway_url and gateway_url + "/order/query"}"
+[[baofoo.merchants]]
+member_id = "{BAOFOO_MEMBER}"
+terminal_id = "{BAOFOO_TERMINAL}"
+md5_key = "{md5_key}"
+"""
+    )
+    return path
+
+
+@pytest.fixture
+def cli(migrated: str, tmp_path: Path, gopay_key_file: Path, baofoo_md5_key: str) -> Any:
+    conf = config_file(tmp_path, migrated, gopay_key_file, baofoo_md5_key)
+
+    def receiver(*args: str) -> subprocess.CompletedProcess[str]:
+        return run(*args, "--config", str(conf), cwd=tmp_path)
+
+    return receiver
+
+
+async def aged(db: asyncpg.Connection, out_trade_no: str, seconds: int) -> None:
+    await db.execute(
+        "UPDATE orders SET created_at = now() - make_interval(secs => $2) WHERE out_trade_no = $1",
+        out_trade_no,
+        seconds,
+    )
+
+
+async def test_orders_list_filters_and_prints_json_lines(db, make_order, cli):
+    await make_order("L1")
+    await make_order("L2", provider="baofoo")
+    await make_order("L3")
+    await aged(db, "L1", 120)  # pending past reconcile.first_after_s (60)
+    await aged(db, "L2", 7200)
+    await db.execute(
+        "UPDATE orders SET status = 'paid', needs_review = true WHERE out_trade_no = 'L2'"
+    )
+    everything = lines(cli("orders", "list"))
+    assert [o["out_trade_no"] for o in everything] == ["L3", "L2", "L1"]  # newest first
+    assert {"review_note", "reviewed_at", "created_at"} <= everything[0].keys()
+
+    def numbers(*args: str) -> list[str]:
+        return [o["out_trade_no"] for o in lines(cli("orders", "list", *args))]
+
+    assert numbers("--overdue") == ["L1"]
+    assert numbers("--needs-review") == ["L2"]
+    assert numbers("--provider", "gopay", "--status", "pending") == ["L3", "L1"]
+    assert numbers("--older-than", "1h") == ["L2"]
+    assert numbers("--older-than", "90s") == ["L2", "L1"]
+    assert numbers("--limit", "1") == ["L3"]
+
+
+async def test_orders_resolve_clears_the_flag_and_keeps_the_note_and_when(db, make_order, cli):
+    await make_order("V1")
+    await db.execute("UPDATE orders SET needs_review = true")
+    key = ("--provider", "gopay", "--merchant", GOPAY_MCHID, "--out-trade-no", "V1")
+    [order] = lines(cli("orders", "resolve", *key, "--note", "refunded the late payment"))
+    assert (order["needs_review"], order["review_note"]) == (False, "refunded the late payment")
+    row = await db.fetchrow("SELECT needs_review, review_note, reviewed_at FROM orders")
+    assert (row["needs_review"], row["review_note"]) == (False, "refunded the late payment")
+    assert row["reviewed_at"] is not None
+    missing = cli("orders", "resolve", *key[:-1], "NONE", "--note", "x")
+    assert missing.returncode == 1 and "no gopay order NONE" in one_line(missing)
+    empty = cli("orders", "resolve", *key, "--note", " ")
+    assert empty.returncode == 2 and "--note" in one_line(empty)
+
+
+async def test_notifications_list_filters_without_bodies(client, db, signer, make_order, cli):
+    await make_order("W1")
+    assert (await post(client, signer, charge("W1")))[0] == 200
+    assert (await post(client, signer, charge("W2")))[0] == 404
+    listed = lines(cli("notifications", "list"))
+    assert [(n["out_trade_no"], n["outcome"], n["source"]) for n in listed] == [
+        ("W2", "unknown_order", "notify"),
+        ("W1", "applied", "notify"),
+    ]
+    assert "body" not in listed[0] and "x-ca-signature" in listed[0]["headers"]
+    assert [
+        n["out_trade_no"] for n in lines(cli("notifications", "list", "--outcome", "applied"))
+    ] == ["W1"]
+    assert lines(cli("notifications", "list", "--source", "replay")) == []
+    assert lines(cli("notifications", "list", "--provider", "baofoo")) == []
+    assert len(lines(cli("notifications", "list", "--since", "15m"))) == 2
+
+
+async def test_replay_command_applies_an_unknown_order_once(client, db, signer, make_order, cli):
+    assert (await post(client, signer, charge("RP1")))[0] == 404
+    await make_order("RP1")
+    dry = lines(cli("replay", "--outcome", "unknown_order", "--dry-run"))
+    assert [(r["outcome"], r["dry_run"]) for r in dry] == [("applied", True)]
+    [first] = lines(cli("replay", "--outcome", "unknown_order", "--provider", "gopay"))
+    [second] = lines(cli("replay", "--id", "1"))
+    assert (first["replay_of"], first["outcome"], second["outcome"]) == (1, "applied", "duplicate")
+    assert await db.fetchval("SELECT count(*) FROM order_events") == 1
+    sources = lines(cli("notifications", "list", "--source", "replay"))
+    assert [n["replay_of"] for n in sources] == [1, 1]
+
+
+def test_replay_of_an_unknown_id_exits_1(db, cli):
+    proc = cli("replay", "--id", "999")
+    assert proc.returncode == 1 and "no stored notification with id 999" in one_line(proc)
+
+
+def test_reconcile_without_a_query_client_names_the_key(db, cli):
+    proc = cli("reconcile", "--provider", "baofoo")
+    assert proc.returncode == 2 and "baofoo.query_url" in one_line(proc)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("orders", "list", "--provider", "paypal"), "--provider"),
+        (("orders", "list", "--older-than", "3 days"), "not a duration"),
+        (("orders", "list", "--limit", "0"), "--limit"),
+        (("orders", "list", "--status", "lost"), "--status"),
+        (("notifications", "list", "--since", "1w"), "not a duration"),
+        (("notifications", "list", "--outcome", "fine"), "--outcome"),
+        (("notifications", "list", "--source", "mail"), "--source"),
+        (("replay",), "--id"),
+        (("replay", "--id", "1", "--outcome", "expired"), "not allowed with"),
+        (("replay", "--id", "x"), "--id"),
+        (("replay", "--id", "1", "--provider", "gopay"), "go with --outcome"),
+        (("replay", "--outcome", "unknown_order", "--since", "yesterday"), "not a duration"),
+        (("reconcile", "--order", "gopay/100001"), "PROVIDER/MERCHANT/OUT_TRADE_NO"),
+        (("reconcile", "--order", "paypal/1/2"), "unknown provider"),
+        (("reconcile", "--provider", "paypal"), "--provider"),
+        (("reconcile", "--provider", "gopay", "--order", "baofoo/1/2"), "different gateways"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(db, cli, args, says):
+    proc = cli(*args)
+    assert proc.returncode == 2, proc.stderr
+    line = one_line(proc)
+    assert line.startswith("receiver: usage: ") and says in line
+    assert proc.stdout == ""
+
+
+async def receiver_process(conf: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The command line as a process, awaited without blocking the stand-in on this loop."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "receiver.cli",
+        *args,
+        "--config",
+        str(conf),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return subprocess.CompletedProcess(args, proc.returncode, out.decode(), err.decode())
+
+
+@pytest.fixture
+async def stand_in(aiohttp_server, gopay_key, baofoo_md5_key) -> StandIn:
+    return await start_stand_in(aiohttp_server, platform_key=gopay_key, md5_key=baofoo_md5_key)
+
+
+@pytest.fixture
+def conf(migrated, tmp_path, gopay_key_file, baofoo_md5_key, stand_in) -> Path:
+    return config_file(
+        tmp_path, migrated, gopay_key_file, baofoo_md5_key, gateway_url=stand_in.base_url
+    )
+
+
+async def test_reconcile_asks_the_gateways_and_prints_one_line_per_order(
+    db, make_order, stand_in, conf
+):
+    for number, provider in [("RC1", "gopay"), ("RC2", "baofoo"), ("RC3", "gopay")]:
+        await make_order(number, provider=provider)
+        await aged(db, number, 61)
+    await make_order("RC4")  # not due yet
+    stand_in.pay("gopay", "RC1")  # paid, but the notification was lost
+    stand_in.pay("baofoo", "RC2")
+    reports = lines(await receiver_process(conf, "reconcile"))
+    assert sorted((r["out_trade_no"], r["result"], r["outcome"]) for r in reports) == [
+        ("RC1", "paid", "applied"),
+        ("RC2", "paid", "applied"),
+        ("RC3", "not_found", None),
+    ]
+    statuses = await db.fetch("SELECT out_trade_no, status FROM orders ORDER BY out_trade_no")
+    assert [tuple(r) for r in statuses] == [
+        ("RC1", "paid"),
+        ("RC2", "paid"),
+        ("RC3", "pending"),
+        ("RC4", "pending"),
+    ]
+    sources = await db.fetch("SELECT DISTINCT source FROM notifications")
+    assert [r["source"] for r in sources] == ["query"]
+    assert lines(await receiver_process(conf, "reconcile")) == []  # none due again yet
+    order = f"gopay/{GOPAY_MCHID}/RC4"
+    [now] = lines(await receiver_process(conf, "reconcile", "--order", order))
+    assert (now["out_trade_no"], now["result"]) == ("RC4", "not_found")
+    missing = await receiver_process(conf, "reconcile", "--order", f"gopay/{GOPAY_MCHID}/NONE")
+    assert missing.returncode == 1 and "no gopay order NONE" in one_line(missing)
+
+
+async def test_reconcile_exits_1_when_no_gateway_could_be_reached(
+    db, make_order, migrated, tmp_path, gopay_key_file, baofoo_md5_key
+):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"  # nobody listens there
+    conf = config_file(tmp_path, migrated, gopay_key_file, baofoo_md5_key, gateway_url=closed)
+    await make_order("RE1")
+    await aged(db, "RE1", 61)
+    proc = await receiver_process(conf, "reconcile")
+    assert proc.returncode == 1
+    assert [json.loads(line)["result"] for line in proc.stdout.splitlines()] == ["error"]
+    assert "no gateway could be reached" in one_line(proc)

@@ -1,0 +1,86 @@
+"""The reconciler's schedule: pure decisions from created_at, the configuration and the gateway."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from receiver.config import ReconcileConfig
+from receiver.ops import parse_duration
+from receiver.reconcile import gave_up, is_due, next_offset_s, next_query_at, poll_interval_s
+
+CONFIG = ReconcileConfig(
+    first_after_s=300, intervals_s=(300, 600, 1800), give_up_after_s=86400, concurrency=8
+)
+CREATED = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("age_s", "next_s"),
+    [
+        (0, 300),  # first query first_after_s after creation
+        (299.9, 300),
+        (300, 600),  # at a point, the next one is after it
+        (601, 1200),  # first + 300 + 600
+        (1200, 3000),  # + 1800
+        (3000, 4800),  # the last interval repeats
+        (4799, 4800),
+        (10000, 10200),  # 3000 + 4 * 1800
+    ],
+)
+def test_next_query_is_the_first_schedule_point_after_the_orders_age(age_s, next_s):
+    assert next_offset_s(age_s, CONFIG) == next_s
+
+
+def test_a_reconciler_that_was_down_resumes_at_the_next_point_without_catching_up():
+    now = CREATED + timedelta(hours=5)  # every point before now was missed
+    assert next_query_at(created_at=CREATED, now=now, provider="gopay", config=CONFIG) == (
+        CREATED + timedelta(seconds=19200)  # 3000 + 9 * 1800
+    )
+
+
+def test_baofoo_is_never_due_again_within_a_minute():
+    tight = ReconcileConfig(first_after_s=1, intervals_s=(5,))
+    now = CREATED + timedelta(seconds=2)
+    assert next_query_at(created_at=CREATED, now=now, provider="baofoo", config=tight) == (
+        now + timedelta(seconds=60)
+    )
+    assert next_query_at(created_at=CREATED, now=now, provider="gopay", config=tight) == (
+        CREATED + timedelta(seconds=6)
+    )
+
+
+def test_a_claim_is_never_due_again_at_once():
+    tight = ReconcileConfig(first_after_s=1, intervals_s=(1,))
+    now = CREATED + timedelta(seconds=1.9999)
+    assert next_query_at(created_at=CREATED, now=now, provider="gopay", config=tight) >= (
+        now + timedelta(seconds=1)
+    )
+
+
+@pytest.mark.parametrize(
+    ("age_s", "due"), [(0, False), (299, False), (300, True), (86399, True), (86400, False)]
+)
+def test_an_order_is_due_from_first_after_until_give_up(age_s, due):
+    now = CREATED + timedelta(seconds=age_s)
+    assert is_due(CREATED, now, CONFIG) is due
+    assert gave_up(age_s, CONFIG) is (age_s >= 86400)
+
+
+def test_serve_polls_at_least_as_often_as_the_shortest_schedule_step():
+    assert poll_interval_s(CONFIG) == 5.0
+    assert poll_interval_s(ReconcileConfig(first_after_s=2, intervals_s=(3,))) == 2.0
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90s", 90), ("15m", 900), ("3h", 10800), ("2d", 172800), ("0s", 0)]
+)
+def test_durations_are_a_number_and_a_unit(text, seconds):
+    assert parse_duration(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("text", ["", "15", "m", "1.5h", "-3h", "3 h", "3H", "2w", "1e3s"])
+def test_anything_else_is_not_a_duration(text):
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration(text)
