@@ -1,21 +1,23 @@
 """`receiver demo`: the whole loop on one machine, with a readable summary.
 
-An embedded PostgreSQL in a temporary directory, the service on a free local port, keys made
-on the spot, and both gateways' notifications signed as the gateways sign them: a payment, a
-duplicate delivery, a forgery and a wrong amount each.
+An embedded PostgreSQL in a temporary directory, the service on a free local port, the stand-in
+gateway (`receiver simulate`) on another, keys made on the spot, and both gateways'
+notifications signed as the gateways sign them: a payment, a duplicate delivery, a forgery and a
+wrong amount each. Then a lost notification each: paid at the stand-in, never notified, and
+recovered by the service's own background reconciler through an order query.
 """
 
 from __future__ import annotations
 
 import asyncio
-import secrets
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 from aiohttp import web
 
 from receiver.app import create_app
@@ -28,14 +30,47 @@ from receiver.config import (
     GoPayConfig,
     GoPayMerchant,
     LogConfig,
+    ReconcileConfig,
 )
 from receiver.connections import Runner
-from receiver.ledger import NewOrder, create_order
+from receiver.ledger import NOTIFY, QUERY, NewOrder, create_order
 from receiver.logging import configure_logging
 from receiver.simulate import BaofooSimulator, GoPaySimulator
+from receiver.simulate.gateway import GoPayClient, StandInGateway
+from receiver.simulate.keys import MERCHANT_PRIVATE, PLATFORM_PUBLIC, SimulatorKeys, load_or_create
+from receiver.simulate.payments import GOPAY_DEFAULT_CHANNEL, Payment
+from receiver.simulate.server import BAOFOO_QUERY_PATH, serving
 
 GOPAY_MCHID = "100001"
 BAOFOO_MEMBER, BAOFOO_TERMINAL = "100000178", "10000001"
+LOST = "lost notification"
+# Orders are asked about one second after creation (and every second while pending), so the
+# service's background reconciler recovers a lost notification while the demo watches.
+DEMO_RECONCILE = ReconcileConfig(first_after_s=1, intervals_s=(1,), timeout_s=5.0)
+RECOVERY_TIMEOUT_S = 10.0  # lost notifications not recovered by then: the demo fails
+RECOVERY_POLL_S = 0.2
+
+# The newest row of a source: what the receiver made of the notification just sent.
+LAST_NOTIFICATION = """
+SELECT outcome, source FROM notifications WHERE source = $1 ORDER BY id DESC LIMIT 1
+"""
+
+# The first order-query reply stored for an order, and how long after the order's creation.
+FIRST_QUERY_REPLY = """
+SELECT n.outcome, n.source, extract(epoch FROM n.received_at - o.created_at) AS after_s
+FROM notifications n
+JOIN orders o USING (provider, merchant_id, out_trade_no)
+WHERE n.provider = $1 AND n.merchant_id = $2 AND n.out_trade_no = $3 AND n.source = $4
+ORDER BY n.id
+LIMIT 1
+"""
+
+FINAL_ORDERS = """
+SELECT provider, out_trade_no, amount_minor, status, paid_amount_minor,
+       (SELECT count(*) FROM order_events e WHERE e.order_id = o.id) AS events
+FROM orders o
+ORDER BY id
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,12 +81,23 @@ class Step:
     request: Callable[[], tuple[bytes, dict[str, str]]]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Seen:
-    step: Step
-    status: int
+    """One line of the summary: what came to the receiver and what it made of it."""
+
+    gateway: str
+    case: str
+    order: str
+    status: str  # the receiver's HTTP status, "-" when nothing was sent to it
     reply: str
+    source: str
     outcome: str
+
+    @property
+    def as_expected(self) -> bool:
+        """True when the receiver did what it should with this case."""
+        expected_source = QUERY if self.case == LOST else NOTIFY
+        return self.outcome == _EXPECTED[self.case] and self.source == expected_source
 
 
 def run_demo(*, keep: bool = False) -> int:
@@ -67,51 +113,83 @@ def run_demo(*, keep: bool = False) -> int:
 
 
 async def _demo(workdir: Path) -> int:
-    gopay = GoPaySimulator.generate()
-    key_file = workdir / "gopay-platform.pem"
-    key_file.write_text(gopay.public_key_pem())
-    baofoo = BaofooSimulator(md5_key=secrets.token_hex(16))
-    config = _config(workdir, key_file, baofoo.md5_key)
+    keys = load_or_create(workdir / "keys")
+    gopay = GoPaySimulator(keys.platform)
+    stand_in = _stand_in(keys, gopay)
     configure_logging(fmt="console", level="error")
-    print(f"Starting an embedded PostgreSQL under {workdir} and the receiver ...")
-    runner = Runner(create_app(config))
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        await _create_orders(runner.app)
-        seen = await _run_steps(f"http://127.0.0.1:{port}", _steps(gopay, baofoo), runner.app)
-        orders = await _final_orders(runner.app)
-    finally:
-        await runner.cleanup()
-    _print_summary(seen, orders)
-    return 0 if all(s.outcome == _EXPECTED[s.step.case] for s in seen) else 1
+    print(f"Starting an embedded PostgreSQL under {workdir}, the receiver, a stand-in gateway ...")
+    async with serving(stand_in) as gateway_url:
+        runner = Runner(create_app(_config(workdir, keys, gateway_url)))
+        await runner.setup()
+        try:
+            seen, orders = await _run(runner, _steps(gopay, keys.md5_key), stand_in)
+        finally:
+            await runner.cleanup()
+    wrong = problems(seen, orders)
+    _print_summary(seen, orders, wrong)
+    return 1 if wrong else 0
 
 
-def _config(workdir: Path, key_file: Path, md5_key: str) -> Config:
+async def _run(
+    runner: Runner, steps: Sequence[Step], stand_in: StandInGateway
+) -> tuple[list[Seen], list[tuple[str, ...]]]:
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    pool = runner.app[POOL]
+    async with pool.acquire() as conn:
+        for order in _ORDERS:
+            await create_order(conn, order)
+    for payment in _lost_payments():
+        stand_in.hold(payment)  # paid at the gateway; its notification is never sent
+    seen = await _run_steps(f"http://127.0.0.1:{port}", steps, pool)
+    deadline = asyncio.get_running_loop().time() + RECOVERY_TIMEOUT_S
+    seen += [await _recovered(pool, p, deadline=deadline) for p in _lost_payments()]
+    seen.sort(key=lambda s: _GATEWAYS.index(s.gateway))
+    return seen, await _final_orders(pool)
+
+
+def _stand_in(keys: SimulatorKeys, gopay: GoPaySimulator) -> StandInGateway:
+    client = GoPayClient(public_key=keys.merchant.public_key(), api_key=keys.api_key)
+    return StandInGateway(
+        platform=gopay,
+        gopay_clients={GOPAY_MCHID: client},
+        baofoo_keys={(BAOFOO_MEMBER, BAOFOO_TERMINAL): keys.md5_key},
+    )
+
+
+def _config(workdir: Path, keys: SimulatorKeys, gateway_url: str) -> Config:
+    gopay_merchant = GoPayMerchant(
+        mchid=GOPAY_MCHID,
+        platform_public_keys=(keys.folder / PLATFORM_PUBLIC,),
+        private_key=keys.folder / MERCHANT_PRIVATE,
+        api_key=keys.api_key,
+        default_channel=GOPAY_DEFAULT_CHANNEL,
+    )
+    baofoo_merchant = BaofooMerchant(
+        member_id=BAOFOO_MEMBER, terminal_id=BAOFOO_TERMINAL, md5_key=keys.md5_key
+    )
     return Config(
         database=DatabaseConfig(url="", data_dir=workdir),
         log=LogConfig(format="console", level="error"),
-        gopay=GoPayConfig(
-            merchants=(GoPayMerchant(mchid=GOPAY_MCHID, platform_public_keys=(key_file,)),)
-        ),
+        gopay=GoPayConfig(merchants=(gopay_merchant,), api_url=gateway_url),
         baofoo=BaofooConfig(
-            merchants=(
-                BaofooMerchant(
-                    member_id=BAOFOO_MEMBER, terminal_id=BAOFOO_TERMINAL, md5_key=md5_key
-                ),
-            )
+            merchants=(baofoo_merchant,), query_url=gateway_url + BAOFOO_QUERY_PATH
         ),
+        reconcile=DEMO_RECONCILE,
         source="(demo)",
     )
 
 
+_GATEWAYS = ("gopay", "baofoo")
+
 _ORDERS = (
     NewOrder(provider="gopay", merchant_id=GOPAY_MCHID, out_trade_no="G-1001", amount_minor=10000),
     NewOrder(provider="gopay", merchant_id=GOPAY_MCHID, out_trade_no="G-1002", amount_minor=5000),
+    NewOrder(provider="gopay", merchant_id=GOPAY_MCHID, out_trade_no="G-1003", amount_minor=3000),
     NewOrder(provider="baofoo", merchant_id=BAOFOO_MEMBER, out_trade_no="B-2001", amount_minor=100),
     NewOrder(provider="baofoo", merchant_id=BAOFOO_MEMBER, out_trade_no="B-2002", amount_minor=200),
+    NewOrder(provider="baofoo", merchant_id=BAOFOO_MEMBER, out_trade_no="B-2003", amount_minor=300),
 )
 
 _EXPECTED = {
@@ -119,16 +197,37 @@ _EXPECTED = {
     "duplicate delivery": "duplicate",
     "forgery": "bad_signature",
     "wrong amount": "amount_mismatch",
+    LOST: "applied",
+}
+
+# Each order's status and number of events afterwards: paid once, or left pending.
+_EXPECTED_ORDERS: Mapping[str, tuple[str, str]] = {
+    "G-1001": ("paid", "1"),
+    "G-1002": ("pending", "0"),
+    "G-1003": ("paid", "1"),
+    "B-2001": ("paid", "1"),
+    "B-2002": ("pending", "0"),
+    "B-2003": ("paid", "1"),
 }
 
 
-async def _create_orders(app: web.Application) -> None:
-    async with app[POOL].acquire() as conn:
-        for order in _ORDERS:
-            await create_order(conn, order)
+def _lost_payments() -> list[Payment]:
+    """The payments whose notifications are lost: the stand-in holds them for queries only."""
+    return [
+        Payment(
+            provider="gopay", merchant_id=GOPAY_MCHID, out_trade_no="G-1003", amount_minor=3000
+        ),
+        Payment(
+            provider="baofoo",
+            merchant_id=BAOFOO_MEMBER,
+            terminal_id=BAOFOO_TERMINAL,
+            out_trade_no="B-2003",
+            amount_minor=300,
+        ),
+    ]
 
 
-def _steps(gopay: GoPaySimulator, baofoo: BaofooSimulator) -> list[Step]:
+def _steps(gopay: GoPaySimulator, md5_key: str) -> list[Step]:
     forger = GoPaySimulator.generate()
 
     def g_paid(
@@ -147,10 +246,10 @@ def _steps(gopay: GoPaySimulator, baofoo: BaofooSimulator) -> list[Step]:
         Step("gopay", "duplicate delivery", "G-1001", g_paid(gopay, "G-1001", "100.000")),
         Step("gopay", "forgery", "G-1002", g_paid(forger, "G-1002", "50.000")),
         Step("gopay", "wrong amount", "G-1002", g_paid(gopay, "G-1002", "5.000")),
-        Step("baofoo", "payment", "B-2001", b_paid(baofoo.md5_key, "B-2001", "100")),
-        Step("baofoo", "duplicate delivery", "B-2001", b_paid(baofoo.md5_key, "B-2001", "100")),
+        Step("baofoo", "payment", "B-2001", b_paid(md5_key, "B-2001", "100")),
+        Step("baofoo", "duplicate delivery", "B-2001", b_paid(md5_key, "B-2001", "100")),
         Step("baofoo", "forgery", "B-2002", b_paid("guessed-key", "B-2002", "200")),
-        Step("baofoo", "wrong amount", "B-2002", b_paid(baofoo.md5_key, "B-2002", "2")),
+        Step("baofoo", "wrong amount", "B-2002", b_paid(md5_key, "B-2002", "2")),
     ]
 
 
@@ -168,7 +267,7 @@ def _gopay_charge(order: str, amount: str) -> dict[str, object]:
     }
 
 
-async def _run_steps(base: str, steps: Sequence[Step], app: web.Application) -> list[Seen]:
+async def _run_steps(base: str, steps: Sequence[Step], pool: asyncpg.Pool) -> list[Seen]:
     seen = []
     async with aiohttp.ClientSession() as http:
         for step in steps:
@@ -176,21 +275,58 @@ async def _run_steps(base: str, steps: Sequence[Step], app: web.Application) -> 
             async with http.post(f"{base}/notify/{step.gateway}", data=body, headers=headers) as r:
                 reply = (await r.read()).decode()
                 status = r.status
-            async with app[POOL].acquire() as conn:
-                outcome = await conn.fetchval(
-                    "SELECT outcome FROM notifications ORDER BY id DESC LIMIT 1"
+            async with pool.acquire() as conn:
+                row = await conn.fetchrow(LAST_NOTIFICATION, NOTIFY)
+            seen.append(
+                Seen(
+                    gateway=step.gateway,
+                    case=step.case,
+                    order=step.order,
+                    status=str(status),
+                    reply=reply,
+                    source=row["source"],
+                    outcome=row["outcome"],
                 )
-            seen.append(Seen(step, status, reply, outcome))
+            )
     return seen
 
 
-async def _final_orders(app: web.Application) -> list[tuple[str, ...]]:
-    async with app[POOL].acquire() as conn:
-        rows = await conn.fetch(
-            "SELECT provider, out_trade_no, amount_minor, status, paid_amount_minor,"
-            " (SELECT count(*) FROM order_events e WHERE e.order_id = o.id) AS events"
-            " FROM orders o ORDER BY id"
-        )
+async def _recovered(pool: asyncpg.Pool, payment: Payment, *, deadline: float) -> Seen:
+    """The summary line of a lost payment: what the service's reconciler made of it."""
+    row = await _first_query_reply(pool, payment, deadline=deadline)
+    if row is None:
+        reply, source, outcome = "(never sent)", "-", "not recovered"
+    else:
+        reply = f"(never sent; order query +{row['after_s']:.1f} s)"
+        source, outcome = row["source"], row["outcome"]
+    return Seen(
+        gateway=payment.provider,
+        case=LOST,
+        order=payment.out_trade_no,
+        status="-",
+        reply=reply,
+        source=source,
+        outcome=outcome,
+    )
+
+
+async def _first_query_reply(
+    pool: asyncpg.Pool, payment: Payment, *, deadline: float
+) -> asyncpg.Record | None:
+    """Wait for the reconciler to store the gateway's answer about `payment`; None: it did not."""
+    loop = asyncio.get_running_loop()
+    while loop.time() < deadline:
+        await asyncio.sleep(RECOVERY_POLL_S)
+        async with pool.acquire() as conn:
+            row: asyncpg.Record | None = await conn.fetchrow(FIRST_QUERY_REPLY, *payment.key, QUERY)
+        if row is not None:
+            return row
+    return None
+
+
+async def _final_orders(pool: asyncpg.Pool) -> list[tuple[str, ...]]:
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(FINAL_ORDERS)
     return [
         (
             r["provider"],
@@ -204,25 +340,49 @@ async def _final_orders(app: web.Application) -> list[tuple[str, ...]]:
     ]
 
 
+def problems(seen: Sequence[Seen], orders: Sequence[tuple[str, ...]]) -> list[str]:
+    """What did not go as it should: a case the receiver handled otherwise, an order's state."""
+    found = [f"{s.gateway} {s.case}: {s.outcome}" for s in seen if not s.as_expected]
+    return found + _order_problems(orders)
+
+
+def _order_problems(orders: Sequence[tuple[str, ...]]) -> list[str]:
+    found = {row[1]: (row[3], row[5]) for row in orders}
+    wrong = []
+    for order, (want_status, want_events) in _EXPECTED_ORDERS.items():
+        status, events = found.get(order, ("missing", "0"))
+        if (status, events) != (want_status, want_events):
+            wrong.append(
+                f"order {order}: {status} with {events} events,"
+                f" expected {want_status} with {want_events}"
+            )
+    return wrong
+
+
 def _money(minor: int | None) -> str:
     return "-" if minor is None else f"{minor // 100}.{minor % 100:02d}"
 
 
-def _print_summary(seen: Sequence[Seen], orders: Sequence[tuple[str, ...]]) -> None:
-    print("\nNotifications sent, and what the receiver answered:\n")
+def _print_summary(
+    seen: Sequence[Seen], orders: Sequence[tuple[str, ...]], wrong: Sequence[str]
+) -> None:
+    print("\nWhat reached the receiver, and what it made of it:\n")
     _table(
-        ("gateway", "case", "order", "HTTP", "reply", "outcome"),
-        [
-            (s.step.gateway, s.step.case, s.step.order, str(s.status), s.reply, s.outcome)
-            for s in seen
-        ],
+        ("gateway", "case", "order", "HTTP", "reply", "source", "outcome"),
+        [(s.gateway, s.case, s.order, s.status, s.reply, s.source, s.outcome) for s in seen],
     )
     print("\nOrders afterwards:\n")
     _table(("gateway", "order", "amount", "status", "paid", "events"), orders)
+    if wrong:
+        print("\nNot as it should be:\n" + "\n".join(f"  {line}" for line in wrong))
+        return
     print(
         "\nEach payment moved its order once; the duplicate was acknowledged without a second"
         "\nevent; the forgery and the wrong amount were refused, so the gateway would retry or"
-        "\nan operator would look, and the orders they named stayed pending."
+        "\nan operator would look, and the orders they named stayed pending. The lost"
+        "\nnotifications' orders were paid at the gateway, which never said so; the service's"
+        "\nreconciler asked the gateway about them (here a second after they were created:"
+        "\nreconcile.first_after_s = 1) and applied the signed answers like notifications."
     )
 
 

@@ -157,11 +157,21 @@ def test_serve_refuses_deny_listed_platform_key(migrated, tmp_path):
     assert base64.b64encode(denied).decode()[:40] not in line
 
 
-def test_demo_runs_the_whole_loop(tmp_path):
+def test_demo_runs_the_whole_loop_and_recovers_lost_notifications(tmp_path):
     proc = run("demo", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     for expected in ("applied", "duplicate", "bad_signature", "amount_mismatch", "SUCCESS", "OK"):
         assert expected in proc.stdout
-    paid_rows = re.findall(r"^\s+\w+\s+[GB]-\d+\s+[\d.]+\s+paid\s", proc.stdout, re.MULTILINE)
-    assert len(paid_rows) == 2
+    lost = re.findall(
+        r"^\s+(\w+)\s+lost notification\s+([GB]-\d+)\s+-\s+\(never sent; order query \+[\d.]+ s\)"
+        r"\s+query\s+applied$",
+        proc.stdout,
+        re.MULTILINE,
+    )
+    assert lost == [("gopay", "G-1003"), ("baofoo", "B-2003")]
+    paid_once = re.findall(
+        r"^\s+\w+\s+([GB]-\d+)\s+[\d.]+\s+paid\s+[\d.]+\s+1$", proc.stdout, re.MULTILINE
+    )
+    assert paid_once == ["G-1001", "G-1003", "B-2001", "B-2003"]
+    assert "Not as it should be" not in proc.stdout
     assert not list(tmp_path.iterdir())  # the demo leaves nothing behind

@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
+from receiver import reconcile
 from receiver.config import BaofooConfig, BaofooMerchant, Config, GoPayConfig, GoPayMerchant
 from receiver.database import create_pool
 from receiver.gateways import OrderQuerier, OrderRef, QueryAnswer, QueryResult
@@ -343,24 +344,16 @@ async def ledger(db: asyncpg.Connection, migrated: str) -> AsyncIterator[Ledger]
         await pool.close()
 
 
-def _ref(row: asyncpg.Record) -> OrderRef:
-    return OrderRef(
-        order_id=row["id"],
-        provider=row["provider"],
-        merchant_id=row["merchant_id"],
-        out_trade_no=row["out_trade_no"],
-        amount_minor=row["amount_minor"],
-        currency=row["currency"],
-        channel=row["channel"],
-    )
-
-
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_the_ledger_applies_a_paid_answer_and_refuses_a_wrong_amount(
     rig: Rig, ledger: Ledger, make_order: Callable[..., Any], db: asyncpg.Connection, provider: str
 ) -> None:
-    paid = _ref(await make_order(f"{provider}-ok", provider=provider, channel="gopay_bankupi"))
-    short = _ref(await make_order(f"{provider}-short", provider=provider, channel="gopay_bankupi"))
+    paid = reconcile.order_ref(
+        await make_order(f"{provider}-ok", provider=provider, channel="gopay_bankupi")
+    )
+    short = reconcile.order_ref(
+        await make_order(f"{provider}-short", provider=provider, channel="gopay_bankupi")
+    )
     held(rig.gateway, paid)
     held(rig.gateway, replace(short, amount_minor=short.amount_minor - 1))
     outcomes = []
