@@ -107,7 +107,7 @@ def run_demo(*, keep: bool = False) -> int:
         return asyncio.run(_demo(workdir))
     finally:
         if keep:
-            print(f"\ndatabase kept in {workdir}")
+            print(f"\ndatabase and keys kept in {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -140,11 +140,12 @@ async def _run(
     async with pool.acquire() as conn:
         for order in _ORDERS:
             await create_order(conn, order)
-    for payment in _lost_payments():
+    lost = _lost_payments()
+    for payment in lost:
         stand_in.hold(payment)  # paid at the gateway; its notification is never sent
     seen = await _run_steps(f"http://127.0.0.1:{port}", steps, pool)
     deadline = asyncio.get_running_loop().time() + RECOVERY_TIMEOUT_S
-    seen += [await _recovered(pool, p, deadline=deadline) for p in _lost_payments()]
+    seen += [await _recovered(pool, payment, deadline=deadline) for payment in lost]
     seen.sort(key=lambda s: _GATEWAYS.index(s.gateway))
     return seen, await _final_orders(pool)
 
