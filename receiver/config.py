@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from receiver.errors import ENVIRONMENT, ConfigError
 
@@ -332,8 +333,7 @@ class _Reader:
     def database_url(self, t: Table) -> str:
         from_environment = self.environ.get(DATABASE_URL_VARIABLE, "")
         url = from_environment or self.get(t, "database.url", str, "")
-        if url and not url.startswith(("postgres://", "postgresql://")):
-            problem = "must start with postgresql://"
+        if problem := _database_url_problem(url):
             if from_environment:
                 raise self.environment_fail(DATABASE_URL_VARIABLE, problem)
             raise self.fail("database.url", problem)
@@ -483,6 +483,20 @@ class _Reader:
     def unique(self, values: list[str], key: str, what: str) -> None:
         if len(set(values)) != len(values):
             raise self.fail(key, f"{what} appears twice")
+
+
+def _database_url_problem(url: str) -> str:
+    if not url:
+        return ""
+    if not url.startswith(("postgres://", "postgresql://")):
+        return "must start with postgresql://"
+    try:
+        parts = urlsplit(url)
+        if "," not in parts.netloc:  # several hosts (libpq's failover list) have several ports
+            parts.port  # noqa: B018 - parsing it is the check
+    except ValueError:
+        return "is not a valid URL (look at its host and port)"
+    return ""
 
 
 def _secret_problem(value: str) -> str:

@@ -101,11 +101,6 @@ def test_secrets_stay_out_of_reprs(tmp_path):
             "gopay.merchants[0].platform_public_keys",
             "non-empty",
         ),
-        (
-            '[[baofoo.merchants]]\nmember_id = "1"\nterminal_id = "2"\nmd5_key_env = "NOPE"\n',
-            "baofoo.merchants[0].md5_key_env",
-            "not set",
-        ),
         ("[[baofoo.merchants]]\nmember_id = 1\n", "baofoo.merchants[0].terminal_id", "missing"),
         ("not toml at all", "(file)", "TOML"),
     ],
@@ -117,6 +112,25 @@ def test_errors_name_file_key_and_problem(tmp_path, text, key, problem):
     assert (err.value.source, err.value.key) == (str(path), key)
     assert problem in err.value.problem
     assert str(err.value).startswith(f"{path}: {key}: ")
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "variable"),
+    [
+        ("", {"RECEIVER_DATABASE_URL": "mysql://x"}, "RECEIVER_DATABASE_URL"),
+        ('[database]\nurl = "postgresql://h/db"\n', {"RECEIVER_DATABASE_URL": "x"}, "RECEIVER_DATABASE_URL"),
+        ('[[baofoo.merchants]]\nmember_id = "1"\nterminal_id = "2"\nmd5_key_env = "K"\n', {}, "K"),
+    ],
+)
+def test_errors_about_environment_values_name_the_variable_not_the_file(
+    tmp_path, text, environ, variable
+):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path), environ)
+    assert (err.value.source, err.value.key) == ("environment", variable)
+    assert str(err.value).startswith(f"environment variable {variable}: ")
+    assert str(path) not in str(err.value)
 
 
 def test_missing_file_is_a_config_error(tmp_path):
