@@ -118,7 +118,11 @@ def test_errors_name_file_key_and_problem(tmp_path, text, key, problem):
     ("text", "environ", "variable"),
     [
         ("", {"RECEIVER_DATABASE_URL": "mysql://x"}, "RECEIVER_DATABASE_URL"),
-        ('[database]\nurl = "postgresql://h/db"\n', {"RECEIVER_DATABASE_URL": "x"}, "RECEIVER_DATABASE_URL"),
+        (
+            '[database]\nurl = "postgresql://h/db"\n',
+            {"RECEIVER_DATABASE_URL": "x"},
+            "RECEIVER_DATABASE_URL",
+        ),
         ('[[baofoo.merchants]]\nmember_id = "1"\nterminal_id = "2"\nmd5_key_env = "K"\n', {}, "K"),
     ],
 )
