@@ -95,6 +95,8 @@ def test_secrets_stay_out_of_reprs(tmp_path):
         ('[server]\ntrusted_proxies = ["nonsense"]\n', "server.trusted_proxies[0]", "CIDR"),
         ('[log]\nformat = "xml"\n', "log.format", "json"),
         ('[database]\nurl = "mysql://x"\n', "database.url", "postgresql://"),
+        ('[database]\nurl = "postgresql://u@h:port/db"\n', "database.url", "not a valid URL"),
+        ('[database]\nurl = "postgresql://u@[::1/db"\n', "database.url", "not a valid URL"),
         ("[gopay]\ntimestamp_tolerance_s = -1\n", "gopay.timestamp_tolerance_s", "0 or more"),
         (
             '[[gopay.merchants]]\nmchid = "1"\n',
@@ -150,3 +152,12 @@ def test_error_never_echoes_a_secret(tmp_path):
     with pytest.raises(ConfigError) as err:
         parse_config(tomllib.loads(text), source="f.toml", base=tmp_path, environ={"K": "x"})
     assert "topsecret" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://u:p@h1:5432,h2:5433/db", "postgresql:///db?host=/run/pg", "postgres://[::1]/db"],
+)
+def test_database_urls_libpq_takes_are_taken(tmp_path, url):
+    path = write(tmp_path, f'[database]\nurl = "{url}"\n')
+    assert load_config(str(path), {}).database.url == url
