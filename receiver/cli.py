@@ -95,6 +95,7 @@ def _order_key_args(p: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
+    _ensure_stdout()
     try:
         args = build_parser().parse_args(argv)
         return _flushed(_run(args))
@@ -108,6 +109,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:  # an operator gets one line, never a traceback
         return _fail(1, _describe_unexpected(exc))
+
+
+def _ensure_stdout() -> None:
+    # Started with stdout closed (`>&-`), Python has none: what would be printed goes nowhere,
+    # as if stdout were /dev/null, rather than ending the command with an AttributeError.
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - for the process
 
 
 def _flushed(code: int) -> int:

@@ -173,6 +173,19 @@ async def test_orders_add_into_a_closed_pipe_exits_1_with_one_line_and_keeps_the
     assert await db.fetchval("SELECT count(*) FROM orders WHERE out_trade_no = 'OPS-1'") == 1
 
 
+def test_a_command_started_with_stdout_closed_does_its_work(migrated, tmp_path):
+    proc = subprocess.run(
+        ["sh", "-c", 'exec "$0" -m receiver.cli migrate >&-', sys.executable],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"RECEIVER_DATABASE_URL": migrated},
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert (proc.returncode, proc.stderr) == (0, "")
+
+
 def test_serve_with_its_log_pipe_closed_keeps_serving_and_says_so_once(migrated, tmp_path):
     read_end, write_end = os.pipe()
     os.close(read_end)  # journald restarted, or `receiver serve | head`
