@@ -259,7 +259,7 @@ def _check_new_order(config: Config, args: argparse.Namespace) -> None:
             f"--out-trade-no must be 1 to {MAX_IDENTIFIER_LENGTH} printable characters,"
             " as notifications for any other are refused"
         )
-    merchants = configured_merchants(config, args.provider)
+    merchants = _configured_merchants(config, args.provider)
     if args.merchant not in merchants:
         listed = ", ".join(sorted(merchants)) or "none"
         raise UsageError(
@@ -273,7 +273,7 @@ def _check_new_order(config: Config, args: argparse.Namespace) -> None:
 _CURRENCY = re.compile(r"[A-Z]{3}")
 
 
-def configured_merchants(config: Config, provider: str) -> set[str]:
+def _configured_merchants(config: Config, provider: str) -> set[str]:
     """The merchant ids the configuration lists for `provider` (GoPay mchid, Baofoo member_id)."""
     if provider == "gopay":
         return {m.mchid for m in config.gopay.merchants}
