@@ -122,14 +122,15 @@ class Config:
 
 DEFAULT_FILE = "receiver.toml"
 DATABASE_URL_VARIABLE = "RECEIVER_DATABASE_URL"
+CONFIG_VARIABLE = "RECEIVER_CONFIG"
 
 
 def find_config_file(explicit: str | None, environ: Mapping[str, str]) -> Path | None:
     """The file to read: --config, else $RECEIVER_CONFIG, else ./receiver.toml if present."""
     if explicit:
         return Path(explicit)
-    if environ.get("RECEIVER_CONFIG"):
-        return Path(environ["RECEIVER_CONFIG"])
+    if environ.get(CONFIG_VARIABLE):
+        return Path(environ[CONFIG_VARIABLE])
     default = Path(DEFAULT_FILE)
     return default if default.is_file() else None
 
@@ -143,6 +144,9 @@ def load_config(explicit: str | None = None, environ: Mapping[str, str] | None =
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
+        if not explicit and env.get(CONFIG_VARIABLE):  # the environment chose the file: say so
+            problem = f"{path}: {_os_problem(exc)}"
+            raise ConfigError(source=ENVIRONMENT, key=CONFIG_VARIABLE, problem=problem) from None
         raise ConfigError(source=str(path), key="(file)", problem=_os_problem(exc)) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(

@@ -386,6 +386,17 @@ def test_a_configuration_file_that_is_not_there_exits_2(tmp_path):
     expect(proc, 2, "configuration error", "nowhere.toml", "No such file")
 
 
+def test_a_configuration_file_named_by_the_environment_that_is_not_there_names_the_variable(
+    tmp_path,
+):
+    absent = tmp_path / "absent.toml"
+    proc = run("migrate", env={"RECEIVER_CONFIG": str(absent)}, cwd=tmp_path)
+    assert expect(proc, 2) == (
+        "receiver: configuration error: environment variable RECEIVER_CONFIG:"
+        f" {absent}: No such file or directory"
+    )
+
+
 def test_a_key_file_that_is_a_directory_exits_2(migrated, tmp_path):
     (tmp_path / "keys").mkdir()
     (tmp_path / "receiver.toml").write_text(
