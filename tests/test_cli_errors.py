@@ -173,6 +173,24 @@ async def test_orders_add_into_a_closed_pipe_exits_1_with_one_line_and_keeps_the
     assert await db.fetchval("SELECT count(*) FROM orders WHERE out_trade_no = 'OPS-1'") == 1
 
 
+@pytest.mark.usefixtures("merchants_config")
+def test_orders_add_piped_into_head_prints_no_traceback(migrated, tmp_path):
+    """The shell's own pipeline: whether head has gone before the write is up to the scheduler,
+    so either outcome is allowed, but never more than one line on stderr."""
+    command = " ".join([sys.executable, "-m", "receiver.cli", "orders", "add", *ORDER_KEY])
+    proc = subprocess.run(
+        ["sh", "-c", f"{command} --amount 1 | head -c 1"],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"RECEIVER_DATABASE_URL": migrated},
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert proc.stdout == "{"
+    assert len(proc.stderr.splitlines()) <= 1 and "Traceback" not in proc.stderr, proc.stderr
+
+
 def test_a_command_started_with_stdout_closed_does_its_work(migrated, tmp_path):
     proc = subprocess.run(
         ["sh", "-c", 'exec "$0" -m receiver.cli migrate >&-', sys.executable],
