@@ -84,9 +84,12 @@ def test_serve_refuses_a_port_that_is_no_port_number(tmp_path, port):
     expect(run("serve", "--port", port, cwd=tmp_path), 2, "usage:", "--port", port)
 
 
-def test_serve_unknown_host_on_the_command_line_exits_2_naming_the_option(migrated, tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_unknown_host_on_the_command_line_exits_2_naming_the_option(
+    migrated, tmp_path, workers
+):
     proc = run(
-        *("serve", "--host", "no-such-host.invalid", "--port", "0"),
+        *("serve", "--host", "no-such-host.invalid", "--port", "0", "--workers", workers),
         env={"RECEIVER_DATABASE_URL": migrated},
         cwd=tmp_path,
     )
