@@ -427,16 +427,35 @@ def test_a_key_file_that_is_a_directory_exits_2(migrated, tmp_path):
     expect(proc, 2, "gopay.merchants[0].platform_public_keys[0]", "Is a directory")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_an_unreadable_key_file_exits_2(migrated, tmp_path, gopay_key_file):
-    key = tmp_path / "key.pem"
-    key.write_bytes(gopay_key_file.read_bytes())
+def _key_without_permission(key: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root reads files whatever their mode")
+    key.write_text("-----BEGIN PUBLIC KEY-----\n")
     key.chmod(0)
+
+
+def _key_under_a_file(key: Path) -> None:
+    key.parent.rmdir()
+    key.parent.write_text("not a folder\n")
+
+
+@pytest.mark.parametrize(
+    ("make_unreadable", "problem"),
+    [
+        (_key_without_permission, "Permission denied"),
+        (lambda key: key.symlink_to(key.parent / "gone.pem"), "No such file"),
+        (_key_under_a_file, "Not a directory"),
+    ],
+    ids=["mode-000", "dangling-symlink", "folder-is-a-file"],
+)
+def test_a_key_file_that_cannot_be_read_exits_2(migrated, tmp_path, make_unreadable, problem):
+    (tmp_path / "keys").mkdir()
+    make_unreadable(tmp_path / "keys" / "key.pem")
     (tmp_path / "receiver.toml").write_text(
-        f'[[gopay.merchants]]\nmchid = "{GOPAY_MCHID}"\nplatform_public_keys = ["key.pem"]\n'
+        f'[[gopay.merchants]]\nmchid = "{GOPAY_MCHID}"\nplatform_public_keys = ["keys/key.pem"]\n'
     )
     proc = run("serve", "--port", "0", env={"RECEIVER_DATABASE_URL": migrated}, cwd=tmp_path)
-    expect(proc, 2, "platform_public_keys[0]", "Permission denied")
+    expect(proc, 2, "platform_public_keys[0]", "keys/key.pem", problem)
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
