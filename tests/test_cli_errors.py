@@ -481,3 +481,11 @@ def test_a_data_dir_that_is_a_file_exits_1_naming_it(tmp_path, command):
     (tmp_path / "receiver.toml").write_text('[database]\ndata_dir = "data"\n')
     proc = run(*command, cwd=tmp_path)
     expect(proc, 1, "embedded database at", "did not start", str(tmp_path / "data"))
+
+
+def test_an_embedded_database_that_initdb_refuses_is_one_line_with_its_reason(tmp_path):
+    (tmp_path / "data" / "pgdata").mkdir(parents=True)
+    (tmp_path / "data" / "pgdata" / "stray.txt").write_text("not a database\n")
+    (tmp_path / "receiver.toml").write_text('[database]\ndata_dir = "data"\n')
+    proc = run("migrate", cwd=tmp_path)
+    expect(proc, 1, "embedded database at", "did not start", "exists but is not empty")
