@@ -475,7 +475,11 @@ def test_tls_files_that_are_missing_or_not_pem_exit_2(migrated, tmp_path, conten
     assert "[SSL]" not in line
 
 
-@pytest.mark.parametrize("command", [("migrate",), ("serve", "--port", "0")], ids=" ".join)
+@pytest.mark.parametrize(
+    "command",
+    [("migrate",), ("serve", "--port", "0"), ("serve", "--port", "0", "--workers", "2")],
+    ids=" ".join,
+)
 def test_a_data_dir_that_is_a_file_exits_1_naming_it(tmp_path, command):
     (tmp_path / "data").write_text("a file\n")
     (tmp_path / "receiver.toml").write_text('[database]\ndata_dir = "data"\n')
