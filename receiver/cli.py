@@ -108,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # an operator gets one line, never a traceback
+        if sys.flags.dev_mode:  # `python -X dev -m receiver.cli ...`: a developer wants it
+            raise
         return _fail(1, _describe_unexpected(exc))
 
 
@@ -133,7 +135,8 @@ def _describe_unexpected(exc: Exception) -> str:
     if isinstance(exc, OSError):
         return f"{exc.strerror or type(exc).__name__}{f': {exc.filename}' if exc.filename else ''}"
     text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"unexpected error: {type(exc).__name__}{': ' + text if text else ''}"
+    where = "python -X dev -m receiver.cli shows where"
+    return f"unexpected error: {type(exc).__name__}{': ' + text if text else ''} ({where})"
 
 
 def _discard_stdout() -> None:
@@ -211,7 +214,7 @@ async def _connect(config: Config, *, create: bool = False) -> AsyncIterator[asy
     async with database.database_url(config.database, create=create) as url:
         try:
             conn = await asyncpg.connect(url, timeout=database.CONNECT_TIMEOUT_S)
-        except database.CONNECTION_ERRORS as exc:
+        except database.CONNECT_ERRORS as exc:
             raise database.connection_failure(exc) from exc
         try:
             yield conn

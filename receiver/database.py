@@ -37,9 +37,14 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InternalClientError,
 )
+
+# Opening a connection, any other error the server answers with refuses it too (a setting in the
+# URL's query it does not know, say); CONNECTION_ERRORS say which answers are worth waiting out.
+CONNECT_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, asyncpg.PostgresError)
 
 CONNECT_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 10.0
@@ -245,7 +250,7 @@ async def create_pool(url: str, *, min_size: int, max_size: int) -> asyncpg.Pool
             max_inactive_connection_lifetime=60.0,
             server_settings=SERVER_SETTINGS,
         )
-    except CONNECTION_ERRORS as exc:
+    except CONNECT_ERRORS as exc:
         raise connection_failure(exc) from exc
 
 
@@ -258,7 +263,7 @@ async def wait_and_migrate(pool: asyncpg.Pool, *, patience_s: float) -> list[str
             async with pool.acquire() as conn:
                 return await migrate(conn)
         except CONNECTION_ERRORS as exc:
-            if isinstance(exc, REFUSED_ERRORS) or loop.time() >= deadline:
+            if refuses(exc) or loop.time() >= deadline:
                 raise connection_failure(exc) from exc
             await asyncio.sleep(1.0)
 
@@ -267,22 +272,27 @@ async def check_not_refused(url: str) -> None:
     """Raise DatabaseRefused when the server refuses `url`; unreachable is not checked here."""
     try:
         conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT_S)
-    except REFUSED_ERRORS as exc:
-        raise connection_failure(exc) from exc
-    except CONNECTION_ERRORS:
+    except CONNECT_ERRORS as exc:
+        if refuses(exc):
+            raise connection_failure(exc) from exc
         return  # start-up waits for an unreachable database; that is not decided here
     await conn.close()
 
 
+def refuses(exc: BaseException) -> bool:
+    """True for a connection error that waiting will not cure: the server answered, no."""
+    return isinstance(exc, REFUSED_ERRORS) or not isinstance(exc, CONNECTION_ERRORS)
+
+
 def connection_failure(exc: BaseException) -> DatabaseUnavailable:
     """The error to raise for a connection error: DatabaseRefused when waiting cannot help."""
-    kind = DatabaseRefused if isinstance(exc, REFUSED_ERRORS) else DatabaseUnavailable
+    kind = DatabaseRefused if refuses(exc) else DatabaseUnavailable
     return kind(describe_connection_error(exc))
 
 
 def describe_connection_error(exc: BaseException) -> str:
     """A one-line reason for an operator, never the URL (it may hold a password)."""
-    if isinstance(exc, REFUSED_ERRORS):
+    if refuses(exc):
         return f"database refused the connection: {_plain_reason(exc)}"
     return f"database unavailable: {_plain_reason(exc)}"
 

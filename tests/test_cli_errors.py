@@ -110,13 +110,13 @@ def test_serve_refuses_zero_workers(tmp_path):
 # -- the database: missing, or refusing the role -------------------------------------------------
 
 
-def _url_with(url: str, *, user: str | None = None, dbname: str | None = None) -> str:
+def _url_with(url: str, *, user: str = "", dbname: str = "", setting: str = "") -> str:
     scheme, rest = url.split("://", 1)
     auth, _, host_and_path = rest.rpartition("@")
     host, _, path = host_and_path.partition("/")
     name, _, query = path.partition("?")
-    auth = user or auth
-    return f"{scheme}://{auth}@{host}/{dbname or name}{'?' + query if query else ''}"
+    query = "&".join(q for q in (query, setting) if q)
+    return f"{scheme}://{user or auth}@{host}/{dbname or name}{'?' + query if query else ''}"
 
 
 DATABASE_COMMANDS = [
@@ -134,8 +134,12 @@ DATABASE_COMMANDS = [
 )
 @pytest.mark.parametrize(
     ("change", "named"),
-    [({"user": "nosuchrole"}, 'role "nosuchrole"'), ({"dbname": "nosuchdb"}, '"nosuchdb"')],
-    ids=["role", "database"],
+    [
+        ({"user": "nosuchrole"}, 'role "nosuchrole" does not exist'),
+        ({"dbname": "nosuchdb"}, 'database "nosuchdb" does not exist'),
+        ({"setting": "no_such_setting=1"}, "unrecognized configuration parameter"),
+    ],
+    ids=["role", "database", "setting"],
 )
 def test_a_database_that_refuses_the_url_ends_the_command_at_once(
     migrated, tmp_path, command, change, named
@@ -143,7 +147,7 @@ def test_a_database_that_refuses_the_url_ends_the_command_at_once(
     url = _url_with(migrated, **change)
     started = time.monotonic()
     proc = run(*command, env={"RECEIVER_DATABASE_URL": url}, cwd=tmp_path)
-    expect(proc, 1, "database refused the connection", named, "does not exist")
+    expect(proc, 1, "database refused the connection", named)
     assert time.monotonic() - started < 20  # not the 30 s start-up wait of an unreachable one
 
 
