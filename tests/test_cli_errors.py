@@ -358,10 +358,17 @@ def test_orders_add_takes_the_longest_key_the_notify_path_takes(migrated, tmp_pa
 @pytest.mark.usefixtures("merchants_config")
 @pytest.mark.parametrize(
     "command",
-    [("orders", "add", *ORDER_KEY, "--amount", "1.00"), ("orders", "show", *ORDER_KEY)],
-    ids=" ".join,
+    [
+        ("orders", "add", *ORDER_KEY, "--amount", "1.00"),
+        ("orders", "show", *ORDER_KEY),
+        ("orders", "list"),
+        ("orders", "resolve", *ORDER_KEY, "--note", "checked"),
+        ("notifications", "list"),
+        ("replay", "--outcome", "bad_signature"),
+    ],
+    ids=["orders-add", "orders-show", "orders-list", "orders-resolve", "notifications", "replay"],
 )
-def test_orders_commands_create_no_embedded_database_and_say_where_they_looked(tmp_path, command):
+def test_other_commands_create_no_embedded_database_and_say_where_they_looked(tmp_path, command):
     proc = run(*command, cwd=tmp_path)
     pgdata = tmp_path.resolve() / ".receiver" / "pgdata"
     expect(proc, 1, f"no embedded database at {pgdata}", "RECEIVER_DATABASE_URL")
