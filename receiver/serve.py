@@ -69,7 +69,9 @@ def tls_context(server: ServerConfig, *, source: str) -> ssl.SSLContext | None:
     try:
         ctx.load_cert_chain(server.tls_cert, server.tls_key)
     except (OSError, ssl.SSLError) as exc:
-        problem = getattr(exc, "strerror", None) or "not a matching PEM certificate and key"
+        problem = "not a matching PEM certificate and key"
+        if not isinstance(exc, ssl.SSLError):  # its strerror is OpenSSL's "[SSL] PEM lib (...)"
+            problem = exc.strerror or problem
         raise ConfigError(source=source, key="server.tls_cert", problem=problem) from None
     return ctx
 
@@ -259,10 +261,11 @@ def _reserved_port(host: str, port: int) -> Iterator[int]:
 def _shared_database(config: Config) -> Iterator[Config]:
     """The configuration with a database URL: the embedded server's, started here, once."""
     if config.database.url:
+        asyncio.run(database.check_not_refused(config.database.url))  # one line, not N workers'
         yield config
         return
     server = database.EmbeddedPostgres(config.database.data_dir)
-    url = asyncio.run(server.start())
+    url = asyncio.run(server.start(create=True))
     try:
         yield replace(config, database=replace(config.database, url=url))
     finally:

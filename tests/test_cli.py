@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from receiver.gateways.gopay import denied_keys
+from tests.service_process import write_config
 
 pytestmark = pytest.mark.usefixtures("db")
 
@@ -55,7 +56,8 @@ def test_usage_errors_exit_2_with_one_line(args, tmp_path):
     assert one_line(proc).startswith("receiver: usage: ")
 
 
-def test_orders_add_then_show(migrated, tmp_path):
+def test_orders_add_then_show(migrated, tmp_path, gopay_key_file):
+    write_config(tmp_path / "receiver.toml", gopay_key_file=gopay_key_file)  # merchant 100001
     env = {"RECEIVER_DATABASE_URL": migrated}
     key = ("--provider", "gopay", "--merchant", "100001", "--out-trade-no", "CLI-1")
     added = run(
