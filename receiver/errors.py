@@ -48,6 +48,7 @@ class Rejected(ReceiverError):
         merchant_id: str | None = None,
         out_trade_no: str | None = None,
         refusal: Refusal | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(f"{outcome.value}: {reason}")
         self.outcome = outcome
@@ -55,6 +56,7 @@ class Rejected(ReceiverError):
         self.reason = reason
         self.merchant_id = merchant_id
         self.out_trade_no = out_trade_no
+        self.headers = headers or {}  # request headers kept with the stored refusal
 
 
 class DatabaseUnavailable(ReceiverError):

@@ -21,6 +21,7 @@ from receiver.gateways import (
     Reply,
     reply,
     reply_status,
+    with_signature_headers,
 )
 from receiver.ledger import Result
 from receiver.logging import get_logger
@@ -108,7 +109,7 @@ async def _process(app: web.Application, gateway: Gateway, inbound: Inbound) -> 
         _check_encoding(inbound)
         notification = gateway.parse(inbound)
     except Rejected as rejected:
-        return await _reject(app, inbound, rejected)
+        return await _reject(app, inbound, with_signature_headers(gateway, inbound, rejected))
     try:
         result = await app[LEDGER].apply(inbound, notification)
     except DatabaseUnavailable as exc:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -28,7 +28,15 @@ import asyncpg
 
 from receiver.database import CONNECTION_ERRORS, describe_connection_error
 from receiver.errors import DatabaseUnavailable, Rejected
-from receiver.notification import Inbound, Notification, Outcome, Status, is_identifier
+from receiver.notification import (
+    CONTENT_TYPE_HEADER,
+    Inbound,
+    Notification,
+    Outcome,
+    Status,
+    is_identifier,
+    kept_headers,
+)
 from receiver.planning import Decision, Move, OrderKey, OrderState, Plan, order_key, plan_batch
 
 #: `notifications.source`: pushed by the gateway, an order-query reply, an operator's replay.
@@ -270,7 +278,7 @@ class Ledger:
                     INSERT_NOTIFICATION,
                     inbound.provider,
                     inbound.remote_addr,
-                    "{}",
+                    stored_headers(inbound, rejected.headers),
                     inbound.body,
                     _storable(rejected.merchant_id),
                     _storable(rejected.out_trade_no),
@@ -333,7 +341,7 @@ def _notification_row(item: _Item, d: Decision) -> tuple[object, ...]:
     return (
         inbound.provider,
         inbound.remote_addr,
-        json.dumps(dict(n.signed_headers)),
+        stored_headers(inbound, n.signed_headers),
         inbound.body,
         n.merchant_id,
         n.out_trade_no,
@@ -345,6 +353,12 @@ def _notification_row(item: _Item, d: Decision) -> tuple[object, ...]:
         item.source,
         item.replay_of,
     )
+
+
+def stored_headers(inbound: Inbound, signed: Mapping[str, str]) -> str:
+    """The `headers` jsonb of a stored notification: its content type and signature headers."""
+    kept = kept_headers(inbound.headers, [CONTENT_TYPE_HEADER]) | dict(signed)
+    return json.dumps(kept)
 
 
 def _move_row(m: Move) -> tuple[object, ...]:

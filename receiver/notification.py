@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -26,20 +26,22 @@ class Status(enum.StrEnum):
 class Outcome(enum.StrEnum):
     """What became of one notification; stored in `notifications.outcome`."""
 
-    APPLIED = "applied"
-    APPLIED_LATE = "applied_late"
-    DUPLICATE = "duplicate"
-    STALE = "stale"
-    NOOP = "noop"
-    MALFORMED = "malformed"
-    BAD_SIGNATURE = "bad_signature"
-    EXPIRED = "expired"
-    REPLAYED = "replayed"
-    IP_DENIED = "ip_denied"
-    UNKNOWN_MERCHANT = "unknown_merchant"
-    UNKNOWN_ORDER = "unknown_order"
-    AMOUNT_MISMATCH = "amount_mismatch"
-    CURRENCY_MISMATCH = "currency_mismatch"
+    APPLIED = "applied"  #: the order's status moved
+    APPLIED_LATE = "applied_late"  #: paid after failed or closed; the order needs review
+    DUPLICATE = "duplicate"  #: the order already has the status the gateway asks for
+    STALE = "stale"  #: would move an order with a final word (paid) backwards; ignored
+    NOOP = "noop"  #: the gateway says the payment is still awaited
+    MALFORMED = "malformed"  #: unparsable body, missing or badly formatted field
+    BAD_SIGNATURE = "bad_signature"  #: signature missing or wrong
+    EXPIRED = "expired"  #: timestamp outside the accepted window
+    REPLAYED = "replayed"  #: nonce already seen within that window
+    IP_DENIED = "ip_denied"  #: source address not in the gateway's allowed_ips
+    UNKNOWN_MERCHANT = "unknown_merchant"  #: the merchant is not configured
+    UNKNOWN_ORDER = "unknown_order"  #: no such order (yet): the gateway will retry
+    AMOUNT_MISMATCH = "amount_mismatch"  #: the amount does not match the order's; order untouched
+    CURRENCY_MISMATCH = "currency_mismatch"  #: the currency is not the order's; order untouched
+    #: a payout (disbursement) notification at the payment endpoint; order untouched
+    CHANNEL_MISMATCH = "channel_mismatch"
 
     @property
     def accepted(self) -> bool:
@@ -64,6 +66,28 @@ class Inbound:
     remote_addr: str | None
 
 
+CONTENT_TYPE_HEADER = "content-type"  # kept with every stored notification, for a replay
+
+
+def kept_headers(headers: Mapping[str, str], names: Iterable[str]) -> dict[str, str]:
+    """The named headers present and storable as text: lower-case names, verbatim values."""
+    lowered = {str(k).lower(): v for k, v in headers.items()}
+    return {
+        name: value
+        for name in names
+        if isinstance(value := lowered.get(name), str) and _storable_text(value)
+    }
+
+
+def _storable_text(value: str) -> bool:
+    # jsonb holds neither NUL nor the lone surrogates that undecodable header bytes become.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in value
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Notification:
     """A verified notification in gateway-neutral terms.
@@ -72,7 +96,9 @@ class Notification:
     `order_amount_minor` is the order's amount as the gateway states it (None when it does not);
     `paid_amount_minor` is what the gateway says was paid. `underpay_channels` names order
     channels for which paying less than the order amount is legitimate (prepaid cards).
-    `signed_headers` are the headers kept with the raw notification.
+    `signed_headers` are the headers kept with the raw notification. `payout` is True when the
+    gateway says the money went out (a disbursement): such a notification never moves a
+    payment order.
     """
 
     provider: str
@@ -87,6 +113,7 @@ class Notification:
     underpay_channels: frozenset[str] = frozenset()
     nonce: str | None = None
     signed_headers: Mapping[str, str] = field(default_factory=dict)
+    payout: bool = False
     detail: str = ""
 
 

@@ -20,6 +20,8 @@ from receiver.notification import (
 
 OrderKey = tuple[str, str, str]  # provider, merchant_id, out_trade_no
 
+PAYOUT_DETAIL = "a payout (disbursement) never moves a payment order"
+
 
 @dataclass(frozen=True, slots=True)
 class OrderState:
@@ -98,6 +100,9 @@ def _decide_one(
             return Decision(Outcome.REPLAYED, detail="nonce already seen")
         used.add(n.nonce)
     order = orders.get(order_key(n))
+    if n.payout:
+        order_id = None if order is None else order.id
+        return Decision(Outcome.CHANNEL_MISMATCH, order_id, detail=PAYOUT_DETAIL)
     if order is None:
         return Decision(Outcome.UNKNOWN_ORDER, detail="no such order")
     mismatch = check_amount(

@@ -20,7 +20,7 @@ import asyncpg
 from aiohttp.helpers import parse_mimetype
 
 from receiver.errors import Rejected
-from receiver.gateways import Gateway
+from receiver.gateways import Gateway, with_signature_headers
 from receiver.gateways.baofoo.notify import FORM_TYPE
 from receiver.handlers import check_source
 from receiver.ledger import QUERY, REPLAY, Ledger, Result
@@ -129,7 +129,8 @@ async def replay(
     except Rejected as rejected:
         if dry_run:
             return _refused(base, rejected)
-        stored = await ledger.reject(inbound, rejected, source=REPLAY, replay_of=row["id"])
+        refused = with_signature_headers(gateway, inbound, rejected)
+        stored = await ledger.reject(inbound, refused, source=REPLAY, replay_of=row["id"])
         return _replayed(base, stored)
     if dry_run:
         return await _preview(base, n, ledger)

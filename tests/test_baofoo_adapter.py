@@ -225,11 +225,58 @@ def test_field_given_twice_is_malformed(name: str) -> None:
     assert "twice" in rejected.reason
 
 
-@pytest.mark.parametrize("name", [*REQUIRED, "Md5Sign"])
-def test_missing_field_is_malformed(name: str) -> None:
-    fields = sign_baofoo(baofoo_fields(), TEST_MD5_KEY)
+@pytest.mark.parametrize("name", REQUIRED)
+def test_missing_field_of_a_payment_is_malformed_after_verifying(name: str) -> None:
+    fields = baofoo_fields()
+    del fields[name]  # signed as the empty string, as the gateway would
+    rejected = refused(encode_form(sign_baofoo(fields, TEST_MD5_KEY)))
+    assert rejected.outcome is Outcome.MALFORMED
+    assert name in rejected.reason
+
+
+def test_missing_md5sign_is_malformed() -> None:
+    rejected = refused(encode_form(baofoo_fields()))
+    assert (rejected.outcome, rejected.reason) == (Outcome.MALFORMED, "missing field(s): Md5Sign")
+
+
+@pytest.mark.parametrize("name", [*SIGNED_FIELDS])
+def test_signed_field_dropped_after_signing_is_bad_signature_or_malformed(name: str) -> None:
+    fields = sign_baofoo(baofoo_fields(AdditionalInfo="note"), TEST_MD5_KEY)
     del fields[name]
-    rejected = refused(encode_form(fields))
+    assert refused(encode_form(fields)).outcome in {Outcome.BAD_SIGNATURE, Outcome.MALFORMED}
+
+
+@pytest.mark.parametrize("absent", [("SuccTime",), ("FactMoney",), ("SuccTime", "FactMoney")])
+def test_failure_without_succ_time_or_fact_money_verifies_as_failed(
+    absent: tuple[str, ...],
+) -> None:
+    fields = baofoo_fields(Result="0", ResultDesc="0002")
+    for name in absent:
+        del fields[name]
+    n = parse(encode_form(sign_baofoo(fields, TEST_MD5_KEY)))
+    assert (n.target, n.out_trade_no) == (Status.FAILED, fields["TransID"])
+    assert (n.paid_at is None) == ("SuccTime" in absent)
+    assert (n.paid_amount_minor is None) == ("FactMoney" in absent)
+
+
+def test_failure_with_empty_fact_money_has_no_amount() -> None:
+    n = parse(signed_body(Result="0", ResultDesc="0000", FactMoney="", SuccTime=""))
+    assert (n.target, n.paid_amount_minor, n.paid_at) == (Status.FAILED, None, None)
+
+
+def test_failure_with_a_bad_fact_money_is_malformed() -> None:
+    rejected = refused(signed_body(Result="0", ResultDesc="0000", FactMoney="1.00"))
+    assert (rejected.outcome, rejected.reason) == (
+        Outcome.MALFORMED,
+        "FactMoney must be integer fen",
+    )
+
+
+@pytest.mark.parametrize("name", ["MemberID", "TerminalID", "TransID", "Result", "ResultDesc"])
+def test_a_failure_still_needs_its_identifying_fields(name: str) -> None:
+    fields = baofoo_fields(Result="0", ResultDesc="0002")
+    del fields[name]
+    rejected = refused(encode_form(sign_baofoo(fields, TEST_MD5_KEY)))
     assert rejected.outcome is Outcome.MALFORMED
     assert name in rejected.reason
 

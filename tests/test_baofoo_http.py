@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -263,3 +264,55 @@ class TestSourceAllowlist:
 async def test_unstorable_trans_id_is_malformed_not_503(client, db, sign):
     assert await post(client, sign("B\u0000")) == (400, b"FAIL")
     assert await outcomes(db) == ["malformed"]
+
+
+@pytest.mark.parametrize("absent", [("SuccTime",), ("SuccTime", "FactMoney")])
+async def test_failure_without_succ_time_is_applied_as_failed(
+    client, db, make_order, baofoo_md5_key, absent
+):
+    order = await baofoo_order(make_order, "B22")
+    fields = baofoo_fields(TransID="B22", Result="0", ResultDesc="0002")
+    for name in absent:
+        del fields[name]  # absent fields sign as the empty string
+    assert await post(client, sign_baofoo(fields, baofoo_md5_key)) == (200, b"OK")
+    row = await order_row(db, "B22")
+    assert (row["status"], row["paid_at"], row["paid_amount_minor"]) == ("failed", None, None)
+    note = await db.fetchrow("SELECT outcome, order_id, detail FROM notifications")
+    assert (note["outcome"], note["order_id"]) == ("applied", order["id"])
+    assert "ResultDesc=0002" in note["detail"]
+
+
+async def test_payment_without_succ_time_is_still_malformed(client, db, make_order, baofoo_md5_key):
+    order = await baofoo_order(make_order, "B23")
+    fields = baofoo_fields(TransID="B23")
+    del fields["SuccTime"]
+    assert await post(client, sign_baofoo(fields, baofoo_md5_key)) == (400, b"FAIL")
+    assert await order_row(db, "B23") == order
+    assert await outcomes(db) == ["malformed"]
+
+
+async def stored_headers(db: asyncpg.Connection) -> list[dict[str, str]]:
+    rows = await db.fetch("SELECT headers FROM notifications ORDER BY id")
+    return [json.loads(r["headers"]) for r in rows]
+
+
+async def test_every_stored_row_keeps_the_content_type_with_its_charset(
+    client, db, make_order, sign, baofoo_md5_key
+):
+    await baofoo_order(make_order, "B24")
+    gbk = sign_baofoo(
+        baofoo_fields(TransID="B24", AdditionalInfo="充值"), baofoo_md5_key, encoding="gbk"
+    )
+    assert await post(client, gbk, charset="GBK") == (200, b"OK")
+    forged = {**sign("B24"), "Md5Sign": "0" * 32}
+    assert await post(client, forged) == (401, b"FAIL")
+    resp = await client.post(
+        "/notify/baofoo", data=b"x", headers={"Content-Type": "text/plain; charset=big5"}
+    )
+    assert resp.status == 415
+    assert await outcomes(db) == ["applied", "bad_signature", "malformed"]
+    assert await stored_headers(db) == [
+        {"content-type": f"{FORM}; charset=GBK"},
+        {"content-type": FORM},
+        {"content-type": "text/plain; charset=big5"},
+    ]

@@ -610,7 +610,10 @@ def test_amounts_in_a_notification(
 
 
 def test_json_number_amount_keeps_its_spelling(gateway: GoPayGateway, signer: GoPaySigner) -> None:
-    body = b'{"charge":{"out_trade_no":"A1","amount":1.66,"pay_amount":1e2,"currency":"CNY"}}'
+    body = (
+        b'{"result_code":"OK",'
+        b'"charge":{"out_trade_no":"A1","amount":1.66,"pay_amount":1e2,"currency":"CNY"}}'
+    )
     error = rejected(gateway, body, signed_body(signer, body))
     assert error.outcome is Outcome.MALFORMED and "pay_amount" in error.reason
 
@@ -755,6 +758,16 @@ def test_invalid_json_around_a_charge_is_malformed(
         ("1617583668305123456", Decimal("1617583668.305123456")),
         ("1.58600995149E+12", Decimal("1586009951.49")),
         ("1.58600995149e12", Decimal("1586009951.49")),
+        ("1.58600995149e+12", Decimal("1586009951.49")),
+        ("1.58600995149E12", Decimal("1586009951.49")),
+        ("1795591510237.1", Decimal("1795591510.2371")),  # PHP's default precision, 14
+        ("1795591510237.0", Decimal("1795591510.237")),
+        ("1617583668305123.5", Decimal("1617583668.3051235")),
+        ("1.617583668305123E+15", Decimal("1617583668.305123")),  # us, written as exponent
+        ("1.6175836683051235E+18", Decimal("1617583668.3051235")),  # ns, written as exponent
+        ("16175836683.05E+2", Decimal("1617583668.305")),  # magnitude, not spelling, says ms
+        ("9999999999999", Decimal("9999999999.999")),  # the top of the ms range
+        ("1000000000000", Decimal("1000000000")),  # the bottom of the ms range
     ],
 )
 def test_timestamp_formats(text: str, seconds: Decimal) -> None:
@@ -762,16 +775,65 @@ def test_timestamp_formats(text: str, seconds: Decimal) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["1617583668", "16175836683050", "", "abc", "-1617583668305", "1.5E+999", "\uff11" * 13]
+    "text",
+    [
+        "1617583668",  # seconds: magnitude 10^9
+        "16175836683050",  # magnitude 10^13: neither ms nor us
+        "999999999999",  # just under 10^12
+        "99999999999999.9",  # just under 10^14, still 10^13
+        "",
+        "abc",
+        "-1617583668305",
+        "+1617583668305",
+        "1.5E+999",
+        "1E+100",
+        "1.617583668305E-12",
+        "1.617583668305E+012",
+        "NaN",
+        "nan",
+        "Infinity",
+        "inf",
+        "0",
+        "0.0E+0",
+        " 1617583668305",
+        "1617583668305 ",
+        "1_617_583_668_305",
+        "1617583668305.",
+        ".1617583668305E+13",
+        "1.617583668305E",
+        "1,617583668305",
+        "0x178A1B2C3D4",
+        "\uff11" * 13,
+        "1" * 100,
+    ],
 )
 def test_unparsable_timestamps(text: str) -> None:
     with pytest.raises(ValueError):
         parse_timestamp(text)
 
 
+@given(text=st.text(max_size=40) | st.from_regex(r"[0-9.eE+-]{0,30}", fullmatch=True))
+def test_timestamp_parse_is_a_recent_epoch_or_value_error(text: str) -> None:
+    try:
+        seconds = parse_timestamp(text)
+    except ValueError:
+        return
+    # Magnitudes 10^12, 10^15 and 10^18 all land between 2001-09-09 and 2286-11-20.
+    assert Decimal(10**9) <= seconds < Decimal(10**10)
+
+
 @pytest.mark.parametrize(
     "timestamp",
-    ["1617583668305", "1617583668305000", "1617583668305000000", "1.617583668305E+12"],
+    [
+        "1617583668305",
+        "1617583668305000",
+        "1617583668305000000",
+        "1.617583668305E+12",
+        "1.6175836683E+12",
+        "1.6175836683e12",
+        "1617583668305.1",
+        "1617583668305000.25",
+    ],
 )
 def test_every_timestamp_format_is_fresh(
     key: rsa.RSAPrivateKey, signer: GoPaySigner, timestamp: str
@@ -817,6 +879,97 @@ def test_tolerance_zero_turns_freshness_and_nonce_off(
     body, headers = notify(signer, timestamp=timestamp)
     n = gw.parse(inbound(body, headers))
     assert n.nonce is None and n.signed_headers["x-ca-timestamp"] == timestamp
+
+
+# --- protocol fields, payouts and nonces ----------------------------------------------------
+
+_NO_RESULT_CODE = object()
+
+
+def body_with_result_code(signer: GoPaySigner, result_code: object) -> tuple[bytes, dict[str, str]]:
+    """A correctly signed charge inside a top level with this `result_code` (or none)."""
+    top: dict[str, Any] = {"result_code": result_code, "result_msg": "SUCCESS", "charge": CHARGE}
+    if result_code is _NO_RESULT_CODE:
+        del top["result_code"]
+    body = php_json_encode(top)
+    return body, signer.headers(php_json_encode(CHARGE), timestamp=str(NOW_MS))
+
+
+@pytest.mark.parametrize("result_code", ["FAIL", "ok", "OK ", "", None, 0, ["OK"], _NO_RESULT_CODE])
+def test_result_code_other_than_ok_is_malformed_after_verifying(
+    gateway: GoPayGateway, signer: GoPaySigner, result_code: object
+) -> None:
+    body, headers = body_with_result_code(signer, result_code)
+    error = rejected(gateway, body, headers)
+    assert (error.outcome, error.reason) == (Outcome.MALFORMED, "result_code is not OK")
+    assert (error.merchant_id, error.out_trade_no) == (MCHID, CHARGE["out_trade_no"])
+
+
+def test_result_code_is_checked_after_the_signature(
+    gateway: GoPayGateway, other_key: rsa.RSAPrivateKey
+) -> None:
+    body, headers = body_with_result_code(GoPaySigner(other_key), "FAIL")
+    assert rejected(gateway, body, headers).outcome is Outcome.BAD_SIGNATURE
+
+
+def test_result_code_ok_after_the_charge_is_read_too(
+    gateway: GoPayGateway, signer: GoPaySigner
+) -> None:
+    charge = php_json_encode(CHARGE)
+    body = b'{"charge":' + charge + b',"result_msg":"SUCCESS","result_code":"OK"}'
+    headers = signer.headers(charge, timestamp=str(NOW_MS))
+    assert gateway.parse(inbound(body, headers)).out_trade_no == CHARGE["out_trade_no"]
+
+
+def test_payout_charge_is_marked_as_a_payout(gateway: GoPayGateway, signer: GoPaySigner) -> None:
+    body, headers = notify(signer, with_charge(channel="gopay_payout"))
+    n = gateway.parse(inbound(body, headers))
+    assert n.payout and (n.merchant_id, n.out_trade_no) == (MCHID, CHARGE["out_trade_no"])
+
+
+@pytest.mark.parametrize(
+    "channel", ["gopay_banktransfer", "gopay_payout ", "GOPAY_PAYOUT", _ABSENT]
+)
+def test_other_channels_are_payments(
+    gateway: GoPayGateway, signer: GoPaySigner, channel: object
+) -> None:
+    body, headers = notify(signer, with_charge(channel=channel))
+    assert gateway.parse(inbound(body, headers)).payout is False
+
+
+@pytest.mark.parametrize("length", [1, 32, 64])
+def test_nonce_up_to_64_characters_is_accepted(
+    gateway: GoPayGateway, signer: GoPaySigner, length: int
+) -> None:
+    body, headers = notify(signer, nonce="N" * length)
+    assert gateway.parse(inbound(body, headers)).nonce == "N" * length
+
+
+@pytest.mark.parametrize("length", [65, 5000])
+def test_nonce_over_64_characters_is_malformed(
+    gateway: GoPayGateway, signer: GoPaySigner, length: int
+) -> None:
+    body, headers = notify(signer, nonce="N" * length)
+    error = rejected(gateway, body, headers)
+    assert (error.outcome, error.reason) == (
+        Outcome.MALFORMED,
+        "x-ca-noncestr is over 64 characters",
+    )
+    assert (error.merchant_id, error.out_trade_no) == (MCHID, CHARGE["out_trade_no"])
+
+
+@pytest.mark.parametrize("name", ["X-Ca-Noncestr", "X-Ca-Timestamp", "X-Ca-Signature"])
+def test_empty_signature_header_is_refused(
+    gateway: GoPayGateway, signer: GoPaySigner, name: str
+) -> None:
+    # An empty nonce, even one the signature covers, lets every replay through.
+    body, headers = notify(signer, nonce="" if name == "X-Ca-Noncestr" else None)
+    headers[name] = ""
+    error = rejected(gateway, body, headers)
+    assert (error.outcome, error.reason) == (
+        Outcome.BAD_SIGNATURE,
+        f"{name.lower()} header is missing",
+    )
 
 
 # --- replies ----------------------------------------------------------------------------------

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import time
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -12,9 +14,10 @@ import pytest
 import structlog
 from aiohttp.test_utils import TestClient
 
+from receiver.app import create_app
 from receiver.logging import add_request_id
 from tests.conftest import GOPAY_MCHID
-from tests.gopay_signer import GoPaySigner, new_rsa_key
+from tests.gopay_signer import GoPaySigner, new_rsa_key, php_json_encode
 
 SUCCESS = b'{"result_code":"OK","result_msg":"SUCCESS"}'
 FAIL = b'{"result_code":"OK","result_msg":"FAIL"}'
@@ -336,3 +339,157 @@ async def test_database_outage_gives_503_and_heals(db, signer, make_order, proxi
 async def test_unstorable_order_number_is_malformed_not_503(client, db, signer):
     assert await post(client, signer, charge("A\u0000B")) == (400, FAIL)
     assert await outcomes(db) == ["malformed"]
+
+
+# --- issue 9: PHP timestamps, protocol fields, payouts, nonces, stored headers ------------------
+
+SIGNATURE_HEADERS = ("x-ca-noncestr", "x-ca-timestamp", "x-ca-signature")
+
+
+async def stored(db: asyncpg.Connection) -> asyncpg.Record:
+    return await db.fetchrow("SELECT * FROM notifications ORDER BY id DESC LIMIT 1")
+
+
+def expected_headers(headers: dict[str, str]) -> dict[str, str]:
+    """What a stored row keeps of the request: content type and signature headers, verbatim."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    return {name: lowered[name] for name in ("content-type", *SIGNATURE_HEADERS)}
+
+
+@pytest.mark.parametrize("spelling", ["{:.1f}", "{:.11E}", "{:.11e}"])
+async def test_php_float_timestamp_text_is_applied_and_kept_verbatim(
+    client, db, signer, make_order, spelling
+):
+    await make_order("PHP1")
+    stamp = spelling.format(time.time() * 1000)  # 1795591510237.1, 1.79559151024E+12
+    body, headers = signer.notify(charge("PHP1"), timestamp=stamp)
+    resp = await client.post("/notify/gopay", data=body, headers=headers)
+    assert (resp.status, await resp.read()) == (200, SUCCESS)
+    assert (await order_row(db, "PHP1"))["status"] == "paid"
+    note = await stored(db)
+    assert note["outcome"] == "applied"
+    assert json.loads(note["headers"]) == expected_headers(headers)
+    assert json.loads(note["headers"])["x-ca-timestamp"] == stamp
+
+
+async def test_result_code_not_ok_is_malformed_stored_and_order_untouched(
+    client, db, signer, make_order
+):
+    order = await make_order("RC1")
+    ch = charge("RC1")
+    body = php_json_encode({"result_code": "FAIL", "result_msg": "FAIL", "charge": ch})
+    headers = signer.headers(php_json_encode(ch))
+    resp = await client.post("/notify/gopay", data=body, headers=headers)
+    assert (resp.status, await resp.read()) == (400, FAIL)
+    assert await order_row(db, "RC1") == order
+    note = await stored(db)
+    assert (note["outcome"], note["merchant_id"], note["out_trade_no"], note["body"]) == (
+        "malformed",
+        GOPAY_MCHID,
+        "RC1",
+        body,
+    )
+    assert note["detail"] == "result_code is not OK"
+    assert json.loads(note["headers"]) == expected_headers(headers)
+
+
+async def test_payout_is_channel_mismatch_422_stored_with_its_order(client, db, signer, make_order):
+    order = await make_order("PO1")
+    body, headers = signer.notify(charge("PO1", channel="gopay_payout"))
+    resp = await client.post("/notify/gopay", data=body, headers=headers)
+    assert (resp.status, await resp.read()) == (422, FAIL)
+    assert await order_row(db, "PO1") == order
+    assert await db.fetchval("SELECT count(*) FROM order_events") == 0
+    note = await stored(db)
+    assert (note["outcome"], note["order_id"], note["merchant_id"], note["out_trade_no"]) == (
+        "channel_mismatch",
+        order["id"],
+        GOPAY_MCHID,
+        "PO1",
+    )
+    assert json.loads(note["headers"]) == expected_headers(headers)
+
+
+async def test_payout_for_an_unknown_order_is_channel_mismatch_without_order(client, db, signer):
+    assert await post(client, signer, charge("PO2", channel="gopay_payout")) == (422, FAIL)
+    note = await stored(db)
+    assert (note["outcome"], note["order_id"], note["out_trade_no"]) == (
+        "channel_mismatch",
+        None,
+        "PO2",
+    )
+
+
+async def test_signed_nonce_of_thousands_of_characters_is_malformed_not_503(
+    client, db, signer, make_order
+):
+    order = await make_order("NC1")
+    nonce = "N" * 5000
+    body, headers = signer.notify(charge("NC1"), nonce=nonce)
+    resp = await client.post("/notify/gopay", data=body, headers=headers)
+    assert (resp.status, await resp.read()) == (400, FAIL)
+    assert await order_row(db, "NC1") == order
+    note = await stored(db)
+    assert (note["outcome"], note["out_trade_no"]) == ("malformed", "NC1")
+    assert json.loads(note["headers"])["x-ca-noncestr"] == nonce
+    assert await db.fetchval("SELECT count(*) FROM gopay_nonces") == 0
+
+
+async def test_empty_nonce_is_refused_and_stored(client, db, signer, make_order):
+    order = await make_order("NC2")
+    assert await post(client, signer, charge("NC2"), nonce="") == (401, FAIL)
+    assert await order_row(db, "NC2") == order
+    assert await outcomes(db) == ["bad_signature"]
+
+
+@pytest.mark.parametrize("refusal", ["bad_signature", "expired", "malformed", "unknown_merchant"])
+async def test_refused_rows_keep_the_signature_headers_and_content_type(
+    client, db, signer, make_order, refusal
+):
+    await make_order("H1")
+    ch = charge("H1", mid=999999 if refusal == "unknown_merchant" else int(GOPAY_MCHID))
+    stamp = str(int((time.time() - 3600) * 1000)) if refusal == "expired" else None
+    body, headers = signer.notify(ch, timestamp=stamp)
+    if refusal == "bad_signature":
+        headers["X-Ca-Signature"] = GoPaySigner(new_rsa_key()).notify(ch)[1]["X-Ca-Signature"]
+    if refusal == "malformed":
+        body = body.replace(b'"result_code":"OK"', b'"result_code":"NO"')
+    resp = await client.post("/notify/gopay", data=body, headers=headers)
+    assert resp.status in (400, 401, 403)
+    note = await stored(db)
+    assert note["outcome"] == refusal
+    assert json.loads(note["headers"]) == expected_headers(headers)
+
+
+async def test_refused_row_keeps_only_the_headers_that_came(client, db, signer):
+    body, headers = signer.notify(charge("H2"))
+    del headers["X-Ca-Signature"]
+    headers["Content-Type"] = "application/json"
+    assert (await client.post("/notify/gopay", data=body, headers=headers)).status == 401
+    assert json.loads((await stored(db))["headers"]) == {
+        "content-type": "application/json",
+        "x-ca-noncestr": headers["X-Ca-Noncestr"],
+        "x-ca-timestamp": headers["X-Ca-Timestamp"],
+    }
+
+
+async def test_wrong_content_type_row_keeps_that_content_type(client, db, signer):
+    body, headers = signer.notify(charge("H3"))
+    headers["Content-Type"] = "text/plain; charset=latin-1"
+    assert (await client.post("/notify/gopay", data=body, headers=headers)).status == 415
+    note = await stored(db)
+    assert note["outcome"] == "malformed"
+    assert json.loads(note["headers"]) == expected_headers(headers)
+
+
+async def test_ip_denied_row_keeps_the_signature_headers(
+    db, config, signer, make_order, aiohttp_client
+):
+    only = (ipaddress.ip_network("203.0.113.0/24"),)
+    app = create_app(replace(config, gopay=replace(config.gopay, allowed_ips=only)))
+    client = await aiohttp_client(app)
+    body, headers = signer.notify(charge("H4"))
+    assert (await client.post("/notify/gopay", data=body, headers=headers)).status == 403
+    note = await stored(db)
+    assert note["outcome"] == "ip_denied"
+    assert json.loads(note["headers"]) == expected_headers(headers)

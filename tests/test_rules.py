@@ -14,6 +14,7 @@ from receiver.notification import (
     Status,
     check_amount,
     decide_transition,
+    kept_headers,
     parse_money,
 )
 
@@ -124,3 +125,18 @@ def test_json_log_masks_accounts_and_drops_secrets(capsys):
     assert line["reason"] == "to ***************4871"
     assert line["signature"] == line["md5_key"] == "[redacted]"
     assert {"event", "level", "timestamp"} <= line.keys() and line["timestamp"].endswith("Z")
+
+
+def test_kept_headers_are_the_named_ones_present_and_storable_verbatim():
+    headers = {
+        "Content-Type": "application/json; charset=UTF-8",
+        "X-CA-NONCESTR": " N1 ",
+        "x-ca-timestamp": "1.5E+12\x00",  # jsonb cannot hold NUL
+        "X-Ca-Signature": "ab\udcffc",  # undecodable header bytes become lone surrogates
+        "Other": "x",
+    }
+    names = ["content-type", "x-ca-noncestr", "x-ca-timestamp", "x-ca-signature", "absent"]
+    assert kept_headers(headers, names) == {
+        "content-type": "application/json; charset=UTF-8",
+        "x-ca-noncestr": " N1 ",
+    }

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from receiver.config import Network
 from receiver.errors import Rejected
-from receiver.notification import Inbound, Notification, Outcome
+from receiver.notification import Inbound, Notification, Outcome, kept_headers
 
 if TYPE_CHECKING:
     import aiohttp
@@ -52,6 +52,7 @@ class Gateway(Protocol):
     provider: str
     allowed_ips: tuple[Network, ...]  # source addresses allowed to notify; empty = any
     dialect: Dialect
+    signature_headers: tuple[str, ...]  # request headers the signature covers, kept when refused
 
     def parse(self, inbound: Inbound, *, fresh: bool = True) -> Notification:
         """Verify and parse one notification; raise `Rejected` with the outcome otherwise.
@@ -59,6 +60,13 @@ class Gateway(Protocol):
         `fresh=False` (a replay of stored bytes) skips only the freshness and nonce checks.
         """
         ...
+
+
+def with_signature_headers(gateway: Gateway, inbound: Inbound, rejected: Rejected) -> Rejected:
+    """`rejected`, keeping for the record the signature headers that came with the request."""
+    if not rejected.headers:
+        rejected.headers = kept_headers(inbound.headers, gateway.signature_headers)
+    return rejected
 
 
 HTTP_STATUS: dict[Outcome, int] = {
@@ -76,6 +84,7 @@ HTTP_STATUS: dict[Outcome, int] = {
     Outcome.UNKNOWN_ORDER: 404,
     Outcome.AMOUNT_MISMATCH: 422,
     Outcome.CURRENCY_MISMATCH: 422,
+    Outcome.CHANNEL_MISMATCH: 422,
 }
 
 

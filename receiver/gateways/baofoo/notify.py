@@ -25,7 +25,11 @@ CHINA_TIME = timezone(timedelta(hours=8), "UTC+08:00")
 # `OK` stops Baofoo resending; the refusal body must never start with OK.
 DIALECT = Dialect(success_body=b"OK", fail_body=b"FAIL", content_type="text/plain")
 
-REQUIRED_FIELDS = frozenset(SIGNED_FIELDS) - {"AdditionalInfo"} | {SIGNATURE_FIELD}
+# What every notification carries. An absent field signs as the empty string: a failure may leave
+# out FactMoney and SuccTime (nothing was paid), a paid notification needs both.
+REQUIRED_FIELDS = frozenset(
+    {"MemberID", "TerminalID", "TransID", "Result", "ResultDesc", SIGNATURE_FIELD}
+)
 _KNOWN_FIELDS = frozenset(SIGNED_FIELDS) | {SIGNATURE_FIELD}
 
 # Prepaid cards (seed 4.3.1, PayID 101-116) may pay less than the order: a card's face value
@@ -81,6 +85,7 @@ class BaofooGateway:
 
     provider = PROVIDER
     dialect = DIALECT
+    signature_headers: tuple[str, ...] = ()  # the signature is a form field
 
     def __init__(
         self, merchants: Iterable[BaofooMerchant], *, allowed_ips: Sequence[Network] = ()
@@ -209,7 +214,7 @@ def build_notification(
         merchant_id=fields["MemberID"],
         out_trade_no=fields["TransID"],
         target=target,
-        paid_amount_minor=_fen(fields),
+        paid_amount_minor=_fen(fields, target=target),
         order_amount_minor=None,
         currency=CURRENCY,
         paid_at=_paid_at(fields, target=target),
@@ -230,9 +235,11 @@ def _target(fields: Mapping[str, str]) -> tuple[Status, list[str]]:
     raise _rejected(Outcome.MALFORMED, "Result/ResultDesc combination not understood", fields)
 
 
-def _fen(fields: Mapping[str, str]) -> int:
-    """FactMoney as integer fen: digits only, no sign, no decimal point."""
-    text = fields["FactMoney"]
+def _fen(fields: Mapping[str, str], *, target: Status | None) -> int | None:
+    """FactMoney as integer fen: digits only, no sign, no decimal point; a failure may omit it."""
+    text = fields.get("FactMoney", "")
+    if not text and target is not Status.PAID:
+        return None
     if _FEN.fullmatch(text) is None:
         raise _rejected(Outcome.MALFORMED, "FactMoney must be integer fen", fields)
     return int(text)
@@ -240,7 +247,7 @@ def _fen(fields: Mapping[str, str]) -> int:
 
 def _paid_at(fields: Mapping[str, str], *, target: Status | None) -> datetime | None:
     """SuccTime (China time) in UTC; a failed payment may lack a usable one."""
-    paid_at = parse_succ_time(fields["SuccTime"])
+    paid_at = parse_succ_time(fields.get("SuccTime", ""))
     if paid_at is None and target is Status.PAID:
         raise _rejected(Outcome.MALFORMED, "SuccTime must be YYYYMMDDhhmmss", fields)
     return paid_at

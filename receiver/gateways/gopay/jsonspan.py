@@ -9,24 +9,43 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, NoReturn
 
 from receiver.errors import Rejected
 from receiver.notification import Outcome
 
+RESULT_CODE = "result_code"  # the protocol field: "OK" on every notification
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A body's top level: the raw charge bytes, the charge parsed from them, `result_code`."""
+
+    charge_bytes: bytes
+    charge: dict[str, Any]
+    result_code: object = None  # None when absent
+
+
+def read_envelope(body: bytes) -> Envelope:
+    """The raw charge bytes, the charge parsed from exactly those bytes and the protocol field."""
+    text = _json_text(body)
+    (start, end), charge, result_code = _scan(text)
+    charge_bytes = body[_byte_offset(text, start) : _byte_offset(text, end)]
+    return Envelope(charge_bytes, charge, result_code)
+
 
 def read_charge(body: bytes) -> tuple[bytes, dict[str, Any]]:
     """The raw charge bytes and the charge parsed from exactly those bytes, in one pass."""
-    text = _json_text(body)
-    (start, end), charge = _scan_charge(text)
-    return body[_byte_offset(text, start) : _byte_offset(text, end)], charge
+    envelope = read_envelope(body)
+    return envelope.charge_bytes, envelope.charge
 
 
 def find_charge_span(body: bytes) -> tuple[int, int]:
     """The byte span [start, end) of the top-level `charge` object, from `{` to its `}`."""
     text = _json_text(body)
-    (start, end), _ = _scan_charge(text)
+    (start, end), _, _ = _scan(text)
     return _byte_offset(text, start), _byte_offset(text, end)
 
 
@@ -62,21 +81,23 @@ def _byte_offset(text: str, index: int) -> int:
     return index if text.isascii() else len(text[:index].encode("utf-8"))
 
 
-def _scan_charge(text: str) -> tuple[tuple[int, int], dict[str, Any]]:
-    """The character span of the top-level `charge` object and its parsed value."""
+def _scan(text: str) -> tuple[tuple[int, int], dict[str, Any], object]:
+    """The character span of the top-level `charge` object, its value and `result_code`."""
     found: tuple[tuple[int, int], dict[str, Any]] | None = None
+    result_code: object = None
     try:
         for key, start, end, value in _top_level_members(text):
-            if key != "charge":
-                continue
-            if not isinstance(value, dict):
-                raise malformed("charge is not an object")
-            found = ((start, end), value)
+            if key == RESULT_CODE:
+                result_code = value
+            elif key == "charge":
+                if not isinstance(value, dict):
+                    raise malformed("charge is not an object")
+                found = ((start, end), value)
     except (ValueError, RecursionError):  # json.JSONDecodeError is a ValueError
         raise malformed("body is not valid JSON") from None
     if found is None:
         raise malformed("charge is missing")
-    return found
+    return found[0], found[1], result_code
 
 
 def _top_level_members(text: str) -> Iterator[tuple[str, int, int, Any]]:

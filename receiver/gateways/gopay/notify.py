@@ -17,9 +17,10 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from receiver.config import GoPayConfig, Network
 from receiver.errors import Rejected
 from receiver.gateways import Dialect, Refusal
+from receiver.gateways.gopay.jsonspan import Envelope, read_envelope
 from receiver.gateways.gopay.jsonspan import malformed as _malformed
-from receiver.gateways.gopay.jsonspan import read_charge
 from receiver.gateways.gopay.signing import (
+    SIGNATURE_HEADERS,
     SignatureHeaders,
     load_key_file,
     parse_timestamp,
@@ -32,6 +33,7 @@ PROVIDER = "gopay"
 SUCCESS_BODY = b'{"result_code":"OK","result_msg":"SUCCESS"}'
 FAIL_BODY = b'{"result_code":"OK","result_msg":"FAIL"}'
 DIALECT = Dialect(SUCCESS_BODY, FAIL_BODY, "application/json")
+PAYOUT_CHANNEL = "gopay_payout"  # a disbursement (代付): never moves a payment order
 
 _UTF8_CHARSETS = frozenset({"utf-8", "utf8"})
 _AMOUNT = re.compile(r"[0-9]{1,15}(\.[0-9]{1,3})?")
@@ -51,6 +53,7 @@ class GoPayGateway:
 
     provider = PROVIDER
     dialect = DIALECT
+    signature_headers: tuple[str, ...] = SIGNATURE_HEADERS
 
     def __init__(
         self,
@@ -94,9 +97,10 @@ class GoPayGateway:
         `fresh=False` (a replay of stored bytes) skips the timestamp window and the nonce.
         """
         check_content_type(inbound)
-        charge_bytes, charge = read_charge(inbound.body)
+        envelope = read_envelope(inbound.body)
+        charge = envelope.charge
         try:
-            return self._verified(inbound, charge_bytes=charge_bytes, charge=charge, fresh=fresh)
+            return self._verified(inbound, envelope, fresh=fresh)
         except Rejected as exc:
             # Best effort, even unverified: the rejection is recorded against these ids.
             if exc.merchant_id is None:
@@ -105,12 +109,11 @@ class GoPayGateway:
                 exc.out_trade_no = _hint(charge.get("out_trade_no"))
             raise
 
-    def _verified(
-        self, inbound: Inbound, *, charge_bytes: bytes, charge: dict[str, Any], fresh: bool
-    ) -> Notification:
+    def _verified(self, inbound: Inbound, envelope: Envelope, *, fresh: bool) -> Notification:
         headers = SignatureHeaders.from_mapping(inbound.headers)
-        mchid = self._merchant_id(charge)
-        variant = verify_signature(self.merchants[mchid], headers=headers, charge=charge_bytes)
+        mchid = self._merchant_id(envelope.charge)
+        keys = self.merchants[mchid]
+        variant = verify_signature(keys, headers=headers, charge=envelope.charge_bytes)
         if variant is None:
             raise Rejected(
                 Outcome.BAD_SIGNATURE,
@@ -120,8 +123,9 @@ class GoPayGateway:
         fresh_checked = fresh and self.timestamp_tolerance_s > 0
         if fresh_checked:
             self._check_fresh(headers.timestamp)
+        check_result_code(envelope.result_code)
         return build_notification(
-            charge,
+            envelope.charge,
             merchant_id=mchid,
             headers=headers,
             nonce=headers.nonce if fresh_checked else None,
@@ -148,8 +152,6 @@ class GoPayGateway:
         return None if claimed is None else claimed[:_HINT_MAX]
 
     def _check_fresh(self, timestamp: str) -> None:
-        if self.timestamp_tolerance_s <= 0:
-            return
         try:
             sent = parse_timestamp(timestamp)
         except ValueError:
@@ -175,6 +177,12 @@ def check_content_type(inbound: Inbound) -> None:
         raise Rejected(
             Outcome.MALFORMED, "charset must be UTF-8", refusal=Refusal.UNSUPPORTED_MEDIA_TYPE
         )
+
+
+def check_result_code(value: object) -> None:
+    """The protocol field before the business fields: a notification says `result_code` OK."""
+    if value != "OK":
+        raise _malformed("result_code is not OK")
 
 
 # --- business fields --------------------------------------------------------------------------
@@ -207,6 +215,7 @@ def build_notification(
         provider_trade_no=provider_trade_no(charge),
         signed_headers=headers.as_dict(),
         nonce=nonce,
+        payout=text_field(charge, "channel") == PAYOUT_CHANNEL,
         detail=detail,
     )
 

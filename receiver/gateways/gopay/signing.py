@@ -37,11 +37,14 @@ TIMESTAMP_HEADER = "x-ca-timestamp"
 SIGNATURE_HEADER = "x-ca-signature"
 AUTH_HEADER = "x-ca-auth"  # the merchant's API key, on order queries
 RESTURL_HEADER = "x-ca-resturl"  # the full URL, on order queries
+SIGNATURE_HEADERS = (NONCE_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER)
 
-_TS_DIGITS = {13: 3, 16: 6, 19: 9}  # digits -> decimal places to seconds (ms, us, ns)
-_TS_INTEGER = re.compile(r"[0-9]+")
-_TS_FLOAT = re.compile(r"[0-9](\.[0-9]+)?[eE]\+?[0-9]{1,2}")  # PHP float text, in ms
+MAX_NONCE_LENGTH = 64  # the platform sends 32; the nonce index refuses very long text
 
+# x-ca-timestamp as PHP prints a float: integer, fixed-point or exponent text; the value's order
+# of magnitude (10^12, 10^15, 10^18) says ms, us or ns, however it is written.
+_TS_TEXT = re.compile(r"[0-9]{1,24}(?:\.[0-9]{1,24})?(?:[eE]\+?[0-9]{1,2})?")
+_TS_SCALE = {12: 3, 15: 6, 18: 9}  # order of magnitude -> decimal places to seconds
 
 # --- keys -------------------------------------------------------------------------------------
 
@@ -173,13 +176,16 @@ class SignatureHeaders:
         """Look the headers up case-insensitively; a missing or non-ASCII one is BAD_SIGNATURE."""
         lowered = {str(k).lower(): v for k, v in headers.items()}
         found: dict[str, str] = {}
-        for name in (NONCE_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER):
+        for name in SIGNATURE_HEADERS:
             value = lowered.get(name)
             if not isinstance(value, str) or not value:
                 raise Rejected(Outcome.BAD_SIGNATURE, f"{name} header is missing")
             if not value.isascii():
                 raise Rejected(Outcome.BAD_SIGNATURE, f"{name} header is not ASCII")
             found[name] = value
+        if len(found[NONCE_HEADER]) > MAX_NONCE_LENGTH:
+            too_long = f"{NONCE_HEADER} is over {MAX_NONCE_LENGTH} characters"
+            raise Rejected(Outcome.MALFORMED, too_long)
         return cls(
             nonce=found[NONCE_HEADER],
             timestamp=found[TIMESTAMP_HEADER],
@@ -274,9 +280,11 @@ def _rsa_sha1_ok(key: RSAPublicKey, *, signature: bytes, message: bytes) -> bool
 
 
 def parse_timestamp(text: str) -> Decimal:
-    """Seconds since the epoch from 13/16/19 digits (ms/us/ns) or PHP float text (ms)."""
-    if _TS_INTEGER.fullmatch(text) and len(text) in _TS_DIGITS:
-        return Decimal(text).scaleb(-_TS_DIGITS[len(text)])
-    if _TS_FLOAT.fullmatch(text):
-        return Decimal(text).scaleb(-3)
-    raise ValueError("not an epoch timestamp")
+    """Seconds since the epoch from ms, us or ns text (integer, fixed-point or exponent)."""
+    if _TS_TEXT.fullmatch(text) is None:
+        raise ValueError("not an epoch timestamp")
+    value = Decimal(text)
+    places = _TS_SCALE.get(value.adjusted())
+    if places is None:
+        raise ValueError("not an epoch in ms, us or ns")
+    return value.scaleb(-places)
