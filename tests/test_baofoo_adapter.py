@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -92,7 +95,7 @@ def test_query_reply_signature_matches_seed_vector() -> None:
 
 
 def test_query_reply_signature_needs_six_parts() -> None:
-    with pytest.raises(ValueError, match="six"):
+    with pytest.raises(ValueError, match=r"^an order-query reply has six signed parts$"):
         query_reply_signature(["100000178", "10000001"], "abcdefg")
 
 
@@ -199,6 +202,94 @@ def test_undecodable_form_is_malformed() -> None:
     assert rejected.refusal is None
 
 
+@pytest.mark.parametrize(
+    ("body", "charset", "content_type", "outcome", "reason"),
+    [
+        (b"", "utf-8", "text/plain", Outcome.MALFORMED, f"content type must be {FORM}"),
+        (b"", "latin-1", FORM, Outcome.MALFORMED, "charset must be UTF-8, GBK or GB18030"),
+        (b"TransID=%FF", "utf-8", FORM, Outcome.MALFORMED, "form is not valid utf-8"),
+        (b"TransID=%FF%FF", "gb18030", FORM, Outcome.MALFORMED, "form is not valid gb18030"),
+        (
+            b"MemberID=1&Result=1&ResultDesc=01",
+            "utf-8",
+            FORM,
+            Outcome.MALFORMED,
+            "missing field(s): Md5Sign, TerminalID, TransID",
+        ),
+    ],
+)
+def test_refusals_before_the_signature_say_why(
+    body: bytes, charset: str, content_type: str, outcome: Outcome, reason: str
+) -> None:
+    rejected = refused(body, charset=charset, content_type=content_type)
+    assert (rejected.outcome, rejected.reason) == (outcome, reason)
+
+
+@pytest.mark.parametrize(
+    ("changes", "outcome", "reason"),
+    [
+        ({"Md5Sign": "g" * 32}, Outcome.BAD_SIGNATURE, "Md5Sign is not 32 hex digits"),
+        ({"Md5Sign": "0" * 32}, Outcome.BAD_SIGNATURE, "Md5Sign does not match"),
+        ({"TerminalID": "9"}, Outcome.UNKNOWN_MERCHANT, "MemberID/TerminalID not configured"),
+    ],
+)
+def test_signature_and_merchant_refusals_say_why(
+    changes: dict[str, str], outcome: Outcome, reason: str
+) -> None:
+    fields = {**sign_baofoo(baofoo_fields(), TEST_MD5_KEY), **changes}
+    rejected = refused(encode_form(fields))
+    assert (rejected.outcome, rejected.reason) == (outcome, reason)
+    assert (rejected.merchant_id, rejected.out_trade_no) == (MEMBER_ID, "20140101120000001")
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"TransID": ""}, "TransID is empty, too long or not printable"),
+        ({"TransID": "T" * 129}, "TransID is empty, too long or not printable"),
+        ({"Result": "2"}, "Result/ResultDesc combination not understood"),
+        ({"FactMoney": "1.00"}, "FactMoney must be integer fen"),
+        ({"SuccTime": "2014"}, "SuccTime must be YYYYMMDDhhmmss"),
+    ],
+)
+def test_business_field_refusals_say_why(changes: dict[str, str], reason: str) -> None:
+    rejected = refused(signed_body(**changes))
+    assert (rejected.outcome, rejected.reason) == (Outcome.MALFORMED, reason)
+
+
+def test_content_type_with_several_parameters_is_still_a_form() -> None:
+    body = signed_body()
+    assert parse(body, content_type=f"{FORM}; charset=utf-8; boundary=x").target is Status.PAID
+
+
+@pytest.mark.parametrize("charset", ["Xutf-8", 'utf-8X"', "_utf-8"])
+def test_charset_labels_are_matched_whole(charset: str) -> None:
+    rejected = refused(signed_body(), charset=charset)
+    assert (rejected.outcome, rejected.refusal) == (Outcome.MALFORMED, 415)
+
+
+def test_failure_posted_in_gbk_but_signed_over_utf8_explains_both() -> None:
+    body = signed_body(
+        "gbk", sign_encoding="utf-8", Result="0", ResultDesc="0002", AdditionalInfo="宝付"
+    )
+    n = parse(body, charset="gbk")
+    assert n.detail == (
+        "ResultDesc=0002 (订单超时 order timed out); "
+        "signature verified over UTF-8 text (form posted as gbk)"
+    )
+
+
+def test_a_key_gbk_cannot_encode_verifies_over_utf8_and_never_waves_a_form_through() -> None:
+    key = "k\U0001f600y"  # GBK has no emoji: the GBK candidate cannot even be computed
+    gw = gateway(key=key)
+    good = encode_form(sign_baofoo(baofoo_fields(), key, encoding="utf-8"), charset="gbk")
+    assert gw.parse(inbound(good, charset="gbk")).target is Status.PAID
+    forged = encode_form({**baofoo_fields(), "Md5Sign": "0" * 32}, charset="gbk")
+    with pytest.raises(Rejected) as info:
+        gw.parse(inbound(forged, charset="gbk"))
+    assert info.value.outcome is Outcome.BAD_SIGNATURE
+
+
 # --- form parsing ---------------------------------------------------------------------------
 
 
@@ -207,6 +298,28 @@ def test_additional_info_with_form_metacharacters_round_trips() -> None:
     body = signed_body(AdditionalInfo=info)
     assert parse_form(body, encoding="utf-8")["AdditionalInfo"] == info
     assert parse(body).target is Status.PAID
+
+
+def test_an_empty_pair_does_not_end_the_form() -> None:
+    fields = sign_baofoo(baofoo_fields(), TEST_MD5_KEY)
+    body = b"&&" + encode_form(fields).replace(b"&", b"&&") + b"&"
+    assert parse_form(body, encoding="utf-8") == fields
+    assert parse(body).target is Status.PAID
+
+
+def test_a_raw_equals_sign_inside_a_value_belongs_to_the_value() -> None:
+    fields = sign_baofoo(baofoo_fields(AdditionalInfo="a=b=c"), TEST_MD5_KEY)
+    body = encode_form(fields).replace(b"a%3Db%3Dc", b"a=b=c")
+    assert b"AdditionalInfo=a=b=c" in body
+    assert parse_form(body, encoding="utf-8")["AdditionalInfo"] == "a=b=c"
+    assert parse(body).target is Status.PAID
+
+
+def test_a_name_without_a_value_is_the_empty_string() -> None:
+    assert parse_form(b"AdditionalInfo&TransID=T1", encoding="utf-8") == {
+        "AdditionalInfo": "",
+        "TransID": "T1",
+    }
 
 
 def test_plus_in_the_raw_form_is_a_space() -> None:
@@ -391,6 +504,21 @@ BAD_TIMES = [
 ]
 
 
+@pytest.mark.parametrize("zone", ["Asia/Shanghai", "America/New_York", "UTC"])
+def test_succ_time_is_utc_whatever_the_machines_time_zone(
+    zone: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        paid_at = parse_succ_time("20140101120130")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert paid_at is not None and paid_at.tzinfo is UTC
+    assert paid_at == datetime(2014, 1, 1, 4, 1, 30, tzinfo=UTC)
+
+
 @pytest.mark.parametrize("text", BAD_TIMES)
 def test_bad_succ_time_is_malformed_when_paid(text: str) -> None:
     assert parse_succ_time(text) is None
@@ -427,6 +555,21 @@ def test_unrecordable_identifiers_are_left_out_of_rejections() -> None:
     rejected = refused(body)
     assert rejected.outcome is Outcome.UNKNOWN_MERCHANT
     assert (rejected.merchant_id, rejected.out_trade_no) == (None, None)
+
+
+def test_from_config_keeps_allowed_ips() -> None:
+    merchant = BaofooMerchant(member_id=MEMBER_ID, terminal_id=TERMINAL_ID, md5_key=SECRET)
+    only = (ipaddress.ip_network("203.0.113.0/24"),)
+    gw = BaofooGateway.from_config(BaofooConfig(merchants=(merchant,), allowed_ips=only))
+    assert gw.allowed_ips == only
+
+
+@pytest.mark.parametrize(("length", "kept"), [(64, True), (65, False)])
+def test_unverified_identifiers_up_to_64_characters_are_recorded(length: int, kept: bool) -> None:
+    member, trans = "M" * length, "T" * length
+    rejected = refused(encode_form({"MemberID": member, "TransID": trans}))
+    expected = (member, trans) if kept else (None, None)
+    assert (rejected.merchant_id, rejected.out_trade_no) == expected
 
 
 def test_from_config_and_repr_keep_the_key_out() -> None:
@@ -484,38 +627,51 @@ content_types = st.one_of(st.just(FORM), st.text(max_size=40))
 known_names = st.sampled_from([*SIGNED_FIELDS, "Md5Sign", "Other"]).map(str.encode)
 
 
-def _assert_only_rejected(gw: BaofooGateway, request: Inbound) -> None:
-    try:
+def _refused_with_a_typed_reason(gw: BaofooGateway, request: Inbound) -> None:
+    """Without a valid Md5Sign a request is refused, saying why, and the key never leaks."""
+    with pytest.raises(Rejected) as info:
         gw.parse(request)
-    except Rejected as exc:
-        assert SECRET not in str(exc)
-        assert SECRET not in repr(exc)
-        assert exc.refusal in {None, 415}
+    exc = info.value
+    assert exc.outcome in {Outcome.MALFORMED, Outcome.BAD_SIGNATURE, Outcome.UNKNOWN_MERCHANT}
+    assert isinstance(exc.reason, str) and exc.reason
+    assert SECRET not in str(exc)
+    assert SECRET not in repr(exc)
+    assert exc.refusal in {None, 415}
 
 
 @given(body=st.binary(max_size=300), charset=charsets, content_type=content_types)
-def test_arbitrary_bytes_only_ever_raise_rejected(
+def test_arbitrary_bytes_are_always_refused_with_a_reason(
     body: bytes, charset: str | None, content_type: str
 ) -> None:
     gw = gateway(key=SECRET)
-    _assert_only_rejected(gw, inbound(body, charset=charset, content_type=content_type))
+    _refused_with_a_typed_reason(gw, inbound(body, charset=charset, content_type=content_type))
 
 
 @given(
     pairs=st.lists(st.tuples(known_names, st.binary(max_size=30)), max_size=12),
     charset=charsets,
 )
-def test_arbitrary_form_like_bytes_only_ever_raise_rejected(
+def test_arbitrary_form_like_bytes_are_always_refused_with_a_reason(
     pairs: list[tuple[bytes, bytes]], charset: str | None
 ) -> None:
     body = b"&".join(name + b"=" + value for name, value in pairs)
-    _assert_only_rejected(gateway(key=SECRET), inbound(body, charset=charset))
+    _refused_with_a_typed_reason(gateway(key=SECRET), inbound(body, charset=charset))
 
 
 def _mostly(*likely: str, digits: int = 0) -> st.SearchStrategy[str]:
     """Plausible values often enough to reach the checks behind the signature."""
     numeric = st.text("0123456789", min_size=digits, max_size=digits) if digits else st.nothing()
     return st.one_of(st.sampled_from(likely), numeric, form_text)
+
+
+def _target_of(fields: dict[str, str]) -> Status | None:
+    """The test's own reading of Result and ResultDesc (seed, section 4)."""
+    if (fields["Result"], fields["ResultDesc"]) == ("1", "01"):
+        return Status.PAID
+    code = fields["ResultDesc"]
+    if fields["Result"] == "0" and code != "01" and re.fullmatch(r"[0-9A-Za-z]{0,16}", code):
+        return Status.FAILED
+    return None
 
 
 @given(
@@ -530,8 +686,19 @@ def _mostly(*likely: str, digits: int = 0) -> st.SearchStrategy[str]:
     ),
     info=form_text,
 )
-def test_validly_signed_arbitrary_values_only_ever_raise_rejected(
+def test_a_validly_signed_form_comes_to_exactly_its_fields_or_a_typed_refusal(
     values: dict[str, str], info: str
 ) -> None:
     fields = sign_baofoo(baofoo_fields(**values, AdditionalInfo=info), SECRET)
-    _assert_only_rejected(gateway(key=SECRET), inbound(encode_form(fields)))
+    try:
+        n = gateway(key=SECRET).parse(inbound(encode_form(fields)))
+    except Rejected as exc:
+        assert (exc.outcome, exc.refusal) == (Outcome.MALFORMED, None)
+        assert exc.reason and SECRET not in str(exc)
+        return
+    target = _target_of(fields)
+    assert target is not None and n.target is target
+    assert (n.provider, n.merchant_id, n.out_trade_no) == ("baofoo", MEMBER_ID, values["TransID"])
+    assert n.paid_amount_minor == (int(values["FactMoney"]) if values["FactMoney"] else None)
+    assert n.paid_at == parse_succ_time(values["SuccTime"])
+    assert (n.currency, n.order_amount_minor, n.nonce) == ("CNY", None, None)

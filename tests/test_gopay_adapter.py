@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 from collections.abc import Mapping
 from decimal import Decimal
@@ -27,8 +28,10 @@ from receiver.gateways.gopay import (
     load_public_key,
     parse_amount_minor,
     parse_timestamp,
+    read_charge,
     spki_der,
 )
+from receiver.gateways.gopay.notify import parse_status
 from receiver.notification import Inbound, Notification, Outcome, Status
 from tests.gopay_signer import GoPaySigner, new_rsa_key, php_json_encode, public_key_text
 
@@ -189,38 +192,87 @@ def test_an_escaped_spelling_of_charge_is_still_the_charge() -> None:
     assert span_text(b'{"\\u0063harge":{"a":1}}') == b'{"a":1}'
 
 
+NOT_AN_OBJECT = "body is not a JSON object"
+INVALID = "body is not valid JSON"
+NO_CHARGE = "charge is missing"
+NOT_OBJECT_CHARGE = "charge is not an object"
+TRAILING = "data after the top-level object"
+NO_NAME = "expected a member name"
+
+
 @pytest.mark.parametrize(
-    "body",
+    ("body", "reason"),
     [
-        b"",
-        b"   ",
-        b"[]",
-        b'"charge"',
-        b"{}",
-        b'{"charge":"{}"}',
-        b'{"charge":[{}]}',
-        b'{"charge":null}',
-        b'{"charge":1}',
-        b'{"charge":{},"charge":{}}',
-        b'{"charge":{},"\\u0063harge":{}}',
-        b'{"other":{"charge":{}}}',
-        b'{"charge":{"a":"}',
-        b'{"charge":{"a":1}',
-        b'{"charge":{"a":[1}]}',
-        b'{"charge":{}} x',
-        b'{"charge":{}}{}',
-        b'{"charge":{"a":"\\x"}}',
-        b'{"charge":{"a":"\\u12"}}',
-        b'{"charge" {}}',
-        b"{charge:{}}",
-        b'{"charge":{},}',
-        b'{"charge":}',
+        (b"", NOT_AN_OBJECT),
+        (b"   ", NOT_AN_OBJECT),
+        (b"[]", NOT_AN_OBJECT),
+        (b'"charge"', NOT_AN_OBJECT),
+        (b"\xff{}", "body is not UTF-8"),
+        (b"{}", NO_CHARGE),
+        (b"{}\n", NO_CHARGE),
+        (b'{"charge":"{}"}', NOT_OBJECT_CHARGE),
+        (b'{"charge":[{}]}', NOT_OBJECT_CHARGE),
+        (b'{"charge":null}', NOT_OBJECT_CHARGE),
+        (b'{"charge":1}', NOT_OBJECT_CHARGE),
+        (b'{"charge":{},"charge":{}}', "charge appears twice"),
+        (b'{"charge":{},"\\u0063harge":{}}', "charge appears twice"),
+        (b'{"a":1,"a":2,"charge":{}}', "a member name appears twice"),
+        (b'{"other":{"charge":{}}}', NO_CHARGE),
+        (b'{"charge":{"a":"}', INVALID),
+        (b'{"charge":{"a":1}', "expected ',' or '}'"),
+        (b'{"charge":{"a":1} "b":2}', "expected ',' or '}'"),
+        (b'{"charge":{"a":[1}]}', INVALID),
+        (b'{"charge":{"a":1,"a":2}}', INVALID),
+        (b'{"charge":{"a":NaN}}', INVALID),
+        (b'{"charge":{}} x', TRAILING),
+        (b'{"charge":{}}x', TRAILING),
+        (b'{"charge":{}}{}', TRAILING),
+        (b'{"charge":{"a":"\\x"}}', INVALID),
+        (b'{"charge":{"a":"\\u12"}}', INVALID),
+        (b'{"cha', INVALID),
+        (b'{"charge" {}}', "expected ':' after a member name"),
+        (b"{charge:{}}", NO_NAME),
+        (b'{"charge":{},}', NO_NAME),
+        (b'{"charge":}', INVALID),
     ],
 )
-def test_span_scanner_refuses_bodies_without_exactly_one_charge_object(body: bytes) -> None:
+def test_span_scanner_refuses_bodies_without_exactly_one_charge_object(
+    body: bytes, reason: str
+) -> None:
     with pytest.raises(Rejected) as info:
         find_charge_span(body)
-    assert info.value.outcome is Outcome.MALFORMED
+    assert (info.value.outcome, info.value.reason) == (Outcome.MALFORMED, reason)
+
+
+def test_trailing_whitespace_after_the_top_level_object_is_allowed() -> None:
+    assert span_text(b'{"charge":{"a":1}} \r\n\t') == b'{"a":1}'
+
+
+def test_raw_utf8_before_the_charge_gives_byte_offsets(
+    gateway: GoPayGateway, signer: GoPaySigner
+) -> None:
+    charge = php_json_encode(CHARGE)
+    body = '{"result_code":"OK","result_msg":"成功 ✓ 😀","charge":'.encode() + charge + b"}"
+    assert span_text(body) == charge
+    headers = signer.headers(charge, timestamp=str(NOW_MS))
+    assert gateway.parse(inbound(body, headers)).out_trade_no == CHARGE["out_trade_no"]
+
+
+def test_raw_utf8_inside_the_charge_is_signed_as_sent(
+    gateway: GoPayGateway, signer: GoPaySigner
+) -> None:
+    charge = '{"out_trade_no":"Ü1","subject":"充值","amount":"1.00","currency":"CNY"}'.encode()
+    body = b'{"result_code":"OK","charge":' + charge + b',"note":"\xc3\xa9"}'
+    assert span_text(body) == charge
+    headers = signer.headers(charge, timestamp=str(NOW_MS))
+    assert gateway.parse(inbound(body, headers)).out_trade_no == "Ü1"
+
+
+def test_read_charge_gives_the_raw_bytes_and_the_charge_parsed_from_them() -> None:
+    body = b'{"result_code":"OK","charge":{"a":"\\/","n":1.50}}'
+    raw, charge = read_charge(body)
+    assert raw == b'{"a":"\\/","n":1.50}'
+    assert charge == {"a": "/", "n": Decimal("1.50")}
 
 
 # --- signature over the raw bytes -------------------------------------------------------------
@@ -334,6 +386,38 @@ def test_tampered_signed_header_is_bad_signature(
     assert rejected(gateway, body, headers).outcome is Outcome.BAD_SIGNATURE
 
 
+@pytest.mark.parametrize(
+    ("signature", "reason"),
+    [
+        ("not base64!", "x-ca-signature is not base64"),
+        ("QUJD!", "x-ca-signature is not base64"),
+        ("QU JD", "x-ca-signature is not base64"),
+        ("YR==", "x-ca-signature is not canonical base64"),
+        ("  ", "x-ca-signature is not canonical base64"),
+    ],
+)
+def test_signature_text_refusals_say_why(
+    gateway: GoPayGateway, signer: GoPaySigner, signature: str, reason: str
+) -> None:
+    body, headers = notify(signer)
+    headers["X-Ca-Signature"] = signature
+    error = rejected(gateway, body, headers)
+    assert (error.outcome, error.reason) == (Outcome.BAD_SIGNATURE, reason)
+
+
+@pytest.mark.parametrize("name", ["X-Ca-Noncestr", "X-Ca-Timestamp", "X-Ca-Signature"])
+def test_non_ascii_signature_header_is_bad_signature(
+    gateway: GoPayGateway, signer: GoPaySigner, name: str
+) -> None:
+    body, headers = notify(signer)
+    headers[name] = "Ä" + headers[name]
+    error = rejected(gateway, body, headers)
+    assert (error.outcome, error.reason) == (
+        Outcome.BAD_SIGNATURE,
+        f"{name.lower()} header is not ASCII",
+    )
+
+
 @pytest.mark.parametrize("signature", ["not base64!", "AAA", "QUJD", "  ", "ÄÖÜ", "YQ=", "YR=="])
 def test_undecodable_or_wrong_signature_is_bad_signature(
     gateway: GoPayGateway, signer: GoPaySigner, signature: str
@@ -390,6 +474,39 @@ def test_bare_base64_of_pkcs1_der_loads(key: rsa.RSAPrivateKey) -> None:
     )
     loaded = load_public_key(base64.b64encode(der).decode())
     assert spki_der(loaded) == spki_der(key.public_key())
+
+
+def test_bare_base64_key_split_over_lines_loads(key: rsa.RSAPrivateKey) -> None:
+    one_line = public_key_text(key, "base64").strip()
+    lines = "\n".join(one_line[i : i + 64] for i in range(0, len(one_line), 64))
+    assert spki_der(load_public_key(lines)) == spki_der(key.public_key())
+
+
+@pytest.mark.parametrize("stray", ["*", "!", "."])
+def test_bare_base64_key_with_a_stray_character_is_refused_not_repaired(
+    key: rsa.RSAPrivateKey, stray: str
+) -> None:
+    one_line = public_key_text(key, "base64").strip()
+    with pytest.raises(ValueError):
+        load_public_key(one_line[:100] + stray + one_line[100:])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("  \n ", "empty key text"), ("QUJD", "not a public key"), ("not a key", "not a public key")],
+)
+def test_key_text_errors_say_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        load_public_key(text)
+
+
+def test_ec_key_is_not_an_rsa_public_key() -> None:
+    ec_key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    pem = ec_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+    with pytest.raises(ValueError, match=r"^not an RSA public key$"):
+        load_public_key(pem)
 
 
 def test_non_rsa_or_garbage_key_text_is_refused(key: rsa.RSAPrivateKey) -> None:
@@ -488,6 +605,26 @@ def test_unusable_key_file_is_a_config_error(
         GoPayGateway.from_config(config_with(path), source="x.toml")
     assert problem in info.value.problem
     assert info.value.key == "gopay.merchants[0].platform_public_keys[0]"
+    assert info.value.source == "x.toml"
+
+
+def test_missing_key_file_says_why_it_cannot_be_read(tmp_path: Path) -> None:
+    path = tmp_path / "absent.pem"
+    with pytest.raises(ConfigError) as info:
+        GoPayGateway.from_config(config_with(path), source="x.toml")
+    assert info.value.problem == f"cannot read {path}: No such file or directory"
+
+
+def test_from_config_keeps_allowed_ips(tmp_path: Path, key: rsa.RSAPrivateKey) -> None:
+    path = write_key(tmp_path, "k.pem", public_key_text(key, "spki_pem"))
+    only = (ipaddress.ip_network("203.0.113.0/24"),)
+    cfg = GoPayConfig(
+        merchants=(GoPayMerchant(mchid=MCHID, platform_public_keys=(path,)),),
+        allowed_ips=only,
+        timestamp_tolerance_s=60,
+    )
+    gw = GoPayGateway.from_config(cfg, source="x.toml")
+    assert (gw.allowed_ips, gw.timestamp_tolerance_s) == (only, 60)
 
 
 # --- merchants --------------------------------------------------------------------------------
@@ -532,13 +669,86 @@ def test_unknown_merchant_is_recorded_with_the_claimed_id(
 
 
 @pytest.mark.parametrize(
-    "ids", [{"mid": 200001, "mchid": "300001"}, {"mid": ""}, {"mid": True}, {"mid": [1]}]
+    ("ids", "reason"),
+    [
+        ({"mid": 200001, "mchid": "300001"}, "mid and mchid disagree"),
+        ({"mid": ""}, "mid is empty"),
+        ({"mid": True}, "mid must be a string"),
+        ({"mchid": [1]}, "mchid must be a string"),
+    ],
 )
 def test_unusable_merchant_id_is_malformed(
-    gateway: GoPayGateway, signer: GoPaySigner, ids: dict[str, Any]
+    gateway: GoPayGateway, signer: GoPaySigner, ids: dict[str, Any], reason: str
 ) -> None:
     body, headers = notify(signer, with_charge(**{"mid": _ABSENT, **ids}))
-    assert rejected(gateway, body, headers).outcome is Outcome.MALFORMED
+    error = rejected(gateway, body, headers)
+    assert (error.outcome, error.reason, error.merchant_id) == (Outcome.MALFORMED, reason, None)
+    assert error.out_trade_no == CHARGE["out_trade_no"]
+
+
+@pytest.mark.parametrize(
+    ("merchants", "mid", "reason"),
+    [
+        ([MCHID, "300001"], _ABSENT, "charge names no merchant (mid)"),
+        ([MCHID], 999, "merchant is not configured"),
+    ],
+)
+def test_unknown_merchant_reasons(
+    key: rsa.RSAPrivateKey, signer: GoPaySigner, merchants: list[str], mid: object, reason: str
+) -> None:
+    gw = make_gateway({m: [key] for m in merchants})
+    body, headers = notify(signer, with_charge(mid=mid))
+    error = rejected(gw, body, headers)
+    assert (error.outcome, error.reason) == (Outcome.UNKNOWN_MERCHANT, reason)
+
+
+def test_refusal_before_the_merchant_is_known_names_the_single_merchant(
+    gateway: GoPayGateway, signer: GoPaySigner
+) -> None:
+    body, headers = notify(signer, with_charge(mid=_ABSENT))
+    del headers["X-Ca-Signature"]
+    assert rejected(gateway, body, headers).merchant_id == MCHID
+
+
+def test_refusal_before_the_merchant_is_known_names_none_of_two_merchants(
+    key: rsa.RSAPrivateKey, other_key: rsa.RSAPrivateKey, signer: GoPaySigner
+) -> None:
+    gw = make_gateway({MCHID: [key], "300001": [other_key]})
+    body, headers = notify(signer, with_charge(mid=_ABSENT))
+    del headers["X-Ca-Signature"]
+    assert rejected(gw, body, headers).merchant_id is None
+
+
+def test_bad_signature_names_a_long_configured_merchant_in_full(
+    other_key: rsa.RSAPrivateKey, signer: GoPaySigner
+) -> None:
+    long_id = "M" * 70
+    gw = make_gateway({long_id: [other_key]})
+    body, headers = notify(signer, with_charge(mid=long_id))
+    error = rejected(gw, body, headers)
+    assert (error.outcome, error.merchant_id) == (Outcome.BAD_SIGNATURE, long_id)
+    assert error.reason == "signature does not verify with any of the merchant's platform keys"
+
+
+@pytest.mark.parametrize(
+    ("out_trade_no", "hint"),
+    [
+        (_ABSENT, None),
+        (None, None),
+        ("", None),
+        ([1], None),
+        (True, None),
+        (123, "123"),
+        ("O" * 70, "O" * 64),
+        (10**70, "1" + "0" * 63),
+    ],
+)
+def test_unverified_order_number_is_kept_short_for_the_record(
+    gateway: GoPayGateway, other_key: rsa.RSAPrivateKey, out_trade_no: object, hint: str | None
+) -> None:
+    body, headers = notify(GoPaySigner(other_key), with_charge(out_trade_no=out_trade_no))
+    error = rejected(gateway, body, headers)
+    assert (error.outcome, error.out_trade_no) == (Outcome.BAD_SIGNATURE, hint)
 
 
 # --- business fields --------------------------------------------------------------------------
@@ -593,6 +803,28 @@ def test_bad_amounts_are_refused(value: object) -> None:
 
 
 @pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (1.5, "not a number"),
+        (None, "not a number"),
+        ([1], "not a number"),
+        (True, "not a number"),
+        ("1e3", "not a plain decimal amount"),
+        ("1.665", "not a whole number of minor units"),
+    ],
+)
+def test_amount_errors_say_what_is_wrong(value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        parse_amount_minor(value)
+
+
+@pytest.mark.parametrize("value", [4, "4", -1, True, None, "2.0", 2.0])
+def test_unknown_status_codes_are_refused(value: object) -> None:
+    with pytest.raises(ValueError, match=r"^unknown status$"):
+        parse_status(value)
+
+
+@pytest.mark.parametrize(
     ("amounts", "paid", "order"),
     [
         ({"amount": "1.660", "pay_amount": "1.66"}, 166, 166),
@@ -618,38 +850,49 @@ def test_json_number_amount_keeps_its_spelling(gateway: GoPayGateway, signer: Go
     assert error.outcome is Outcome.MALFORMED and "pay_amount" in error.reason
 
 
+AMOUNT_REASON = "amount is not an amount with at most 2 significant decimals"
+PAY_AMOUNT_REASON = "pay_amount is not an amount with at most 2 significant decimals"
+CURRENCY_REASON = "currency must be a 3-letter upper-case code"
+STATUS_REASON = "status must be 0, 1, 2 or 3"
+
+
 @pytest.mark.parametrize(
-    "changes",
+    ("changes", "reason"),
     [
-        {"amount": "1.665"},
-        {"amount": "-1"},
-        {"amount": "1e3"},
-        {"amount": _ABSENT},
-        {"pay_amount": "NaN"},
-        {"pay_amount": None},
-        {"currency": _ABSENT},
-        {"currency": "cny"},
-        {"currency": "CNYX"},
-        {"currency": 156},
-        {"out_trade_no": _ABSENT},
-        {"out_trade_no": ""},
-        {"out_trade_no": None},
-        {"out_trade_no": Decimal("1.5")},
-        {"in_trade_no": {"x": 1}},
-        {"status": 4},
-        {"status": "paid"},
-        {"status": None},
-        {"status": True},
-        {"status": Decimal("2.0")},
-        {"status": "-1"},
+        ({"amount": "1.665"}, AMOUNT_REASON),
+        ({"amount": "-1"}, AMOUNT_REASON),
+        ({"amount": "1e3"}, AMOUNT_REASON),
+        ({"amount": _ABSENT}, "amount is missing"),
+        ({"pay_amount": "NaN"}, PAY_AMOUNT_REASON),
+        ({"pay_amount": None}, PAY_AMOUNT_REASON),
+        ({"currency": _ABSENT}, CURRENCY_REASON),
+        ({"currency": "cny"}, CURRENCY_REASON),
+        ({"currency": "CNYX"}, CURRENCY_REASON),
+        ({"currency": 156}, CURRENCY_REASON),
+        ({"out_trade_no": _ABSENT}, "out_trade_no is missing or empty"),
+        ({"out_trade_no": ""}, "out_trade_no is missing or empty"),
+        ({"out_trade_no": None}, "out_trade_no is missing or empty"),
+        ({"out_trade_no": Decimal("1.5")}, "out_trade_no must be a string"),
+        ({"out_trade_no": "A" * 129}, "out_trade_no is too long or not printable"),
+        ({"out_trade_no": "A\tB"}, "out_trade_no is too long or not printable"),
+        ({"in_trade_no": {"x": 1}}, "in_trade_no must be a string"),
+        ({"trade_no": "T" * 129}, "trade_no is too long or not printable"),
+        ({"in_trade_no": "T\x00"}, "in_trade_no is too long or not printable"),
+        ({"status": 4}, STATUS_REASON),
+        ({"status": "paid"}, STATUS_REASON),
+        ({"status": None}, STATUS_REASON),
+        ({"status": True}, STATUS_REASON),
+        ({"status": Decimal("2.0")}, STATUS_REASON),
+        ({"status": "-1"}, STATUS_REASON),
+        ({"channel": ["gopay_payout"]}, "channel must be a string"),
     ],
 )
 def test_bad_business_fields_are_malformed(
-    gateway: GoPayGateway, signer: GoPaySigner, changes: dict[str, Any]
+    gateway: GoPayGateway, signer: GoPaySigner, changes: dict[str, Any], reason: str
 ) -> None:
     body, headers = notify(signer, with_charge(**changes))
     error = rejected(gateway, body, headers)
-    assert error.outcome is Outcome.MALFORMED
+    assert (error.outcome, error.reason) == (Outcome.MALFORMED, reason)
     assert error.merchant_id == MCHID
 
 
@@ -718,6 +961,37 @@ def test_wrong_content_type_is_415(
     with pytest.raises(Rejected) as info:
         gateway.parse(inbound(body, headers, content_type=content_type, charset=charset))
     assert (info.value.outcome, info.value.refusal) == (Outcome.MALFORMED, 415)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "charset", "reason"),
+    [
+        ("text/plain", None, "content type must be application/json"),
+        ("application/json; charset=utf-8; x=1", None, None),
+        ("application/jsonx; a=1; b=2", None, "content type must be application/json"),
+        ("application/json", "latin-1", "charset must be UTF-8"),
+        ("application/json", " UTF8 ", None),
+    ],
+)
+def test_content_type_decisions_name_the_reason(
+    gateway: GoPayGateway,
+    signer: GoPaySigner,
+    content_type: str,
+    charset: str | None,
+    reason: str | None,
+) -> None:
+    body, headers = notify(signer)
+    request = inbound(body, headers, content_type=content_type, charset=charset)
+    if reason is None:
+        assert gateway.parse(request).merchant_id == MCHID
+        return
+    with pytest.raises(Rejected) as info:
+        gateway.parse(request)
+    assert (info.value.outcome, info.value.refusal, info.value.reason) == (
+        Outcome.MALFORMED,
+        415,
+        reason,
+    )
 
 
 @pytest.mark.parametrize(
@@ -879,6 +1153,49 @@ def test_tolerance_zero_turns_freshness_and_nonce_off(
     body, headers = notify(signer, timestamp=timestamp)
     n = gw.parse(inbound(body, headers))
     assert n.nonce is None and n.signed_headers["x-ca-timestamp"] == timestamp
+
+
+EXACT_MS = 1617583668000  # a whole second: the clock can equal it exactly as a float
+
+
+@pytest.mark.parametrize(("tolerance", "offset_s"), [(1, 1), (1, -1), (900, 900), (900, -900)])
+def test_skew_exactly_equal_to_the_tolerance_is_fresh(
+    key: rsa.RSAPrivateKey, signer: GoPaySigner, tolerance: int, offset_s: int
+) -> None:
+    gw = make_gateway({MCHID: [key]}, tolerance=tolerance, now=EXACT_MS / 1000 + offset_s)
+    body, headers = notify(signer, timestamp=str(EXACT_MS), nonce="N1")
+    assert gw.parse(inbound(body, headers)).nonce == "N1"
+
+
+@pytest.mark.parametrize("offset_s", [1.001, -1.001, 2, -2])
+def test_tolerance_of_one_second_still_checks_freshness(
+    key: rsa.RSAPrivateKey, signer: GoPaySigner, offset_s: float
+) -> None:
+    gw = make_gateway({MCHID: [key]}, tolerance=1, now=EXACT_MS / 1000 + offset_s)
+    body, headers = notify(signer, timestamp=str(EXACT_MS))
+    error = rejected(gw, body, headers)
+    assert (error.outcome, error.reason) == (
+        Outcome.EXPIRED,
+        "x-ca-timestamp is outside the accepted window",
+    )
+
+
+def test_unparsable_timestamp_reason(gateway: GoPayGateway, signer: GoPaySigner) -> None:
+    body, headers = notify(signer, timestamp="1617583668")
+    error = rejected(gateway, body, headers)
+    assert (error.outcome, error.reason) == (
+        Outcome.MALFORMED,
+        "x-ca-timestamp is not an epoch in ms, us or ns",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("abc", "not an epoch timestamp"), ("1617583668", "not an epoch in ms, us or ns")],
+)
+def test_timestamp_errors_say_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        parse_timestamp(text)
 
 
 # --- protocol fields, payouts and nonces ----------------------------------------------------
@@ -1056,14 +1373,21 @@ def test_any_change_in_a_signed_header_fails(
     assert error.outcome in {Outcome.BAD_SIGNATURE, Outcome.MALFORMED}
 
 
-def parse_or_reject(gw: GoPayGateway, body: bytes, headers: Mapping[str, str]) -> None:
-    """Calls parse; anything but a Notification or Rejected fails the test."""
-    try:
-        result = gw.parse(inbound(body, headers))
-    except Rejected as error:
-        assert isinstance(error.outcome, Outcome)
-    else:
-        assert isinstance(result, Notification)
+UNSIGNED_REFUSALS = {Outcome.MALFORMED, Outcome.BAD_SIGNATURE, Outcome.UNKNOWN_MERCHANT}
+
+
+def refused_with_a_typed_reason(error: Rejected, allowed: set[Outcome]) -> None:
+    """A refusal says which outcome and why, in words, and never quotes the signature."""
+    assert error.outcome in allowed
+    assert isinstance(error.reason, str) and error.reason
+    assert error.refusal in {None, 415}
+
+
+def never_accepted(gw: GoPayGateway, body: bytes, headers: Mapping[str, str]) -> None:
+    """Without a signature over its charge, a body is refused, whatever it holds."""
+    with pytest.raises(Rejected) as info:
+        gw.parse(inbound(body, headers))
+    refused_with_a_typed_reason(info.value, UNSIGNED_REFUSALS)
 
 
 header_dicts = st.dictionaries(
@@ -1078,10 +1402,10 @@ header_dicts = st.dictionaries(
 
 @PROPERTY_SETTINGS
 @given(body=st.binary(max_size=2000), headers=header_dicts)
-def test_arbitrary_bytes_and_headers_only_raise_rejected(
+def test_arbitrary_bytes_and_headers_are_always_refused_with_a_reason(
     gateway: GoPayGateway, body: bytes, headers: dict[str, str]
 ) -> None:
-    parse_or_reject(gateway, body, headers)
+    never_accepted(gateway, body, headers)
 
 
 json_values = st.recursive(
@@ -1114,15 +1438,86 @@ json_charges = st.dictionaries(
     json_values | st.sampled_from(["1.66", "100.000", "CNY", "2", MCHID, 200001]),
     max_size=10,
 )
+TARGETS = {0: Status.CLOSED, 1: None, 2: Status.PAID, 3: Status.FAILED}
+
+
+def minor_units(value: object) -> int:
+    """The test's own reading of a valid amount: its decimal value times 100."""
+    return int(Decimal(str(value)) * 100)
+
+
+def notification_of(charge: Mapping[str, Any], headers: Mapping[str, str]) -> Notification:
+    """The notification a verified, valid `charge` must come to, field by field."""
+    paid = charge.get("pay_amount", charge["amount"])
+    return Notification(
+        provider="gopay",
+        merchant_id=MCHID,
+        out_trade_no=str(charge["out_trade_no"]),
+        target=TARGETS[int(charge.get("status", 2))],
+        paid_amount_minor=minor_units(paid),
+        order_amount_minor=minor_units(charge["amount"]),
+        currency=charge["currency"],
+        provider_trade_no=charge.get("trade_no") or charge.get("in_trade_no") or None,
+        nonce=headers["X-Ca-Noncestr"],
+        signed_headers={k.lower(): v for k, v in headers.items() if k.lower().startswith("x-ca")},
+        payout=charge.get("channel") == "gopay_payout",
+        detail="signature=base64",
+    )
+
+
+identifiers = st.text(
+    st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=128
+)
+amounts = st.integers(0, 10**17 - 1).flatmap(
+    lambda fen: st.sampled_from(
+        [f"{fen // 100}.{fen % 100:02d}", f"{fen // 100}.{fen % 100:02d}0", fen // 100]
+    )
+)
+valid_charges = st.fixed_dictionaries(
+    {
+        "out_trade_no": identifiers | st.integers(0, 10**20),
+        "amount": amounts,
+        "currency": st.sampled_from(["CNY", "INR"]),
+    },
+    optional={
+        "mid": st.sampled_from([MCHID, int(MCHID)]),
+        "pay_amount": amounts,
+        "status": st.sampled_from([0, 1, 2, 3, "0", "1", "2", "3"]),
+        "channel": st.sampled_from(["gopay_banktransfer", "gopay_bankupi", "gopay_payout"]),
+        "trade_no": identifiers,
+        "subject": st.text(max_size=20),
+        "extparam": json_values,
+    },
+)
+
+
+@PROPERTY_SETTINGS
+@given(charge=valid_charges)
+def test_a_signed_valid_charge_comes_to_exactly_its_fields(
+    gateway: GoPayGateway, signer: GoPaySigner, charge: dict[str, Any]
+) -> None:
+    body, headers = notify(signer, charge)
+    del headers["Content-Type"]
+    assert gateway.parse(inbound(body, headers)) == notification_of(charge, headers)
 
 
 @PROPERTY_SETTINGS
 @given(charge=json_charges, base64_step=st.booleans())
-def test_signed_arbitrary_charges_only_raise_rejected(
+def test_a_signed_arbitrary_charge_comes_to_its_fields_or_a_typed_refusal(
     gateway: GoPayGateway, signer: GoPaySigner, charge: dict[str, Any], base64_step: bool
 ) -> None:
     body, headers = notify(signer, charge, base64_step=base64_step)
-    parse_or_reject(gateway, body, headers)
+    try:
+        n = gateway.parse(inbound(body, headers))
+    except Rejected as error:
+        refused_with_a_typed_reason(error, {Outcome.MALFORMED, Outcome.UNKNOWN_MERCHANT})
+        return
+    assert n.merchant_id == MCHID
+    assert n.out_trade_no == str(charge["out_trade_no"])
+    assert n.order_amount_minor == minor_units(charge["amount"])
+    assert n.paid_amount_minor == minor_units(charge.get("pay_amount", charge["amount"]))
+    assert (n.currency, n.target) == (charge["currency"], TARGETS[int(charge.get("status", 2))])
+    assert n.detail == f"signature={'base64' if base64_step else 'plain'}"
 
 
 @PROPERTY_SETTINGS
@@ -1131,12 +1526,12 @@ def test_signed_arbitrary_charges_only_raise_rejected(
     charge=json_charges,
     headers=header_dicts,
 )
-def test_json_bodies_with_unsigned_headers_only_raise_rejected(
+def test_json_bodies_with_unsigned_headers_are_always_refused(
     gateway: GoPayGateway, top: dict[str, Any], charge: dict[str, Any], headers: dict[str, str]
 ) -> None:
     top["charge"] = charge
     for dumps in (php_json_encode, _pretty_json):
-        parse_or_reject(gateway, dumps(top), headers)
+        never_accepted(gateway, dumps(top), headers)
 
 
 def _pretty_json(value: Any) -> bytes:

@@ -14,6 +14,7 @@ from receiver.notification import (
     Status,
     check_amount,
     decide_transition,
+    is_identifier,
     kept_headers,
     parse_money,
 )
@@ -87,6 +88,12 @@ def note(**kw) -> Notification:
             Outcome.AMOUNT_MISMATCH,
         ),
         (note(target=F, paid_amount_minor=0), None, None),
+        (note(paid_amount_minor=100, underpay_channels=frozenset({"103"})), "103", None),
+        (note(paid_amount_minor=1, underpay_channels=frozenset({"103"})), "103", None),
+        (note(paid_amount_minor=None), None, None),
+        (note(order_amount_minor=100, paid_amount_minor=100), None, None),
+        (note(target=C, paid_amount_minor=5), None, None),
+        (note(target=None, paid_amount_minor=5), None, None),
     ],
 )
 def test_amount_rules(n, channel, expected):
@@ -140,3 +147,29 @@ def test_kept_headers_are_the_named_ones_present_and_storable_verbatim():
         "content-type": "application/json; charset=UTF-8",
         "x-ca-noncestr": " N1 ",
     }
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", False),
+        ("A", True),
+        ("A" * 128, True),
+        ("A" * 129, False),
+        ("订单-1", True),
+        ("A\tB", False),
+        ("A\x00", False),
+        ("\x00", False),
+    ],
+)
+def test_identifiers_are_1_to_128_printable_characters(text, expected):
+    assert is_identifier(text) is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("1.2.3", "not a decimal amount"), ("1.665", "not a whole number of minor units")],
+)
+def test_money_errors_say_what_is_wrong(text, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        parse_money(text)

@@ -68,7 +68,7 @@ def load_public_key(text: str) -> RSAPublicKey:
             key = serialization.load_pem_public_key(data)
         else:
             key = serialization.load_der_public_key(data)
-    except UnsupportedAlgorithm as exc:
+    except (ValueError, UnsupportedAlgorithm) as exc:  # DER that is not a key
         raise ValueError("not a public key") from exc
     if not isinstance(key, RSAPublicKey):
         raise ValueError("not an RSA public key")
