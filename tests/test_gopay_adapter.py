@@ -493,7 +493,7 @@ def test_bare_base64_key_with_a_stray_character_is_refused_not_repaired(
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("  \n ", "empty key text"), ("QUJD", "not a public key"), ("not a key", "not a public key")],
+    [("  \n ", "empty key text"), ("QUJD", "not a public key")],
 )
 def test_key_text_errors_say_what_is_wrong(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=f"^{message}$"):
