@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import time
 from collections.abc import Mapping
 from decimal import Decimal
 from importlib import resources
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 
 from receiver.config import GoPayConfig, GoPayMerchant
 from receiver.errors import ConfigError, Rejected
-from receiver.gateways import Gateway, Refusal, reply
+from receiver.gateways import Gateway, Refusal, reply, with_signature_headers
 from receiver.gateways.gopay import (
     FAIL_BODY,
     SUCCESS_BODY,
@@ -32,6 +33,17 @@ from receiver.gateways.gopay import (
     spki_der,
 )
 from receiver.gateways.gopay.notify import parse_status
+from receiver.gateways.gopay.signing import (
+    SignatureHeaders,
+    load_private_key,
+    load_private_key_file,
+    new_nonce,
+    now_ms,
+    sign_charge,
+    sign_request,
+    verify_request,
+    verify_signature,
+)
 from receiver.notification import Inbound, Notification, Outcome, Status
 from tests.gopay_signer import GoPaySigner, new_rsa_key, php_json_encode, public_key_text
 
@@ -1553,3 +1565,137 @@ def test_deeply_nested_but_complete_charge_is_malformed(
 ) -> None:
     body = b'{"charge":{"a":' + b"[" * 30000 + b"]" * 30000 + b"}}"
     assert rejected(gateway, body, signed_body(signer, body)).outcome is Outcome.MALFORMED
+
+
+def test_a_refusal_keeps_the_signature_headers_that_came(
+    gateway: GoPayGateway, signer: GoPaySigner
+) -> None:
+    body, headers = notify(signer)
+    del headers["X-Ca-Signature"]
+    refusal = Rejected(Outcome.IP_DENIED, "source address not allowed")
+    kept = with_signature_headers(gateway, inbound(body, headers), refusal)
+    assert kept is refusal
+    assert kept.headers == {
+        "x-ca-noncestr": headers["X-Ca-Noncestr"],
+        "x-ca-timestamp": headers["X-Ca-Timestamp"],
+    }
+
+
+def test_a_refusal_that_names_its_headers_keeps_them(
+    gateway: GoPayGateway, signer: GoPaySigner
+) -> None:
+    body, headers = notify(signer)
+    refusal = Rejected(Outcome.MALFORMED, "x", headers={"x-ca-noncestr": "N"})
+    assert with_signature_headers(gateway, inbound(body, headers), refusal).headers == {
+        "x-ca-noncestr": "N"
+    }
+
+
+# --- the asking side's keys and values (order queries, the stand-in platform) -----------------
+
+
+def test_new_nonces_are_32_random_upper_case_hex_characters() -> None:
+    nonces = {new_nonce() for _ in range(20)}
+    assert len(nonces) == 20
+    assert all(len(n) == 32 and n == n.upper() and int(n, 16) >= 0 for n in nonces)
+
+
+def test_now_ms_is_the_current_epoch_in_milliseconds() -> None:
+    before = int(time.time() * 1000)
+    stamp = now_ms()
+    after = int(time.time() * 1000)
+    assert stamp.isdigit() and before <= int(stamp) <= after
+
+
+def test_sign_charge_signs_the_base64_of_the_text_by_default(key: rsa.RSAPrivateKey) -> None:
+    charge = php_json_encode(CHARGE)
+    signature = sign_charge(key, nonce="N1", timestamp=str(NOW_MS), charge=charge)
+    headers = SignatureHeaders(nonce="N1", timestamp=str(NOW_MS), signature=signature)
+    assert verify_signature([key.public_key()], headers=headers, charge=charge) == "base64"
+
+
+def _private_pem(private: Any, encryption: Any = None) -> str:
+    return private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        encryption or serialization.NoEncryption(),
+    ).decode()
+
+
+def test_private_key_errors_say_what_is_wrong(key: rsa.RSAPrivateKey) -> None:
+    encrypted = _private_pem(key, serialization.BestAvailableEncryption(b"pw"))
+    with pytest.raises(ValueError, match=r"^not a private key$"):
+        load_private_key(encrypted)
+    ec_pem = _private_pem(ec.generate_private_key(ec.SECP256R1()))
+    with pytest.raises(ValueError, match=r"^not an RSA private key$"):
+        load_private_key(ec_pem)
+
+
+def test_short_private_key_file_is_a_config_error_naming_its_key(tmp_path: Path) -> None:
+    path = write_key(tmp_path, "short.pem", _private_pem(new_rsa_key(1024)))
+    with pytest.raises(ConfigError) as info:
+        load_private_key_file(path, source="x.toml", key="gopay.merchants[0].private_key")
+    error = info.value
+    assert (error.source, error.key) == ("x.toml", "gopay.merchants[0].private_key")
+    assert error.problem == f"{path}: key is 1024 bits, shorter than 2048"
+
+
+def test_unusable_private_key_file_says_it_wants_an_unencrypted_key(
+    tmp_path: Path, key: rsa.RSAPrivateKey
+) -> None:
+    encrypted = _private_pem(key, serialization.BestAvailableEncryption(b"pw"))
+    path = write_key(tmp_path, "enc.pem", encrypted)
+    with pytest.raises(ConfigError) as info:
+        load_private_key_file(path, source="x.toml", key="k")
+    assert (info.value.source, info.value.key) == ("x.toml", "k")
+    assert info.value.problem == (
+        f"{path} is not an RSA unencrypted private key (PEM or one base64 line)"
+    )
+
+
+def test_private_key_file_loads(tmp_path: Path, key: rsa.RSAPrivateKey) -> None:
+    path = write_key(tmp_path, "k.pem", _private_pem(key))
+    loaded = load_private_key_file(path, source="x.toml", key="k")
+    assert spki_der(loaded.public_key()) == spki_der(key.public_key())
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {},
+        {"path": "/pay/orderquery2"},
+        {"query": "a=1"},
+        {"nonce": "N2"},
+        {"timestamp": "1617583668306"},
+        {"body": b'{"mchid":"200001","out_trade_no":"B"}'},
+    ],
+)
+def test_an_order_query_signature_verifies_only_over_what_was_signed(
+    key: rsa.RSAPrivateKey, change: dict[str, Any]
+) -> None:
+    signed = {
+        "path": "/pay/orderquery",
+        "query": "",
+        "nonce": "N1",
+        "timestamp": "1617583668305",
+        "body": b'{"mchid":"200001","out_trade_no":"A"}',
+    }
+    signature = sign_request(key, **signed)
+    seen = {**signed, **change}
+    headers = SignatureHeaders(
+        nonce=seen["nonce"], timestamp=seen["timestamp"], signature=signature
+    )
+    ok = verify_request(
+        key.public_key(), path=seen["path"], query=seen["query"], headers=headers, body=seen["body"]
+    )
+    assert ok is (change == {})
+
+
+def test_an_order_query_signed_by_another_key_does_not_verify(
+    key: rsa.RSAPrivateKey, other_key: rsa.RSAPrivateKey
+) -> None:
+    body = b"{}"
+    signature = sign_request(key, path="/p", query="", nonce="N", timestamp="1", body=body)
+    headers = SignatureHeaders(nonce="N", timestamp="1", signature=signature)
+    public = other_key.public_key()
+    assert verify_request(public, path="/p", query="", headers=headers, body=body) is False
