@@ -29,6 +29,9 @@ CONFIG_TEMPLATE = """\
 host = "127.0.0.1"
 port = {port}
 
+[metrics]
+port = 0   # metrics are counted all the same; no listener to collide with another run's
+
 [log]
 level = "{log_level}"   # "info": one JSON line per notification, as in production
 

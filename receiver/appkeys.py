@@ -8,6 +8,7 @@ import asyncpg
 from aiohttp import web
 
 from receiver.config import Config
+from receiver.database import Health
 from receiver.gateways import Gateway, OrderQuerier
 from receiver.ledger import Ledger
 from receiver.unverified import UnverifiedLimiter
@@ -30,3 +31,5 @@ LEDGER = web.AppKey("ledger", Ledger)
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
 UNVERIFIED = web.AppKey("unverified", UnverifiedLimiter)
 QUERIERS = web.AppKey("queriers", dict[str, OrderQuerier])
+HEALTH = web.AppKey("database_health", Health)
+MIGRATED = web.AppKey("migrated", list[str])  # the migrations this start applied

@@ -1,5 +1,5 @@
 """The `receiver` command: serve, migrate, orders add|show|list|resolve, notifications list,
-replay, reconcile, demo.
+replay, reconcile, demo, check-config, --version.
 
 Exit status: 0 success, 2 bad usage or configuration, 1 failure; one clear line on stderr.
 """
@@ -26,6 +26,7 @@ from receiver.config import Config, load_config
 from receiver.errors import ConfigError, DatabaseUnavailable, NoEmbeddedDatabase
 from receiver.gateways.queriers import build_queriers
 from receiver.logging import configure_logging
+from receiver.metrics import ListenerError
 from receiver.notification import MAX_IDENTIFIER_LENGTH, Outcome, is_identifier, parse_money
 
 PROVIDERS = ("gopay", "baofoo")
@@ -47,6 +48,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The command line as SPEC.md gives it."""
     parser = _Parser(prog="receiver", description="GoPay and Baofoo payment-notification receiver")
+    parser.add_argument("--version", action=_PrintVersion, nargs=0, help="print the version")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     serve = sub.add_parser("serve", help="run the service")
     _config_arg(serve)
@@ -64,11 +66,25 @@ def build_parser() -> argparse.ArgumentParser:
     _order_key_args(osub.add_parser("show", help="print an order and its notifications"))
     demo = sub.add_parser("demo", help="the whole loop on one machine, with a summary")
     demo.add_argument("--keep", action="store_true", help="keep the demo database directory")
+    _config_arg(
+        sub.add_parser(
+            "check-config",
+            help="validate the configuration and its key files, print what would run",
+        )
+    )
     from receiver.simulate.command import add_simulate_parser  # noqa: PLC0415 - imports this module
 
     add_simulate_parser(sub, _Parser)
     _add_operations(sub, osub)
     return parser
+
+
+class _PrintVersion(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, *_args: Any, **_kw: Any) -> None:
+        from receiver.observe import version  # noqa: PLC0415
+
+        print(f"receiver {version()}")
+        parser.exit()
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
@@ -103,7 +119,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(2, f"usage: {exc}")
     except ConfigError as exc:
         return _fail(2, f"configuration error: {exc}")
-    except (DatabaseUnavailable, database.MigrationError, Failure, NoEmbeddedDatabase) as exc:
+    except (
+        DatabaseUnavailable,
+        database.MigrationError,
+        Failure,
+        NoEmbeddedDatabase,
+        ListenerError,
+    ) as exc:
         return _fail(1, str(exc))
     except KeyboardInterrupt:
         return 130
@@ -160,7 +182,12 @@ def _run(args: argparse.Namespace) -> int:
         from receiver.simulate.command import run_simulate  # noqa: PLC0415
 
         return run_simulate(args)
-    config = load_config(args.config)
+    return _run_configured(args, load_config(args.config))
+
+
+def _run_configured(args: argparse.Namespace, config: Config) -> int:
+    if args.command == "check-config":
+        return _check_config(config)
     configure_logging(fmt=config.log.format, level=config.log.level)
     if args.command == "serve":
         from receiver.serve import serve  # noqa: PLC0415
@@ -171,6 +198,21 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "migrate":
         return asyncio.run(_migrate(config))
     return asyncio.run(_command(args)(config, args))
+
+
+def _check_config(config: Config) -> int:
+    """Load every key file and the TLS pair as serve would; print what would run, no secret."""
+    from receiver.app import build_gateways  # noqa: PLC0415
+    from receiver.gateways.queriers import build_queriers  # noqa: PLC0415
+    from receiver.observe import summary  # noqa: PLC0415
+    from receiver.serve import tls_context  # noqa: PLC0415
+
+    build_gateways(config)
+    build_queriers(config)  # the merchants' query keys
+    tls = tls_context(config.server, source=config.source) is not None
+    server = {"host": config.server.host, "port": config.server.port, "tls": tls}
+    print(json.dumps(summary(config) | {"server": server}, indent=2))
+    return 0
 
 
 def _check_workers(workers: int) -> None:

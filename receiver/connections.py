@@ -27,6 +27,7 @@ from typing import Any
 
 from aiohttp import hdrs, web
 
+from receiver import metrics
 from receiver.appkeys import CONFIG, GATEWAYS
 from receiver.config import ServerConfig
 from receiver.gateways import Gateway, Refusal, reply
@@ -186,6 +187,7 @@ class ReceiverRequestHandler(web.RequestHandler):
         if gateway is None:
             resp = web.Response(status=int(refusal), text=f"{HTTPStatus(refusal).phrase}\n")
         else:
+            metrics.http_refused(gateway.provider, refusal)
             resp = response(reply(gateway.dialect, refusal))
         resp.headers[hdrs.SERVER] = SERVER_NAME
         resp.force_close()

@@ -9,6 +9,7 @@ import importlib.util
 import logging
 import re
 import subprocess
+import time
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -19,8 +20,12 @@ from typing import Any
 
 import asyncpg
 
+from receiver import metrics
 from receiver.config import DatabaseConfig
 from receiver.errors import DatabaseRefused, DatabaseUnavailable, NoEmbeddedDatabase
+from receiver.logging import get_logger
+
+log = get_logger(__name__)
 
 # The server answered but refuses this URL: no such database or role, or a wrong password.
 # Nothing was recorded (503) like any connection error, but waiting will not cure it.
@@ -310,3 +315,45 @@ def _plain_reason(exc: BaseException) -> str:
         return exc.strerror[:1].lower() + exc.strerror[1:]
     text = str(exc).splitlines()[0] if str(exc) else ""
     return text or type(exc).__name__
+
+
+class Health:
+    """Whether the database answered the last call made through this process's pool.
+
+    Everything that talks to the database reports here (the ledger, /readyz, background tasks),
+    so an outage is logged once when it starts (`database_unavailable`) and once when it ends
+    (`database_recovered`), however many calls fail in between, and `receiver_database_up`
+    follows it.
+    """
+
+    def __init__(self) -> None:
+        self.up: bool | None = None  # None: nothing known yet
+        self._down_since = 0.0
+
+    def worked(self) -> None:
+        """A database call succeeded."""
+        if self.up:
+            return
+        if self.up is False:
+            down_s = time.monotonic() - self._down_since
+            log.info("database_recovered", down_s=round(down_s, 1))
+        self.up = True
+        metrics.DATABASE_UP.set(1)
+
+    def failed(self, reason: str) -> None:
+        """A database call failed for want of a database; `reason` names why, never the URL."""
+        if self.up is False:
+            return
+        self.up = False
+        self._down_since = time.monotonic()
+        log.error("database_unavailable", reason=reason)
+        metrics.DATABASE_UP.set(0)
+
+    def unavailable(self, exc: BaseException) -> DatabaseUnavailable:
+        """Report a connection error; the DatabaseUnavailable to raise in its place."""
+        if isinstance(exc, DatabaseUnavailable):
+            reason = str(exc)
+        else:
+            reason = describe_connection_error(exc)
+        self.failed(reason)
+        return DatabaseUnavailable(reason)

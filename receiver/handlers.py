@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from receiver import metrics
 from receiver.appkeys import CONFIG, GATEWAYS, LEDGER, UNVERIFIED
 from receiver.config import Network
 from receiver.errors import DatabaseUnavailable, Rejected
@@ -66,6 +67,7 @@ async def notify(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound(text="no such gateway\n")
     started = time.perf_counter()
     handled = await _handle(request, gateway)
+    _measure(gateway.provider, handled, started)
     if handled.answer is not Refusal.TOO_MANY_UNVERIFIED:  # the limiter logs a summary instead
         _log_notification(gateway.provider, handled, started)
     return response(reply(gateway.dialect, handled.answer))
@@ -269,6 +271,15 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _measure(provider: str, handled: Handled, started: float) -> None:
+    answer = handled.answer
+    metrics.replied(
+        provider,
+        seconds=time.perf_counter() - started,
+        refused_status=int(answer) if isinstance(answer, Refusal) else None,
+    )
 
 
 def _log_notification(provider: str, handled: Handled, started: float) -> None:

@@ -26,8 +26,9 @@ from datetime import timedelta
 
 import asyncpg
 
-from receiver.database import CONNECTION_ERRORS, describe_connection_error
-from receiver.errors import DatabaseUnavailable, Rejected
+from receiver import metrics
+from receiver.database import CONNECTION_ERRORS, Health
+from receiver.errors import Rejected
 from receiver.notification import (
     CONTENT_TYPE_HEADER,
     Inbound,
@@ -156,8 +157,10 @@ class Ledger:
         nonce_window_s: int = 900,
         batch_max: int = 64,
         batch_concurrency: int = 2,
+        health: Health | None = None,
     ) -> None:
         self._pool = pool
+        self.health = health or Health()
         self._nonce_window = timedelta(seconds=max(nonce_window_s, 1) * 2)
         self._batch_max = batch_max
         self._concurrency = batch_concurrency
@@ -203,7 +206,7 @@ class Ledger:
         try:
             results = await self._write_retrying(batch)
         except CONNECTION_ERRORS as exc:
-            _fail(batch, DatabaseUnavailable(describe_connection_error(exc)))
+            _fail(batch, self.health.unavailable(exc))
         except asyncpg.PostgresError as exc:
             if len(batch) == 1:
                 _fail(batch, exc)
@@ -213,7 +216,10 @@ class Ledger:
         except Exception as exc:  # a bug: every caller must still hear back
             _fail(batch, exc)
         else:
+            self.health.worked()
+            metrics.batch_written(len(batch))
             for item, result in zip(batch, results, strict=True):
+                _counted(item.inbound.provider, result, item.source)
                 if not item.future.done():
                     item.future.set_result(result)
 
@@ -289,13 +295,18 @@ class Ledger:
                     replay_of,
                 )
         except CONNECTION_ERRORS as exc:
-            raise DatabaseUnavailable(describe_connection_error(exc)) from exc
-        return Result(
-            outcome=rejected.outcome,
-            notification_id=nid,
-            merchant_id=rejected.merchant_id,
-            out_trade_no=rejected.out_trade_no,
-            detail=rejected.reason,
+            raise self.health.unavailable(exc) from exc
+        self.health.worked()
+        return _counted(
+            inbound.provider,
+            Result(
+                outcome=rejected.outcome,
+                notification_id=nid,
+                merchant_id=rejected.merchant_id,
+                out_trade_no=rejected.out_trade_no,
+                detail=rejected.reason,
+            ),
+            source,
         )
 
     async def preview(self, n: Notification) -> Decision:
@@ -304,7 +315,8 @@ class Ledger:
             async with self._pool.acquire() as conn:
                 orders, seen = await self._read(conn, [n])
         except CONNECTION_ERRORS as exc:
-            raise DatabaseUnavailable(describe_connection_error(exc)) from exc
+            raise self.health.unavailable(exc) from exc
+        self.health.worked()
         return plan_batch([n], orders, seen).decisions[0]
 
     async def prune_nonces(self) -> int:
@@ -313,8 +325,15 @@ class Ledger:
             async with self._pool.acquire() as conn:
                 status = await conn.execute(PRUNE_NONCES, self._nonce_window)
         except CONNECTION_ERRORS as exc:
-            raise DatabaseUnavailable(describe_connection_error(exc)) from exc
+            raise self.health.unavailable(exc) from exc
+        self.health.worked()
         return int(status.split()[-1])
+
+
+def _counted(provider: str, result: Result, source: str) -> Result:
+    # Counted here, after the commit, so that the counters agree with the notifications table.
+    metrics.notification_recorded(provider, result.outcome.value, source)
+    return result
 
 
 def _fail(batch: Iterable[_Item], exc: BaseException) -> None:

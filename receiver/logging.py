@@ -156,6 +156,48 @@ def configure_logging(*, fmt: str = "json", level: str = "info", cache: bool = T
         logger_factory=factory,
         cache_logger_on_first_use=cache,
     )
+    route_library_records(level)
+
+
+class LibraryRecords(logging.Handler):
+    """The standard library's log records (aiohttp, asyncpg, asyncio, warnings) as structlog
+    events: the same JSON lines, the same redaction, one writer. A connection error is one
+    `error` field, not a traceback: a database outage must not fill the log with them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields: dict[str, Any] = {"logger_name": record.name}
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, _CONNECTION_ERRORS) or _from_asyncpg(error):
+            fields["error"] = one_line_error(error)
+        elif record.exc_info:
+            fields["exc_info"] = record.exc_info
+        try:
+            structlog.get_logger().log(record.levelno, record.getMessage(), **fields)
+        except Exception:  # a logging failure must not become the caller's
+            self.handleError(record)
+
+
+_CONNECTION_ERRORS = (OSError, TimeoutError, EOFError)
+
+
+def _from_asyncpg(error: BaseException | None) -> bool:
+    return error is not None and type(error).__module__.startswith("asyncpg")
+
+
+def one_line_error(error: BaseException | None) -> str:
+    """`Type: first line of the message`, for a log field or an operator's one-line reason."""
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}{': ' + text if text else ''}"
+
+
+def route_library_records(level: str) -> None:
+    """Send the root logger's records (every library's) through structlog, at `level`."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, LibraryRecords)]:
+        root.removeHandler(handler)
+    root.addHandler(LibraryRecords())
+    root.setLevel(level.upper())
+    logging.captureWarnings(True)
 
 
 def line_writer_factory(stream: TextIO) -> Any:

@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from receiver import metrics
 from receiver.config import ReconcileConfig
-from receiver.database import CONNECTION_ERRORS, describe_connection_error
+from receiver.database import CONNECTION_ERRORS, Health
 from receiver.errors import DatabaseUnavailable
 from receiver.gateways import OrderQuerier, OrderRef, QueryAnswer, QueryResult
 from receiver.ledger import QUERY, Ledger, Result
@@ -210,12 +211,14 @@ def _due(row: asyncpg.Record) -> _Due:
 
 
 @contextlib.asynccontextmanager
-async def _database(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+async def _database(pool: asyncpg.Pool, health: Health) -> AsyncIterator[asyncpg.Connection]:
+    """A connection; what came of it reported to `health` (database.Health: one log per outage)."""
     try:
         async with pool.acquire() as conn:
             yield conn
     except CONNECTION_ERRORS as exc:
-        raise DatabaseUnavailable(describe_connection_error(exc)) from exc
+        raise health.unavailable(exc) from exc
+    health.worked()
 
 
 # --- the shell --------------------------------------------------------------------------------
@@ -267,7 +270,7 @@ class Reconciler:
 
     async def query_now(self, provider: str, merchant_id: str, out_trade_no: str) -> Report:
         """Query one order at once, whatever its schedule (the gap between queries kept)."""
-        async with _database(self._pool) as conn:
+        async with _database(self._pool, self._ledger.health) as conn:
             row = await conn.fetchrow(SELECT_ORDER, provider, merchant_id, out_trade_no)
             if row is None:
                 what = f"no {provider} order {out_trade_no} for merchant {merchant_id}"
@@ -308,7 +311,7 @@ class Reconciler:
         """The due orders looked at, and those of them this process claimed."""
         first = timedelta(seconds=self.config.first_after_s)
         give_up = timedelta(seconds=self.config.give_up_after_s)
-        async with _database(self._pool) as conn:
+        async with _database(self._pool, self._ledger.health) as conn:
             rows = await conn.fetch(
                 SELECT_DUE, provider, first, give_up, list(exclude), self._claim_batch
             )
@@ -335,6 +338,7 @@ class Reconciler:
         else:
             async with self._slots[order.provider]:
                 answer = await self._ask(querier, order)
+            metrics.reconcile_query_answered(order.provider, answer.result)
             report = await self._apply(order, answer)
             await self._record(order, report.result)
         self._report(report)
@@ -374,7 +378,7 @@ class Reconciler:
 
     async def _record(self, order: OrderRef, result: str) -> None:
         try:
-            async with _database(self._pool) as conn:
+            async with _database(self._pool, self._ledger.health) as conn:
                 await conn.execute(RECORD_RESULT, order.order_id, result)
         except DatabaseUnavailable:
             pass  # only bookkeeping: the schedule already moved on when the order was claimed

@@ -43,7 +43,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from receiver import connections, database
+from receiver import connections, database, metrics, observe
 from receiver.app import CleanupContext, background, build_gateways, create_app
 from receiver.appkeys import IN_FLIGHT
 from receiver.config import Config, ServerConfig
@@ -82,22 +82,40 @@ def serve(config: Config, *, host: str | None, port: int | None, workers: int = 
     port = config.server.port if port is None else port
     bind_pid_to_logs()
     if workers <= 1:
-        return run_worker(config, host=host, port=port, reuse_port=False)
+        with observe.observing_process(config) as observer:
+            return run_worker(config, host=host, port=port, reuse_port=False, observer=observer)
     tls_context(config.server, source=config.source)  # bad files: exit 2 before any worker
     build_gateways(config)
-    with _reserved_port(host, port) as fixed_port, _shared_database(config) as shared:
+    with (
+        _reserved_port(host, port) as fixed_port,
+        metrics.multiprocess_dir() as metrics_dir,  # before any worker: they inherit it
+        _shared_database(config) as shared,
+        observe.observing_workers(config, url=shared.database.url, path=metrics_dir),
+    ):
         return Supervisor(config=shared, host=host, port=fixed_port, workers=workers).run()
 
 
 def run_worker(
-    config: Config, *, host: str, port: int, reuse_port: bool, parent_pid: int | None = None
+    config: Config,
+    *,
+    host: str,
+    port: int,
+    reuse_port: bool,
+    parent_pid: int | None = None,
+    observer: CleanupContext | None = None,
 ) -> int:
-    """Serve in this process until a signal; 0 after a graceful shutdown."""
+    """Serve in this process until a signal; 0 after a graceful shutdown.
+
+    `observer`: the cleanup context of the process that serves /metrics, when this is it.
+    """
     ssl_context = tls_context(config.server, source=config.source)
     connections.raise_open_files_limit()  # systemd's default soft limit is 1024
     app = create_app(config)
+    metrics.zero_series()
     if parent_pid is not None:
         app.cleanup_ctx.append(_orphan_watch(parent_pid))
+    if observer is not None:
+        app.cleanup_ctx.append(observer)
     site = _Site(host=host, port=port, ssl_context=ssl_context, reuse_port=reuse_port)
     asyncio.run(_serve_until_stopped(app, site, shutdown_timeout=config.server.shutdown_timeout_s))
     log.info("stopped")
@@ -326,6 +344,8 @@ class Supervisor:
 
     def _exited(self, proc: BaseProcess) -> None:
         code = proc.exitcode
+        if proc.pid is not None:
+            metrics.worker_exited(proc.pid)
         # Killed by the SIGTERM we forwarded before it could install aiohttp's handler: it
         # never accepted a connection, so that is a clean stop too.
         clean = code == 0 or (self.stop_deadline is not None and code == -signal.SIGTERM)

@@ -43,7 +43,10 @@ def free_port() -> int:
 
 def write_config(path: Path, *, gopay_key_file: Path | None = None, **tables: Any) -> Path:
     """Write a TOML configuration: `tables` maps a table name to its keys, e.g.
-    server={"read_timeout_s": 1.5}; a GoPay merchant 100001 when `gopay_key_file` is given."""
+    server={"read_timeout_s": 1.5}; a GoPay merchant 100001 when `gopay_key_file` is given.
+    No metrics listener unless `metrics` says so: services started side by side (and by other
+    test runs on this machine) would all want the default port."""
+    tables.setdefault("metrics", {"port": 0})
     lines: list[str] = []
     for name, keys in tables.items():
         lines.append(f"[{name}]")

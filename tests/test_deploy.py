@@ -211,3 +211,19 @@ def test_k8s_cronjob_runs_one_reconcile_pass_like_the_deployment() -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["restartPolicy"] == "Never"
+
+
+def test_k8s_exposes_the_metrics_listener_for_scraping_apart_from_the_gateways_port() -> None:
+    config = _k8s_config()
+    assert config.metrics.port and config.metrics.port != config.server.port
+    assert config.metrics.host == "0.0.0.0"
+    if yaml is None:
+        pytest.skip("PyYAML is not installed")
+    template = _k8s_deployment()["spec"]["template"]
+    [container] = template["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["metrics"] == config.metrics.port
+    annotations = template["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(config.metrics.port)
+    assert annotations["prometheus.io/path"] == "/metrics"

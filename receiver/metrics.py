@@ -1,0 +1,290 @@
+"""Prometheus metrics (SPEC.md "Metrics"), each named once here.
+
+Who counts what: the ledger counts each notification it committed (so the counters agree with the
+`notifications` table), the handlers time each reply and count the refusals (the connection
+counts the parser's), database.Health sets `receiver_database_up`. The gauges that come from
+the database (`receiver_orders_overdue`, `receiver_orders_needs_review`) and
+`receiver_build_info` belong to the one process that serves `/metrics`: it refreshes them on an
+interval (`OrdersWatch`), so a scrape never queries the database.
+
+With `--workers N` the supervisor serves `/metrics` and the workers count in prometheus_client's
+multiprocess mode: the supervisor makes a fresh directory per run (`multiprocess_dir`) and sets
+PROMETHEUS_MULTIPROC_DIR before it spawns anybody; each scrape merges the workers' files, so the
+counts of a worker that exited stay in the totals, and its live gauges leave with it
+(`worker_exited`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from receiver.config import MetricsConfig
+from receiver.gateways import QueryResult
+from receiver.notification import Outcome
+
+PROVIDERS = ("gopay", "baofoo")
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+NOTIFICATIONS = Counter(
+    "receiver_notifications",
+    "Notifications recorded in the notifications table, by outcome and source.",
+    ["provider", "outcome", "source"],
+)
+NOTIFICATION_SECONDS = Histogram(
+    "receiver_notification_seconds",
+    "Time from receipt of a notification to its reply.",
+    ["provider"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+HTTP_REFUSALS = Counter(
+    "receiver_http_refusals",
+    "Replies given before or without an outcome (400 from the HTTP parser, 405, 408, 413, "
+    "415, 429, 503).",
+    ["provider", "status"],
+)
+LEDGER_BATCH_SIZE = Histogram(
+    "receiver_ledger_batch_size",
+    "Notifications written in one ledger transaction.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000),
+)
+# With workers: the lowest of the live workers', so one worker cut off from the database shows.
+DATABASE_UP = Gauge(
+    "receiver_database_up",
+    "1 when the last database call worked, else 0.",
+    multiprocess_mode="livemin",
+)
+RECONCILE_QUERIES = Counter(
+    "receiver_reconcile_queries",
+    "Order queries sent to the gateways, by what they answered.",
+    ["provider", "result"],
+)
+# Served only by the process that serves /metrics (OrdersWatch): no worker holds a copy.
+ORDERS_OVERDUE = "receiver_orders_overdue"
+ORDERS_NEEDS_REVIEW = "receiver_orders_needs_review"
+BUILD_INFO = "receiver_build_info"
+
+# Label children looked up once: `labels()` takes a lock and builds a key on every call.
+_notifications: dict[tuple[str, str, str], Any] = {}
+_seconds: dict[str, Any] = {}
+
+
+def notification_recorded(provider: str, outcome: str, source: str) -> None:
+    """Count one notification committed to the `notifications` table."""
+    key = (provider, outcome, source)
+    child = _notifications.get(key)
+    if child is None:
+        child = _notifications[key] = NOTIFICATIONS.labels(provider, outcome, source)
+    child.inc()
+
+
+def replied(provider: str, *, seconds: float, refused_status: int | None) -> None:
+    """Time one reply; count it as a refusal when it was one (`refused_status`)."""
+    child = _seconds.get(provider)
+    if child is None:
+        child = _seconds[provider] = NOTIFICATION_SECONDS.labels(provider)
+    child.observe(seconds)
+    if refused_status is not None:
+        http_refused(provider, refused_status)
+
+
+def http_refused(provider: str, status: int) -> None:
+    """Count one reply given before or without an outcome (the parser's 400, 405, ..., 503)."""
+    HTTP_REFUSALS.labels(provider, str(int(status))).inc()
+
+
+def reconcile_query_answered(provider: str, result: QueryResult) -> None:
+    """Count one order query sent, by what came of it."""
+    RECONCILE_QUERIES.labels(provider, result.value).inc()
+
+
+def batch_written(size: int) -> None:
+    """Observe the size of one ledger batch."""
+    LEDGER_BATCH_SIZE.observe(size)
+
+
+def zero_series() -> None:
+    """Create the usual series at 0, so that rate() and increase() see their first rise."""
+    for provider in PROVIDERS:
+        for outcome in Outcome:
+            NOTIFICATIONS.labels(provider, outcome.value, "notify")
+        for result in QueryResult:
+            RECONCILE_QUERIES.labels(provider, result.value)
+        NOTIFICATION_SECONDS.labels(provider)
+
+
+# --- the gauges that come from the database ------------------------------------------------
+
+# Pending past reconcile.first_after_s, and waiting for a person, per provider. Two arms so that
+# each can use its own partial index (pending orders by age; orders needing review).
+COUNT_WATCHED_ORDERS = """
+SELECT provider, count(*) AS overdue, 0 AS needs_review
+FROM orders
+WHERE status = 'pending' AND created_at < now() - $1::interval
+GROUP BY provider
+UNION ALL
+SELECT provider, 0, count(*)
+FROM orders
+WHERE needs_review
+GROUP BY provider
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class OrderCounts:
+    """What the last refresh found; None before the first one worked."""
+
+    overdue: dict[str, int]
+    needs_review: int
+
+
+class OrdersWatch(Collector):
+    """The database-derived gauges and build info, as last refreshed, for one registry."""
+
+    def __init__(self, *, build_version: str) -> None:
+        self.build_version = build_version
+        self.counts: OrderCounts | None = None  # replaced whole: read from the listener's thread
+
+    async def refresh(self, conn: asyncpg.Connection, *, overdue_after_s: int) -> None:
+        """Count the overdue and needs-review orders now."""
+        rows = await conn.fetch(COUNT_WATCHED_ORDERS, timedelta(seconds=overdue_after_s))
+        overdue = dict.fromkeys(PROVIDERS, 0)
+        for r in rows:
+            overdue[r["provider"]] += r["overdue"]
+        self.counts = OrderCounts(overdue, sum(r["needs_review"] for r in rows))
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        info = GaugeMetricFamily(BUILD_INFO, "The running version.", labels=["version"])
+        info.add_metric([self.build_version], 1)
+        yield info
+        counts = self.counts
+        if counts is None:
+            return  # no figure rather than a false zero
+        overdue = GaugeMetricFamily(
+            ORDERS_OVERDUE,
+            "Orders still pending longer than reconcile.first_after_s after creation.",
+            labels=["provider"],
+        )
+        for provider, n in sorted(counts.overdue.items()):
+            overdue.add_metric([provider], n)
+        yield overdue
+        yield GaugeMetricFamily(
+            ORDERS_NEEDS_REVIEW, "Orders flagged needs_review.", value=counts.needs_review
+        )
+
+
+# Sample names per metric type, as the text exposition writes them.
+_SAMPLE_SUFFIXES = {
+    "counter": ("_total",),
+    "histogram": ("_bucket", "_sum", "_count"),
+    "gauge": ("",),
+}
+
+
+def exposed_names() -> set[str]:
+    """Every receiver_* sample name a scrape can show (alert rules and dashboards use these)."""
+    watch = OrdersWatch(build_version="")
+    watch.counts = OrderCounts({}, 0)
+    families = [*REGISTRY.collect(), *watch.collect()]
+    return {
+        f.name + suffix
+        for f in families
+        if f.name.startswith("receiver_")
+        for suffix in _SAMPLE_SUFFIXES.get(f.type, ("",))
+    }
+
+
+# --- where /metrics is served ----------------------------------------------------------------
+
+
+def process_registry(watch: OrdersWatch) -> CollectorRegistry:
+    """One process serving its own figures: the default registry plus the watch."""
+    REGISTRY.register(watch)
+    return REGISTRY
+
+
+def workers_registry(path: str, watch: OrdersWatch) -> CollectorRegistry:
+    """The supervisor's registry: every worker's files in `path`, merged, plus the watch."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    registry.register(watch)
+    return registry
+
+
+@contextlib.contextmanager
+def multiprocess_dir() -> Iterator[str]:
+    """A fresh directory for the workers' metric files, in the environment they inherit."""
+    path = tempfile.mkdtemp(prefix="receiver-metrics-")
+    previous = os.environ.get(MULTIPROC_ENV)
+    os.environ[MULTIPROC_ENV] = path
+    try:
+        yield path
+    finally:
+        if previous is None:
+            os.environ.pop(MULTIPROC_ENV, None)
+        else:
+            os.environ[MULTIPROC_ENV] = previous
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def worker_exited(pid: int) -> None:
+    """Drop an exited worker's live gauges (its counts stay in the totals)."""
+    path = os.environ.get(MULTIPROC_ENV)
+    if path:
+        multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+
+
+def listen_address(config: MetricsConfig) -> str:
+    """Where /metrics is served: host:port, or "off" when `[metrics] port` is 0."""
+    return f"{config.host}:{config.port}" if config.port else "off"
+
+
+class ListenerError(OSError):
+    """The metrics listener could not bind its address."""
+
+
+@dataclass
+class Listener:
+    """`/metrics` over HTTP on its own address, served from a thread."""
+
+    config: MetricsConfig
+    registry: CollectorRegistry
+    _server: Any = field(default=None, init=False)
+
+    def start(self) -> None:
+        if not self.config.port:
+            return
+        try:
+            self._server, _thread = start_http_server(
+                self.config.port, addr=self.config.host, registry=self.registry
+            )
+        except OSError as exc:
+            problem = exc.strerror or str(exc)
+            raise ListenerError(
+                f"metrics listener {listen_address(self.config)}: {problem}"
+            ) from None
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
