@@ -13,6 +13,7 @@ from datetime import timedelta
 import aiohttp
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from receiver.app import create_app
 from receiver.config import Config, ReconcileConfig
@@ -361,3 +362,19 @@ async def test_serve_recovers_a_lost_payment_from_the_gateways_order_query(
         " ORDER BY 1"
     )
     assert [tuple(r) for r in rows] == [("E1", "paid", "query"), ("E2", "failed", "query")]
+
+
+async def test_each_query_is_counted_by_result_and_its_stored_answer_by_source(
+    db, pool, session, make_order, gopay, signer
+):
+    await aged(db, await make_order("RM1"), 301)
+    querier = FakeQuerier("gopay", gopay_answer(gopay, signer, "paid"))
+
+    def count(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, {"provider": "gopay", **labels}) or 0.0
+
+    queried = count("receiver_reconcile_queries_total", result="paid")
+    applied = count("receiver_notifications_total", outcome="applied", source="query")
+    await reconciler(pool, session, querier).run_pass()
+    assert count("receiver_reconcile_queries_total", result="paid") - queried == 1
+    assert count("receiver_notifications_total", outcome="applied", source="query") - applied == 1
