@@ -22,6 +22,35 @@ ok() { PASSED+=("$1"); printf 'ok: %s\n' "$1"; }
 fail() { FAILED+=("$1"); printf 'FAILED: %s\n' "$1" >&2; }
 skip() { SKIPPED+=("$1"); printf 'skipped: %s\n' "$1"; }
 
+# apt_install PKG...: as root, install the first of PKG... that Debian has (from the package lists
+# as they are, else after an apt-get update); a no-op for others. The caller checks the result.
+apt_install() {
+    [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null || return 0
+    echo "installing Debian's $1"
+    export DEBIAN_FRONTEND=noninteractive
+    local pkg
+    for pkg in "$@"; do
+        apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null 2>&1 && return 0
+    done
+    apt-get update -qq >/dev/null 2>&1 || true
+    for pkg in "$@"; do
+        apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null 2>&1 && return 0
+    done
+    return 0
+}
+
+# have TOOL PACKAGE: true when TOOL is on PATH; else a failure (as root: the install of PACKAGE
+# failed) or a skip (others cannot install it).
+have() {
+    command -v "$1" >/dev/null && return 0
+    if [[ $(id -u) -eq 0 ]]; then
+        fail "$1: not installed and apt-get install $2 failed"
+    else
+        skip "$1: not installed and not root, so cannot apt-get install $2"
+    fi
+    return 1
+}
+
 # Python: the project's venv when present (it has the receiver package, for parse_config),
 # else a temporary venv with the project installed. Extra tools go into $WORK/pylib only.
 pick_python() {
@@ -45,27 +74,11 @@ pick_python() {
 check_nginx() {
     step "nginx: nginx -t on deploy/nginx/receiver.conf"
     if ! command -v nginx >/dev/null; then
-        if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-            echo "installing Debian's nginx"
-            export DEBIAN_FRONTEND=noninteractive
-            if ! apt-get install -y -qq nginx-light >/dev/null 2>&1 \
-                && ! apt-get install -y -qq nginx >/dev/null 2>&1; then
-                apt-get update -qq >/dev/null 2>&1 || true
-                apt-get install -y -qq nginx-light >/dev/null 2>&1 \
-                    || apt-get install -y -qq nginx >/dev/null 2>&1 || true
-            fi
-        fi
+        apt_install nginx-light nginx
         # Debian installs nginx in /usr/sbin, which a non-login PATH may lack.
         export PATH="$PATH:/usr/sbin:/sbin"
     fi
-    if ! command -v nginx >/dev/null; then
-        if [[ $(id -u) -eq 0 ]]; then
-            fail "nginx: not installed and apt-get install nginx-light/nginx failed"
-        else
-            skip "nginx -t: no nginx binary and not root, so cannot apt-get install it"
-        fi
-        return
-    fi
+    have nginx nginx-light/nginx || return 0
     local prefix="$WORK/nginx"
     mkdir -p "$prefix/tls" "$prefix/logs"
     openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=localhost" \
@@ -102,27 +115,10 @@ EOF
 
 # --- Prometheus rules and the Grafana dashboard ---------------------------------------------
 # Debian's prometheus package ships promtool (installed without recommends, no exporters).
-install_promtool() {
-    command -v promtool >/dev/null && return
-    [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null || return 0
-    echo "installing Debian's prometheus (for promtool)"
-    export DEBIAN_FRONTEND=noninteractive
-    if ! apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1; then
-        apt-get update -qq >/dev/null 2>&1 || true
-        apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 || true
-    fi
-}
-
 check_monitoring() {
     step "monitoring: promtool check rules / test rules, metric names in rules and dashboard"
-    install_promtool
-    if ! command -v promtool >/dev/null; then
-        if [[ $(id -u) -eq 0 ]]; then
-            fail "promtool: not installed and apt-get install prometheus failed"
-        else
-            skip "promtool: not installed and not root, so cannot apt-get install prometheus"
-        fi
-    else
+    command -v promtool >/dev/null || apt_install prometheus
+    if have promtool prometheus; then
         local version
         version=$(promtool --version 2>&1 | head -1 | awk '{print $3}')
         if promtool check rules "$DEPLOY/prometheus/alerts.yml"; then
