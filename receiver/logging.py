@@ -21,6 +21,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from receiver.errors import DatabaseUnavailable
+
 # Never log these, whatever a caller binds (SPEC: no key, no signature, no secret).
 _SECRET_KEYS = frozenset(
     {"signature", "x-ca-signature", "md5sign", "md5_key", "key", "private_key", "password", "url"}
@@ -177,7 +179,7 @@ class LibraryRecords(logging.Handler):
             self.handleError(record)
 
 
-_CONNECTION_ERRORS = (OSError, TimeoutError, EOFError)
+_CONNECTION_ERRORS = (OSError, TimeoutError, EOFError, DatabaseUnavailable)
 
 
 def _from_asyncpg(error: BaseException | None) -> bool:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
+from receiver.errors import DatabaseUnavailable
 from receiver.logging import LibraryRecords, route_library_records
 
 
@@ -47,6 +48,15 @@ def test_a_connection_error_is_one_field_not_a_traceback(routed):
         line["error"]
         == "ConnectionRefusedError: [Errno 111] Connect call failed ('127.0.0.1', 5432)"
     )
+    assert "exc_info" not in line
+
+
+def test_an_unretrieved_database_unavailable_is_one_field_too(routed):
+    error = raised(DatabaseUnavailable("database unavailable: connection refused"))
+    with structlog.testing.capture_logs() as logs:
+        logging.getLogger("asyncio").error("Future exception was never retrieved", exc_info=error)
+    [line] = logs
+    assert line["error"] == "DatabaseUnavailable: database unavailable: connection refused"
     assert "exc_info" not in line
 
 
