@@ -4,12 +4,15 @@ counts that agree with the notifications table, and promtool's verdict on the ex
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -24,6 +27,8 @@ from receiver.gateways import QueryResult
 from tests.rawhttp import exchange, request
 from tests.service_process import ServiceProcess, free_port, write_config
 from tests.test_serve import charge, start_service  # noqa: F401 - a fixture
+
+TOP = Path(__file__).resolve().parent.parent
 
 # Every metric SPEC.md names, with its type and labels.
 SPEC_METRICS = {
@@ -299,3 +304,31 @@ def test_order_queries_are_counted_under_spec_result_names():
     metrics.reconcile_query_answered("gopay", QueryResult.NOT_FOUND)
     after = value("receiver_reconcile_queries_total", provider="gopay", result="not_found")
     assert after - before == 1
+
+
+WORKER = """
+from receiver import metrics
+metrics.DATABASE_UP.set(0)
+metrics.notification_recorded("gopay", "applied", "notify")
+"""
+
+
+def test_an_exited_worker_keeps_its_counts_and_loses_its_live_gauge(tmp_path, monkeypatch):
+    env = {**os.environ, metrics.MULTIPROC_ENV: str(tmp_path), "PYTHONPATH": str(TOP)}
+    worker = subprocess.run([sys.executable, "-c", WORKER], env=env, check=True)
+    assert worker.returncode == 0
+    [db_file] = tmp_path.glob("gauge_livemin_*.db")
+    pid = int(db_file.stem.rsplit("_", 1)[1])
+    registry = metrics.workers_registry(str(tmp_path), metrics.OrdersWatch(build_version="t"))
+
+    def sample(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert sample("receiver_database_up") == 0
+    monkeypatch.setenv(metrics.MULTIPROC_ENV, str(tmp_path))
+    metrics.worker_exited(pid)
+    assert sample("receiver_database_up") is None
+    counted = sample(
+        "receiver_notifications_total", provider="gopay", outcome="applied", source="notify"
+    )
+    assert counted == 1
