@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -66,9 +67,9 @@ def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
 def metrics_service(start_service) -> Callable[..., ServiceProcess]:  # noqa: F811
     """`receiver serve` with a metrics listener on a free port (`svc.metrics_port`)."""
 
-    def start(*, workers: int, **tables: Any) -> ServiceProcess:
+    def start(*, workers: int, env: dict[str, str] | None = None, **tables: Any) -> ServiceProcess:
         port = free_port()
-        svc = start_service(workers=workers, metrics={"port": port}, **tables)
+        svc = start_service(workers=workers, env=env, metrics={"port": port}, **tables)
         svc.metrics_port = port  # type: ignore[attr-defined]
         return svc
 
@@ -332,3 +333,15 @@ def test_an_exited_worker_keeps_its_counts_and_loses_its_live_gauge(tmp_path, mo
         "receiver_notifications_total", provider="gopay", outcome="applied", source="notify"
     )
     assert counted == 1
+
+
+@pytest.mark.slow
+async def test_workers_count_in_a_fresh_directory_removed_at_exit(metrics_service, tmp_path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    svc = metrics_service(workers=2, env={"TMPDIR": str(tmp)})
+    [run_dir] = tmp.glob("receiver-metrics-*")
+    assert any(run_dir.glob("counter_*.db"))  # the workers' files
+    svc.signal(signal.SIGTERM)
+    assert await asyncio.to_thread(svc.wait, 30) == 0
+    assert not run_dir.exists()
