@@ -119,9 +119,9 @@ async def test_one_scrape_of_two_workers_agrees_with_the_notifications_table(
         if value
     }
     rows = await db.fetch(
-        "SELECT provider, outcome, count(*) AS n FROM notifications GROUP BY 1, 2"
+        "SELECT provider, outcome, source, count(*) AS n FROM notifications GROUP BY 1, 2, 3"
     )
-    assert counted == {(r["provider"], r["outcome"], "notify"): r["n"] for r in rows}
+    assert counted == {(r["provider"], r["outcome"], r["source"]): r["n"] for r in rows}
     assert counted == {
         ("gopay", "applied", "notify"): 20,
         ("gopay", "duplicate", "notify"): 20,
