@@ -27,6 +27,7 @@ from receiver import metrics, observe
 from receiver.gateways import QueryResult
 from tests.rawhttp import exchange, request
 from tests.service_process import ServiceProcess, free_port, write_config
+from tests.stand_in import API_KEY, merchant_key_file, start_stand_in
 from tests.test_serve import charge, start_service  # noqa: F401 - a fixture
 
 TOP = Path(__file__).resolve().parent.parent
@@ -345,3 +346,45 @@ async def test_workers_count_in_a_fresh_directory_removed_at_exit(metrics_servic
     svc.signal(signal.SIGTERM)
     assert await asyncio.to_thread(svc.wait, 30) == 0
     assert not run_dir.exists()
+
+
+@pytest.mark.slow
+async def test_order_queries_of_two_workers_are_counted_once_each_and_agree_with_the_table(
+    db, make_order, migrated, aiohttp_server, gopay_key, gopay_key_file, baofoo_md5_key, tmp_path
+):
+    stand_in = await start_stand_in(aiohttp_server, platform_key=gopay_key, md5_key=baofoo_md5_key)
+    for no in ("Q1", "Q2", "Q3"):
+        await make_order(no)
+        stand_in.pay("gopay", no)  # paid; the notification never came
+    await db.execute("UPDATE orders SET created_at = now() - interval '10 seconds'")
+    port = free_port()
+    config = write_config(
+        tmp_path / "queries.toml",
+        gopay_key_file=gopay_key_file,
+        gopay={"api_url": stand_in.base_url},
+        reconcile={"first_after_s": 1, "intervals_s": [1], "timeout_s": 5},
+        metrics={"port": port},
+    )
+    with config.open("a") as f:
+        f.write(f'private_key = "{merchant_key_file(tmp_path)}"\napi_key = "{API_KEY}"\n')
+        f.write('default_channel = "gopay_banktransfer"\n')
+    with ServiceProcess(config, env={"RECEIVER_DATABASE_URL": migrated}, workers=2) as svc:
+        svc.start()
+        await asyncio.to_thread(svc.wait_ready, 40)
+        async with asyncio.timeout(30):
+            while await db.fetchval("SELECT count(*) FROM order_events") < 3:  # noqa: ASYNC110
+                await asyncio.sleep(0.2)
+        text = await asyncio.to_thread(scrape, port)
+    queried = {
+        labels["result"]: value
+        for labels, value in samples(text, "receiver_reconcile_queries_total")
+        if labels["provider"] == "gopay" and value
+    }
+    assert queried == {"paid": 3}, svc.output()
+    counted = {
+        (labels["outcome"], labels["source"]): value
+        for labels, value in samples(text, "receiver_notifications_total")
+        if value
+    }
+    rows = await db.fetch("SELECT outcome, source, count(*) FROM notifications GROUP BY 1, 2")
+    assert counted == {(r[0], r[1]): r[2] for r in rows} == {("applied", "query"): 3}
