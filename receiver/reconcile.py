@@ -5,9 +5,7 @@ PostgreSQL -> the injected `OrderQuerier`s -> the same ledger as notifications
 (`source = 'query'`).
 
 The schedule is computed from `orders.created_at` alone (the merchant's checkout inserts orders
-and knows nothing of it): first query `first_after_s` after creation, then after each of
-`intervals_s`, the last repeating, until the order is no longer pending or older than
-`give_up_after_s`. A Baofoo order is asked at most once a minute.
+and knows nothing of it); its pure rules are in `receiver.schedule`.
 
 Claiming is one statement per batch that moves each order's `order_queries.next_at` past now()
 only where it was due, so with several workers or replicas each due order is queried once per
@@ -18,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -33,67 +30,18 @@ from receiver.errors import DatabaseUnavailable
 from receiver.gateways import OrderQuerier, OrderRef, QueryAnswer, QueryResult
 from receiver.ledger import QUERY, Ledger, Result
 from receiver.logging import get_logger
+from receiver.schedule import is_due, min_gap_s, next_query_at, poll_interval_s
 
 if TYPE_CHECKING:
     import aiohttp
 
 log = get_logger(__name__)
 
-#: Least time between two queries of one order, per provider (Baofoo: once a minute).
-MIN_GAP_S: Mapping[str, float] = {"baofoo": 60.0}
-CLAIM_AHEAD_S = 1.0  # a claim moves next_at at least this far ahead: never due again at once
-POLL_S = 5.0  # serve's reconciler looks for due orders at least this often
 TIMEOUT_GRACE_S = 1.0  # a querier that overruns its own timeout by this much is cut off
 CLAIM_PER_SLOT = 2  # orders claimed per round, per query slot
 
 NOT_QUERYABLE = "not_queryable"  # report result: the querier cannot ask about this order
 TOO_SOON = "too_soon"  # report result: --order on a Baofoo order asked less than a minute ago
-
-
-# --- the schedule (pure) ----------------------------------------------------------------------
-
-
-def min_gap_s(provider: str) -> float:
-    """The least time between two queries of one order of `provider`."""
-    return MIN_GAP_S.get(provider, 0.0)
-
-
-def next_offset_s(age_s: float, config: ReconcileConfig) -> float:
-    """The first scheduled query time after `age_s`, in seconds since the order's creation."""
-    point = float(config.first_after_s)
-    if point > age_s:
-        return point
-    for interval in config.intervals_s:
-        point += interval
-        if point > age_s:
-            return point
-    last = config.intervals_s[-1]
-    return point + last * (math.floor((age_s - point) / last) + 1)
-
-
-def next_query_at(
-    *, created_at: datetime, now: datetime, provider: str, config: ReconcileConfig
-) -> datetime:
-    """When an order asked at `now` is next due: its next schedule point, the gap respected."""
-    age_s = (now - created_at).total_seconds()
-    scheduled = created_at + timedelta(seconds=next_offset_s(age_s, config))
-    return max(scheduled, now + timedelta(seconds=max(min_gap_s(provider), CLAIM_AHEAD_S)))
-
-
-def is_due(created_at: datetime, now: datetime, config: ReconcileConfig) -> bool:
-    """True when an order this old is inside the query window (its first point reached)."""
-    age_s = (now - created_at).total_seconds()
-    return config.first_after_s <= age_s and not gave_up(age_s, config)
-
-
-def gave_up(age_s: float, config: ReconcileConfig) -> bool:
-    """True when an order this old is no longer queried."""
-    return age_s >= config.give_up_after_s
-
-
-def poll_interval_s(config: ReconcileConfig) -> float:
-    """How often serve looks for due orders: never slower than the shortest schedule step."""
-    return float(min(POLL_S, config.first_after_s, *config.intervals_s))
 
 
 # --- SQL --------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 
 from receiver.config import BaofooMerchant, GoPayConfig, GoPayMerchant
 from receiver.errors import ConfigError
-from receiver.gateways import OrderRef, QueryResult
+from receiver.gateways import OrderRef, QueryAnswer, QueryResult
 from receiver.gateways.asking import HttpReply
 from receiver.gateways.baofoo.query import BaofooQuerier, Terminal
 from receiver.gateways.baofoo.query import read_reply as read_baofoo_reply
@@ -78,7 +78,12 @@ def _vector_key(name: str) -> str:
     return (VECTORS / name).read_text()
 
 
-def _querier(*, default_channel: str = "", api_key: str = "the-api-key") -> GoPayQuerier:
+def _querier(
+    *,
+    default_channel: str = "",
+    api_key: str = "the-api-key",
+    api_url: str = "https://pay.example.com/",
+) -> GoPayQuerier:
     account = QueryAccount(
         mchid=VECTOR_MCHID,
         private_key=load_private_key(_vector_key("gopay-test-merchant-private.pem")),
@@ -87,7 +92,7 @@ def _querier(*, default_channel: str = "", api_key: str = "the-api-key") -> GoPa
         default_channel=default_channel,
     )
     return GoPayQuerier(
-        api_url="https://pay.example.com/",
+        api_url=api_url,
         accounts={VECTOR_MCHID: account},
         nonce=lambda: "C8E1D385785625AFD64A484B58F91882",
         clock_ms=lambda: "1586007620038",
@@ -114,12 +119,21 @@ def _platform_keys() -> tuple[RSAPublicKey, ...]:
 def test_gopay_request_signature_equals_the_vector_byte_for_byte() -> None:
     request = _querier().build_request(_order())
     assert request.body == VECTOR_REQUEST_BODY
-    assert request.headers["x-ca-signature"] == VECTOR_REQUEST_SIGNATURE
     assert request.url == "https://pay.example.com/pay/orderquery"
-    assert request.headers["x-ca-resturl"] == "https://pay.example.com/pay/orderquery"
-    assert request.headers["x-ca-auth"] == "the-api-key"
-    assert request.headers["x-ca-noncestr"] == "C8E1D385785625AFD64A484B58F91882"
-    assert request.headers["x-ca-timestamp"] == "1586007620038"
+    assert request.headers == {
+        "Content-Type": "application/json; charset=UTF-8",
+        "Accept": "application/json",
+        "x-ca-resturl": "https://pay.example.com/pay/orderquery",
+        "x-ca-timestamp": "1586007620038",
+        "x-ca-noncestr": "C8E1D385785625AFD64A484B58F91882",
+        "x-ca-auth": "the-api-key",
+        "x-ca-signature": VECTOR_REQUEST_SIGNATURE,
+    }
+
+
+def test_an_api_url_keeps_its_path_prefix_without_its_trailing_slashes() -> None:
+    querier = GoPayQuerier(api_url="https://gw.example/v2/PAYBOX//", accounts={})
+    assert querier.url == "https://gw.example/v2/PAYBOX/pay/orderquery"
 
 
 def test_gopay_request_body_is_ascii_only_json() -> None:
@@ -136,13 +150,18 @@ def test_an_order_without_channel_uses_the_merchants_default_channel() -> None:
 
 
 def test_an_order_without_channel_or_default_is_not_queryable() -> None:
-    reason = _querier().not_queryable(_order(channel=None))
-    assert reason is not None and "default_channel" in reason
+    assert _querier().not_queryable(_order(channel=None)) == (
+        "the order has no channel and the merchant no default_channel"
+    )
 
 
 def test_a_merchant_without_api_key_or_unknown_is_not_queryable() -> None:
-    assert "api_key" in str(_querier(api_key="").not_queryable(_order()))
-    assert "not configured" in str(_querier().not_queryable(_order(merchant_id="999")))
+    assert _querier(api_key="").not_queryable(_order()) == (
+        "GoPay merchant 100001 has no api_key (x-ca-auth)"
+    )
+    assert _querier().not_queryable(_order(merchant_id="999")) == (
+        "GoPay merchant 999 is not configured"
+    )
 
 
 # --- GoPay reply ---------------------------------------------------------------------------------
@@ -181,7 +200,8 @@ def test_a_genuine_reply_about_another_order_is_refused() -> None:
         _vector_reply(), order=_order(out_trade_no="other"), platform_keys=_platform_keys()
     )
     assert answer.result is QueryResult.REFUSED
-    assert answer.rejected is not None and "another out_trade_no" in answer.rejected.reason
+    assert answer.rejected is not None
+    assert answer.rejected.reason == "reply is about another out_trade_no"
 
 
 @pytest.mark.parametrize(
@@ -202,6 +222,87 @@ def test_unsigned_and_unusable_replies_are_answers_without_a_notification(
     assert answer.result == result
     assert reason in answer.reason
     assert answer.notification is None and answer.inbound is None
+
+
+def _signed_reply(charge: bytes, *, status: int = 200, result_code: str = "OK") -> HttpReply:
+    """A reply whose charge is signed by `PLATFORM_KEY`, the signature over its raw bytes."""
+    nonce, timestamp = "1" * 32, "1795591510237"
+    signature = sign_charge(PLATFORM_KEY, nonce=nonce, timestamp=timestamp, charge=charge)
+    headers = {"x-ca-noncestr": nonce, "x-ca-timestamp": timestamp, "x-ca-signature": signature}
+    body = b'{"result_code":"' + result_code.encode() + b'","charge":' + charge + b"}"
+    return HttpReply(
+        status=status, headers=headers, body=body, content_type="application/json", charset=None
+    )
+
+
+PLATFORM_KEY = new_rsa_key()
+CHARGE_NAMING = VECTOR_CHARGE[:-1] + b',"mchid":"%s"}'
+
+
+def _read_signed(reply: HttpReply, order: OrderRef | None = None) -> QueryAnswer:
+    keys = (PLATFORM_KEY.public_key(),)
+    return read_gopay_reply(reply, order=order or _order(), platform_keys=keys)
+
+
+def test_a_verified_reply_is_kept_as_a_gopay_inbound() -> None:
+    answer = _read_signed(_signed_reply(CHARGE_NAMING % VECTOR_MCHID.encode()))
+    assert answer.result is QueryResult.PAID
+    assert answer.inbound is not None and answer.inbound.provider == "gopay"
+
+
+def test_a_genuine_reply_naming_another_merchant_is_refused_as_unknown_merchant() -> None:
+    answer = _read_signed(_signed_reply(CHARGE_NAMING % b"100002"))
+    assert answer.result is QueryResult.REFUSED and answer.rejected is not None
+    assert (answer.rejected.outcome, answer.rejected.reason) == (
+        Outcome.UNKNOWN_MERCHANT,
+        "reply names another merchant",
+    )
+
+
+def test_a_reply_that_verifies_with_no_platform_key_is_refused_with_that_reason() -> None:
+    answer = read_gopay_reply(
+        _signed_reply(VECTOR_CHARGE), order=_order(), platform_keys=_platform_keys()
+    )
+    assert answer.rejected is not None and answer.rejected.reason == (
+        "reply signature does not verify with any of the merchant's platform keys"
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "result_code"), [(500, "OK"), (200, "FAIL")], ids=["http-500", "result-fail"]
+)
+def test_a_signed_charge_is_applied_only_from_a_successful_query_result(
+    status: int, result_code: str
+) -> None:
+    answer = _read_signed(_signed_reply(VECTOR_CHARGE, status=status, result_code=result_code))
+    assert answer == QueryAnswer(
+        result=QueryResult.ERROR,
+        reason=f"reply is not a successful query result (HTTP {status})",
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (
+            b'{"error_msg":"Order does not exist.","error_code":200000}',
+            "gateway error_code 200000: Order does not exist.",
+        ),
+        (b'{"error_code":999999}', "gateway error_code 999999"),
+        (b'{"error_code":999999,"error_msg":["not text"]}', "gateway error_code 999999"),
+        (
+            b'{"error_code":999999,"error_msg":"' + b"X" * 200 + b'"}',
+            "gateway error_code 999999: " + "X" * 120,
+        ),
+    ],
+    ids=["with-message", "without-message", "message-not-text", "long-message-cut"],
+)
+def test_an_error_code_reply_gives_the_code_and_at_most_120_characters_of_its_message(
+    body: bytes, reason: str
+) -> None:
+    reply = HttpReply(status=400, headers={}, body=body, content_type="x", charset=None)
+    answer = read_gopay_reply(reply, order=_order(), platform_keys=_platform_keys())
+    assert answer.reason == reason
 
 
 # --- keys -----------------------------------------------------------------------------------------
@@ -256,6 +357,54 @@ def test_from_config_reads_the_merchants_private_key(tmp_path: Path, gopay_key_f
     querier = GoPayQuerier.from_config(cfg, source="tests")
     assert querier.not_queryable(_order(merchant_id="7")) is None
     assert "secret-api-key" not in repr(querier) + repr(querier.accounts)
+
+
+def test_from_config_builds_each_merchants_account_from_its_files(
+    tmp_path: Path, gopay_key: RSAPrivateKey, gopay_key_file: Path
+) -> None:
+    key = new_rsa_key()
+    path = tmp_path / "merchant.pem"
+    path.write_text(_pem(key, serialization.PrivateFormat.PKCS8))
+    unsigned = GoPayMerchant(mchid="7", platform_public_keys=(gopay_key_file,), api_key="k7")
+    signing = GoPayMerchant(
+        mchid="8",
+        platform_public_keys=(gopay_key_file,),
+        private_key=path,
+        api_key="k8",
+        default_channel="gopay_bankupi",
+    )
+    cfg = GoPayConfig(merchants=(unsigned, signing), api_url="http://gw.example")
+    querier = GoPayQuerier.from_config(cfg, source="tests")
+    assert querier.not_queryable(_order(merchant_id="7")) == (
+        "GoPay merchant 7 has no private_key to sign queries"
+    )
+    account = querier.accounts["8"]
+    assert (account.mchid, account.api_key, account.default_channel) == ("8", "k8", "gopay_bankupi")
+    assert account.private_key is not None
+    assert account.private_key.private_numbers() == key.private_numbers()
+    assert [k.public_numbers() for k in account.platform_keys] == [
+        gopay_key.public_key().public_numbers()
+    ]
+
+
+@pytest.mark.parametrize("which", ["private_key", "platform_public_keys[0]"])
+def test_a_bad_key_file_is_a_config_error_naming_the_file_the_merchant_and_the_key(
+    tmp_path: Path, gopay_key_file: Path, which: str
+) -> None:
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a key")
+    good_private = tmp_path / "merchant.pem"
+    good_private.write_text(_pem(new_rsa_key(), serialization.PrivateFormat.PKCS8))
+    second = GoPayMerchant(
+        mchid="8",
+        platform_public_keys=(bad if which != "private_key" else gopay_key_file,),
+        private_key=bad if which == "private_key" else good_private,
+    )
+    first = GoPayMerchant(mchid="7", platform_public_keys=(gopay_key_file,))
+    cfg = GoPayConfig(merchants=(first, second), api_url="http://gw.example")
+    with pytest.raises(ConfigError) as caught:
+        GoPayQuerier.from_config(cfg, source="r.toml")
+    assert str(caught.value).startswith(f"r.toml: gopay.merchants[1].{which}: {bad}")
 
 
 # --- Baofoo --------------------------------------------------------------------------------------

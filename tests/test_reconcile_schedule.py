@@ -8,7 +8,14 @@ import pytest
 
 from receiver.config import ReconcileConfig
 from receiver.ops import parse_duration
-from receiver.reconcile import gave_up, is_due, next_offset_s, next_query_at, poll_interval_s
+from receiver.schedule import (
+    gave_up,
+    is_due,
+    min_gap_s,
+    next_offset_s,
+    next_query_at,
+    poll_interval_s,
+)
 
 CONFIG = ReconcileConfig(
     first_after_s=300, intervals_s=(300, 600, 1800), give_up_after_s=86400, concurrency=8
@@ -51,6 +58,33 @@ def test_baofoo_is_never_due_again_within_a_minute():
     )
 
 
+def test_baofoo_waits_for_its_next_schedule_point_when_that_is_more_than_a_minute_away():
+    slow = ReconcileConfig(first_after_s=1, intervals_s=(300,))
+    now = CREATED + timedelta(seconds=2)
+    assert next_query_at(created_at=CREATED, now=now, provider="baofoo", config=slow) == (
+        CREATED + timedelta(seconds=301)
+    )
+
+
+def test_only_baofoo_has_a_least_gap_between_queries():
+    assert (min_gap_s("baofoo"), min_gap_s("gopay")) == (60.0, 0.0)
+
+
+def test_an_order_is_due_exactly_first_after_s_after_creation_and_gone_exactly_at_give_up():
+    config = ReconcileConfig(first_after_s=60, intervals_s=(60,), give_up_after_s=600)
+    assert not is_due(CREATED, CREATED + timedelta(seconds=59.999), config)
+    assert is_due(CREATED, CREATED + timedelta(seconds=60), config)
+    assert is_due(CREATED, CREATED + timedelta(seconds=599.999), config)
+    assert not is_due(CREATED, CREATED + timedelta(seconds=600), config)
+    assert (gave_up(599.999, config), gave_up(600, config)) == (False, True)
+
+
+def test_the_last_interval_repeats_from_the_last_point_reached():
+    config = ReconcileConfig(first_after_s=10, intervals_s=(20, 30))
+    points = [next_offset_s(age, config) for age in (0, 10, 30, 60, 89.5, 90, 119)]
+    assert points == [10, 30, 60, 90, 90, 120, 120]
+
+
 def test_a_claim_is_never_due_again_at_once():
     tight = ReconcileConfig(first_after_s=1, intervals_s=(1,))
     now = CREATED + timedelta(seconds=1.9999)
@@ -71,6 +105,7 @@ def test_an_order_is_due_from_first_after_until_give_up(age_s, due):
 def test_serve_polls_at_least_as_often_as_the_shortest_schedule_step():
     assert poll_interval_s(CONFIG) == 5.0
     assert poll_interval_s(ReconcileConfig(first_after_s=2, intervals_s=(3,))) == 2.0
+    assert poll_interval_s(ReconcileConfig(first_after_s=60, intervals_s=(60, 3, 60))) == 3.0
 
 
 @pytest.mark.parametrize(
