@@ -331,7 +331,7 @@ async def _service_phase(
     measured: RequestSet,
 ) -> Phase:
     o = ctx.options
-    await conn.execute("TRUNCATE order_events, notifications, orders, gopay_nonces")
+    await conn.execute("TRUNCATE order_events, notifications, order_queries, orders, gopay_nonces")
     await create_orders(conn, warm.out_trade_nos + measured.out_trade_nos)
     await conn.execute("ANALYZE orders")
     await conn.execute("CHECKPOINT")
