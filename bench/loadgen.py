@@ -13,12 +13,14 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from bench.procs import project_env
 from bench.workload import read_requests
 
 WRK_SCRIPT = Path(__file__).with_name("wrk.lua")
@@ -38,6 +40,10 @@ class LoadResult:
     statuses: dict[str, int]
     errors: dict[str, int]
     latency_ms: dict[str, float] = field(default_factory=dict)
+    # Open loop only: how late the generator wrote (ms), and the worst latency of each second.
+    lateness_ms: dict[str, float] = field(default_factory=dict)
+    worst_ms_by_second: list[float] = field(default_factory=list)
+    target_rate: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -95,31 +101,62 @@ class Wrk:
             "--",
             str(prefix),
         ]
-        proc = await asyncio.create_subprocess_exec(
-            *command, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout=seconds + 60)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise RuntimeError("wrk did not finish in time") from None
-        text = out.decode(errors="replace")
-        line = next((x for x in text.splitlines() if x.startswith(_MARK)), None)
-        if proc.returncode != 0 or line is None:
-            raise RuntimeError(f"wrk failed ({proc.returncode}): {err.decode()[-2000:]}{text}")
-        data = json.loads(line[len(_MARK) :])
-        return LoadResult(
-            generator=self.name,
-            requests=data["requests"],
-            duration_s=data["duration_us"] / 1e6,
-            sent=data["sent"],
-            replies=data["replies"],
-            wrapped=data["wrapped"],
-            statuses=data["statuses"],
-            errors=data["errors"],
-            latency_ms={k: v / 1000 for k, v in data["latency_us"].items()},
-        )
+        code, out, err = await _communicate(self.name, command, timeout_s=seconds + 60)
+        return _bench_json(self.name, code, out, err)
+
+
+def _bench_json(name: str, returncode: int | None, out: bytes, err: bytes) -> LoadResult:
+    """The LoadResult of a generator's BENCH_JSON line (wrk.lua's and openloop's)."""
+    text = out.decode(errors="replace")
+    line = next((x for x in text.splitlines() if x.startswith(_MARK)), None)
+    if returncode != 0 or line is None:
+        raise RuntimeError(f"{name} failed ({returncode}): {err.decode()[-2000:]}{text}")
+    data = json.loads(line[len(_MARK) :])
+    return LoadResult(
+        generator=name,
+        requests=data["requests"],
+        duration_s=data["duration_us"] / 1e6,
+        sent=data["sent"],
+        replies=data["replies"],
+        wrapped=data["wrapped"],
+        statuses=data["statuses"],
+        errors=data["errors"],
+        latency_ms={k: v / 1000 for k, v in data["latency_us"].items()},
+        lateness_ms={k: v / 1000 for k, v in data.get("lateness_us", {}).items()},
+        worst_ms_by_second=data.get("worst_ms_by_second", []),
+        target_rate=data.get("rate", 0.0),
+    )
+
+
+async def _communicate(
+    name: str, command: list[str], *, timeout_s: float
+) -> tuple[int | None, bytes, bytes]:
+    proc = await asyncio.create_subprocess_exec(
+        *command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=project_env()
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise RuntimeError(f"{name} did not finish in time") from None
+    return proc.returncode, out, err
+
+
+@dataclass(frozen=True, slots=True)
+class OpenLoop:
+    """bench/openloop.py in its own process: requests on a fixed schedule (see its docstring)."""
+
+    files: int  # the request files per set (one per wrk thread)
+
+    name = "open loop"
+
+    async def run(self, url: str, prefix: Path, *, seconds: float, rate: float) -> LoadResult:
+        """One phase at `rate` requests/s; latencies from each request's due time."""
+        command = [sys.executable, "-m", "bench.openloop", url, str(prefix)]
+        command += [f"--rate={rate:.1f}", f"--seconds={seconds}", f"--files={self.files}"]
+        code, out, err = await _communicate(self.name, command, timeout_s=seconds + 60)
+        return _bench_json(self.name, code, out, err)
 
 
 @dataclass(slots=True)

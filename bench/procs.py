@@ -16,6 +16,13 @@ from pathlib import Path
 
 _TICK = os.sysconf("SC_CLK_TCK")
 _PROC = Path("/proc")
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def project_env() -> dict[str, str]:
+    """The environment with this checkout first on the module path (installed or not)."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": f"{PROJECT}{os.pathsep}{path}" if path else str(PROJECT)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +94,22 @@ def rss_mb(root: int) -> float:
     return sum(_status_kb(pid, "VmRSS") for pid in tree(root)) / 1024
 
 
+def _rollup_kb(pid: int, key: str) -> int:
+    try:
+        for line in (_PROC / str(pid) / "smaps_rollup").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def pss_mb(root: int) -> float:
+    """Proportional set size of the tree now, in MB: pages shared between its processes (or
+    with others) count once in total, split between the processes that map them."""
+    return sum(_rollup_kb(pid, "Pss") for pid in tree(root)) / 1024
+
+
 def peak_rss_mb(pid: int) -> float:
     """The kernel's high-water mark of one process's resident memory (VmHWM), in MB."""
     return _status_kb(pid, "VmHWM") / 1024
@@ -94,14 +117,18 @@ def peak_rss_mb(pid: int) -> float:
 
 @dataclass(slots=True)
 class RssSampler:
-    """The highest resident memory of a process tree seen in samples every `interval_s`."""
+    """The highest resident memory (RSS, and PSS) of a process tree seen in samples every
+    `interval_s`."""
 
     root: int
-    interval_s: float = 0.1
+    interval_s: float = 0.25
     peak_mb: float = field(default=0.0)
+    peak_pss_mb: float = field(default=0.0)
 
     def sample(self) -> None:
-        self.peak_mb = max(self.peak_mb, rss_mb(self.root))
+        pids = tree(self.root)
+        self.peak_mb = max(self.peak_mb, sum(_status_kb(p, "VmRSS") for p in pids) / 1024)
+        self.peak_pss_mb = max(self.peak_pss_mb, sum(_rollup_kb(p, "Pss") for p in pids) / 1024)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[RssSampler]:

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from typing import Any
 import asyncpg
 
 from bench import pg, procs, profile, service
-from bench.loadgen import LoadResult, PythonLoad, Wrk, find_wrk
+from bench.loadgen import LoadResult, OpenLoop, PythonLoad, Wrk, find_wrk
 from bench.pg import BenchError, PgbenchResult
 from bench.workload import RequestSet, create_orders, write_request_set
 from receiver import database
@@ -50,6 +50,7 @@ class Options:
     json_path: Path | None
     profile_path: Path | None
     keep: Path | None
+    open_loop_share: float
     tuning: service.Tuning
 
 
@@ -62,6 +63,7 @@ class Phase:
     generator_cpu_s: float
     pg_cpu_s: float = 0.0
     peak_rss_mb: float = 0.0
+    peak_pss_mb: float = 0.0
     outcomes: dict[str, int] = field(default_factory=dict)
 
     def per_request_us(self, seconds: float) -> float:
@@ -73,6 +75,7 @@ class Run:
     pgbench: PgbenchResult
     service: Phase
     bare: Phase
+    open_loop: Phase | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -112,6 +115,13 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--batch-max", type=int, default=64, help="ledger.batch_max (1: no batching)")
     p.add_argument("--batch-concurrency", type=int, default=2, help="ledger.batch_concurrency")
     p.add_argument("--log-level", default="info", help="service log.level")
+    p.add_argument(
+        "--open-loop",
+        type=float,
+        default=0.7,
+        metavar="SHARE",
+        help="open-loop phase at SHARE x the run's closed-loop throughput (0: none)",
+    )
     p.add_argument("--json", type=Path, help="write the figures to this file")
     p.add_argument(
         "--keep",
@@ -146,6 +156,7 @@ def parse_args(argv: list[str] | None) -> Options:
         json_path=a.json,
         profile_path=a.profile,
         keep=a.keep,
+        open_loop_share=a.open_loop,
         tuning=service.Tuning(
             workers=a.workers,
             batch_max=a.batch_max,
@@ -288,10 +299,36 @@ async def _one_run(ctx: Context, svc: service.Running, bare: service.Running) ->
     try:
         pgb = await _pgbench_phase(ctx, conn)
         svc_phase = await _service_phase(ctx, conn, svc, warm=ctx.warm, measured=ctx.measured)
+        open_phase = await _open_loop_phase(ctx, conn, svc, closed_rate=svc_phase.load.rate)
     finally:
         await conn.close()
     bare_phase = await _bare_phase(ctx, bare)
-    return Run(pgbench=pgb, service=svc_phase, bare=bare_phase)
+    return Run(pgbench=pgb, service=svc_phase, bare=bare_phase, open_loop=open_phase)
+
+
+async def _open_loop_phase(
+    ctx: Context, conn: asyncpg.Connection, svc: service.Running, *, closed_rate: float
+) -> Phase | None:
+    """The service again, on fresh orders, with requests on a fixed schedule."""
+    o = ctx.options
+    if o.open_loop_share <= 0:
+        return None
+    rate = o.open_loop_share * closed_rate
+    url = svc.base_url + "/notify/gopay"
+    generator = OpenLoop(files=o.threads)
+
+    async def drive() -> LoadResult:
+        return await generator.run(url, ctx.measured.prefix, seconds=o.seconds, rate=rate)
+
+    return await _service_phase(
+        ctx,
+        conn,
+        svc,
+        warm=ctx.warm,
+        measured=ctx.measured,
+        drive=drive,
+        name=f"open {o.open_loop_share:.0%}",
+    )
 
 
 async def _pgbench_phase(ctx: Context, conn: asyncpg.Connection) -> PgbenchResult:
@@ -329,6 +366,8 @@ async def _service_phase(
     *,
     warm: RequestSet,
     measured: RequestSet,
+    drive: Callable[[], Awaitable[LoadResult]] | None = None,
+    name: str = "service",
 ) -> Phase:
     o = ctx.options
     await conn.execute("TRUNCATE order_events, notifications, order_queries, orders, gopay_nonces")
@@ -343,7 +382,10 @@ async def _service_phase(
     gen0 = _children_cpu_s()
     spy = await _start_profile(ctx, svc)
     async with procs.RssSampler(svc.pid).running() as rss:
-        load = await _drive(ctx, svc, measured.prefix, o.seconds)
+        if drive is None:
+            load = await _drive(ctx, svc, measured.prefix, o.seconds)
+        else:
+            load = await drive()
         gen_cpu = _children_cpu_s() - gen0  # before py-spy, also a child, is reaped
         await pg.wait_until_recorded(conn, expected=sum(p.sent for p in phases) + load.sent)
     phase = Phase(
@@ -352,9 +394,10 @@ async def _service_phase(
         generator_cpu_s=gen_cpu,
         pg_cpu_s=procs.cpu_seconds(ctx.info.postmaster_pid) - pg0,
         peak_rss_mb=max(rss.peak_mb, procs.peak_rss_mb(svc.pid)),
+        peak_pss_mb=rss.peak_pss_mb,
         outcomes=dict(await pg.outcomes(conn)),
     )
-    _report_phase("service", phase)
+    _report_phase(name, phase)
     await _check_invariants(conn, [*phases, load])
     await _report_profile(ctx, spy)
     return phase
@@ -410,13 +453,23 @@ def _report_phase(name: str, p: Phase) -> None:
     lat = p.load.latency_ms
     line = (
         f"  {name:<8}  {p.load.rate:9.0f} req/s  p50 {lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms"
-        f"   CPU/req: {name} {p.per_request_us(p.server_cpu_s):.0f} us"
+        f"  p99.9 {lat['p999']:.1f} ms   CPU/req: {name} {p.per_request_us(p.server_cpu_s):.0f} us"
     )
     if p.pg_cpu_s:
         line += f", PostgreSQL {p.per_request_us(p.pg_cpu_s):.0f} us"
     line += f", load generator {p.per_request_us(p.generator_cpu_s):.0f} us"
     line += f"   peak RSS {p.peak_rss_mb:.0f} MB"
+    if p.peak_pss_mb:
+        line += f", PSS {p.peak_pss_mb:.0f} MB"
     _say(line)
+    if p.load.lateness_ms:
+        late = p.load.lateness_ms
+        worst = p.load.worst_ms_by_second
+        _say(
+            f"            scheduled {p.load.target_rate:.0f}/s; the generator wrote p99"
+            f" {late['p99']:.2f} ms, max {late['max']:.1f} ms behind schedule; worst second"
+            f" {max(worst, default=0):.1f} ms (s {worst.index(max(worst)) if worst else 0})"
+        )
     if p.outcomes:
         _say(f"            outcomes {dict(sorted(p.outcomes.items()))}")
 
@@ -530,56 +583,85 @@ def _median(values: list[float]) -> float:
 
 
 def _summary(ctx: Context, runs: list[Run], variant: Phase | None) -> None:
-    figures = _figures(runs)
+    f = _figures(runs)
     o = ctx.options
     _say(f"\n=== medians over {len(runs)} run(s): {o.seconds} s measured, {o.connections} conns")
     _say(f"  service tuning: {o.tuning.describe()}")
-    _say(f"  service     {figures['service_rate']:9.0f} notifications/s")
-    _say(f"  pgbench     {figures['pgbench_tps']:9.0f} tx/s (ledger SQL, 1 tx/notification)")
-    _say(f"  bare        {figures['bare_rate']:9.0f} req/s (aiohttp, read body, SUCCESS)")
-    _say(f"  service / pgbench  {figures['ratio_service_pgbench']:.2f}")
-    _say(f"  service / bare     {figures['ratio_service_bare']:.2f}")
+    _say(f"  service     {f['service_rate']:9.0f} notifications/s")
+    _say(f"  pgbench     {f['pgbench_tps']:9.0f} tx/s (ledger SQL, 1 tx/notification)")
+    _say(f"  bare        {f['bare_rate']:9.0f} req/s (aiohttp, read body, SUCCESS)")
+    _say(f"  service / pgbench  {f['ratio_service_pgbench']:.2f}")
+    _say(f"  service / bare     {f['ratio_service_bare']:.2f}")
+    p99s = ", ".join(f"{r.service.load.latency_ms['p99']:.1f}" for r in runs)
     _say(
-        f"  service latency    p50 {figures['service_p50_ms']:.2f} ms,"
-        f" p99 {figures['service_p99_ms']:.2f} ms"
+        f"  closed loop        p50 {f['service_p50_ms']:.2f} ms, p99 {f['service_p99_ms']:.2f} ms"
+        f" (p99 of each run: {p99s} ms)"
+    )
+    if "open_p99_ms" in f:
+        _say(
+            f"  open loop {o.open_loop_share:.0%}      {f['open_rate']:.0f}/s: p50"
+            f" {f['open_p50_ms']:.2f} ms, p99 {f['open_p99_ms']:.2f} ms,"
+            f" p99.9 {f['open_p999_ms']:.1f} ms (from each request's scheduled time)"
+        )
+    _say(
+        f"  CPU per notification: service {f['service_cpu_us']:.0f} us"
+        f" (bare endpoint {f['bare_cpu_us']:.0f} us/request, x{f['ratio_cpu_service_bare']:.2f}),"
+        f" PostgreSQL {f['service_pg_cpu_us']:.0f} us (pgbench {f['pgbench_pg_cpu_us']:.0f} us/tx,"
+        f" x{f['ratio_pg_cpu']:.2f}), load generator {f['service_gen_cpu_us']:.0f} us"
     )
     _say(
-        f"  CPU per notification: service {figures['service_cpu_us']:.0f} us,"
-        f" PostgreSQL {figures['service_pg_cpu_us']:.0f} us"
-        f" (pgbench: PostgreSQL {figures['pgbench_pg_cpu_us']:.0f} us/tx),"
-        f" load generator {figures['service_gen_cpu_us']:.0f} us"
+        f"  peak memory of the service: RSS {f['service_peak_rss_mb']:.0f} MB,"
+        f" PSS {f['service_peak_pss_mb']:.0f} MB (all its processes)"
     )
-    _say(f"  peak RSS of the service {figures['service_peak_rss_mb']:.0f} MB")
     _say("  invariants held in every run")
-    if ctx.options.json_path is not None:
+    _targets(f, runs, o)
+    if o.json_path is not None:
         document = {
             "options": {k: str(v) for k, v in asdict(o).items()},
             "generator": ctx.generator.name,
             "database": {"version": ctx.info.version, "sync": ctx.info.synchronous_commit},
             "cpus": os.cpu_count(),
-            "medians": figures,
+            "medians": f,
             "runs": [_run_json(r) for r in runs],
             "nonce_variant": _phase_json(variant) if variant else None,
         }
-        ctx.options.json_path.write_text(json.dumps(document, indent=2) + "\n")
-        _say(f"  figures written to {ctx.options.json_path}")
+        o.json_path.write_text(json.dumps(document, indent=2) + "\n")
+        _say(f"  figures written to {o.json_path}")
+
+
+def _targets(f: dict[str, float], runs: list[Run], o: Options) -> None:
+    """Issue 12's targets, each with its figure: met or not (figures, not a pass/fail)."""
+    checks = [
+        ("service CPU <= 4.5 x bare", f["ratio_cpu_service_bare"] <= 4.5),
+        ("PostgreSQL CPU <= 0.5 x pgbench's", f["ratio_pg_cpu"] <= 0.5),
+        (
+            "closed-loop p99 <= 20 ms in every run",
+            all(r.service.load.latency_ms["p99"] <= 20 for r in runs),
+        ),
+    ]
+    if "open_p99_ms" in f:
+        checks.append(("open-loop p99 <= 10 ms", f["open_p99_ms"] <= 10))
+        checks.append(("open-loop p99.9 <= 50 ms", f["open_p999_ms"] <= 50))
+    if o.tuning.workers == 1:
+        checks.append(("service / pgbench >= 0.5", f["ratio_service_pgbench"] >= 0.5))
+    else:
+        checks.append(("PSS of all workers <= 150 MB", f["service_peak_pss_mb"] <= 150))
+    _say("  targets: " + "; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in checks))
 
 
 def _figures(runs: list[Run]) -> dict[str, float]:
     def med(f: Any) -> float:
         return _median([f(r) for r in runs])
 
-    service_rate = med(lambda r: r.service.load.rate)
-    pgbench_tps = med(lambda r: r.pgbench.tps)
-    bare_rate = med(lambda r: r.bare.load.rate)
-    return {
-        "service_rate": service_rate,
-        "pgbench_tps": pgbench_tps,
-        "bare_rate": bare_rate,
-        "ratio_service_pgbench": service_rate / pgbench_tps,
-        "ratio_service_bare": service_rate / bare_rate,
+    figures = {
+        "service_rate": med(lambda r: r.service.load.rate),
+        "pgbench_tps": med(lambda r: r.pgbench.tps),
+        "bare_rate": med(lambda r: r.bare.load.rate),
+        "ratio_service_pgbench": med(lambda r: r.service.load.rate / r.pgbench.tps),
+        "ratio_service_bare": med(lambda r: r.service.load.rate / r.bare.load.rate),
         "service_p50_ms": med(lambda r: r.service.load.latency_ms["p50"]),
         "service_p99_ms": med(lambda r: r.service.load.latency_ms["p99"]),
+        "service_p999_ms": med(lambda r: r.service.load.latency_ms["p999"]),
         "bare_p50_ms": med(lambda r: r.bare.load.latency_ms["p50"]),
         "bare_p99_ms": med(lambda r: r.bare.load.latency_ms["p99"]),
         "pgbench_latency_avg_ms": med(lambda r: r.pgbench.latency_avg_ms),
@@ -588,8 +670,29 @@ def _figures(runs: list[Run]) -> dict[str, float]:
         "service_gen_cpu_us": med(lambda r: r.service.per_request_us(r.service.generator_cpu_s)),
         "pgbench_pg_cpu_us": med(lambda r: r.pgbench.pg_cpu_us_per_tx),
         "bare_cpu_us": med(lambda r: r.bare.per_request_us(r.bare.server_cpu_s)),
+        # Ratios within each run (the machine's speed moves between runs), then the median.
+        "ratio_cpu_service_bare": med(
+            lambda r: (
+                r.service.per_request_us(r.service.server_cpu_s)
+                / r.bare.per_request_us(r.bare.server_cpu_s)
+            )
+        ),
+        "ratio_pg_cpu": med(
+            lambda r: r.service.per_request_us(r.service.pg_cpu_s) / r.pgbench.pg_cpu_us_per_tx
+        ),
         "service_peak_rss_mb": max(r.service.peak_rss_mb for r in runs),
+        "service_peak_pss_mb": max(r.service.peak_pss_mb for r in runs),
     }
+    opened = [r.open_loop for r in runs if r.open_loop is not None]
+    if opened:
+        figures |= {
+            "open_rate": _median([p.load.rate for p in opened]),
+            "open_p50_ms": _median([p.load.latency_ms["p50"] for p in opened]),
+            "open_p99_ms": _median([p.load.latency_ms["p99"] for p in opened]),
+            "open_p999_ms": _median([p.load.latency_ms["p999"] for p in opened]),
+            "open_cpu_us": _median([p.per_request_us(p.server_cpu_s) for p in opened]),
+        }
+    return figures
 
 
 def _phase_json(p: Phase) -> dict[str, Any]:
@@ -600,6 +703,7 @@ def _phase_json(p: Phase) -> dict[str, Any]:
         "pg_cpu_s": p.pg_cpu_s,
         "generator_cpu_s": p.generator_cpu_s,
         "peak_rss_mb": p.peak_rss_mb,
+        "peak_pss_mb": p.peak_pss_mb,
         "outcomes": p.outcomes,
     }
 
@@ -608,5 +712,6 @@ def _run_json(r: Run) -> dict[str, Any]:
     return {
         "pgbench": asdict(r.pgbench),
         "service": _phase_json(r.service),
+        "open_loop": _phase_json(r.open_loop) if r.open_loop else None,
         "bare": _phase_json(r.bare),
     }

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 import subprocess
 import sys
@@ -17,9 +16,9 @@ from pathlib import Path
 import aiohttp
 
 from bench.pg import BenchError
+from bench.procs import PROJECT, project_env
 from bench.workload import MCHID
 
-PROJECT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 40.0
 
@@ -115,10 +114,9 @@ async def receiver(
         tolerance_s=tolerance_s,
         tuning=tuning,
     )
-    exe = Path(sys.executable).with_name("receiver")
-    command = [str(exe), "serve", "--config", str(config), "--host", "127.0.0.1"]
-    command += ["--workers", str(tuning.workers)]
-    env = {**os.environ, "RECEIVER_DATABASE_URL": database_url}
+    command = [sys.executable, "-m", "receiver.cli", "serve", "--config", str(config)]
+    command += ["--host", "127.0.0.1", "--workers", str(tuning.workers)]
+    env = {**project_env(), "RECEIVER_DATABASE_URL": database_url}
     async with _process("service", command, env, workdir, port) as running:
         yield running
 
@@ -128,8 +126,7 @@ async def bare(workdir: Path) -> AsyncIterator[Running]:
     """The bare aiohttp endpoint (bench/bare.py) as a subprocess."""
     port = free_port()
     command = [sys.executable, "-m", "bench.bare", "--port", str(port)]
-    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
-    async with _process("bare", command, env, workdir, port) as running:
+    async with _process("bare", command, project_env(), workdir, port) as running:
         yield running
 
 

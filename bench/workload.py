@@ -177,9 +177,13 @@ async def create_orders(conn: asyncpg.Connection, out_trade_nos: Sequence[str]) 
     )
 
 
-def example_body() -> tuple[bytes, dict[str, str]]:
-    """A representative body and header set (for the pgbench anchor's inbox rows)."""
+def example_body(size: int = 330) -> tuple[bytes, dict[str, str]]:
+    """A body of `size` bytes and the three signature headers (the pgbench anchor's inbox rows).
+
+    The size is the issue's (#12) definition of the anchor; the service's bodies are shorter
+    (about 250 bytes), which makes no measurable difference to an insert's cost.
+    """
     body = php_json_encode({"result_code": "OK", "result_msg": "SUCCESS", "charge": charge("X")})
     headers = {"x-ca-noncestr": "0" * 32, "x-ca-timestamp": "1700000000000", "x-ca-signature": ""}
     headers["x-ca-signature"] = "A" * 344
-    return body, headers
+    return body.ljust(size), headers

@@ -43,7 +43,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from receiver import connections, database, metrics, observe
+from receiver import connections, database, eventloop, metrics, observe
 from receiver.app import CleanupContext, background, build_gateways, create_app
 from receiver.appkeys import IN_FLIGHT
 from receiver.config import Config, ServerConfig
@@ -117,7 +117,9 @@ def run_worker(
     if observer is not None:
         app.cleanup_ctx.append(observer)
     site = _Site(host=host, port=port, ssl_context=ssl_context, reuse_port=reuse_port)
-    asyncio.run(_serve_until_stopped(app, site, shutdown_timeout=config.server.shutdown_timeout_s))
+    eventloop.run(
+        _serve_until_stopped(app, site, shutdown_timeout=config.server.shutdown_timeout_s)
+    )
     log.info("stopped")
     return 0
 
@@ -159,7 +161,13 @@ async def _serve_until_stopped(
         # What start-up made (modules, keys, the pool) lives as long as the process: out of the
         # collector's sight, full collections under load only walk what requests leave behind.
         gc.freeze()
-        log.info("serving", host=where.host, port=where.port, tls=where.ssl_context is not None)
+        log.info(
+            "serving",
+            host=where.host,
+            port=where.port,
+            tls=where.ssl_context is not None,
+            loop=eventloop.name(),
+        )
         await stop.requested.wait()
         log.info("stopping", signal=stop.name, in_flight=in_flight.count)
         await site.stop()  # no new connections
