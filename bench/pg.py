@@ -260,6 +260,14 @@ async def ledger_counts(conn: asyncpg.Connection) -> dict[str, int]:
     return counts
 
 
+async def transactions(conn: asyncpg.Connection) -> int:
+    """Transactions committed in this database so far (statistics lag by up to a second)."""
+    count: int = await conn.fetchval(
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+    )
+    return count
+
+
 async def outcomes(conn: asyncpg.Connection) -> Mapping[str, int]:
     """Inbox rows by outcome."""
     rows = await conn.fetch("SELECT outcome, count(*) AS n FROM notifications GROUP BY 1")

@@ -64,6 +64,7 @@ class Phase:
     pg_cpu_s: float = 0.0
     peak_rss_mb: float = 0.0
     peak_pss_mb: float = 0.0
+    transactions: int = 0  # committed in the service's database during the phase
     outcomes: dict[str, int] = field(default_factory=dict)
 
     def per_request_us(self, seconds: float) -> float:
@@ -378,6 +379,7 @@ async def _service_phase(
     if o.warmup:
         phases.append(await _drive(ctx, svc, warm.prefix, o.warmup))
     await pg.wait_until_recorded(conn, expected=sum(p.sent for p in phases))
+    tx0 = await pg.transactions(conn)
     svc0, pg0 = procs.cpu_seconds(svc.pid), procs.cpu_seconds(ctx.info.postmaster_pid)
     gen0 = _children_cpu_s()
     spy = await _start_profile(ctx, svc)
@@ -397,6 +399,8 @@ async def _service_phase(
         peak_pss_mb=rss.peak_pss_mb,
         outcomes=dict(await pg.outcomes(conn)),
     )
+    await asyncio.sleep(1.0)  # the backends' statistics reach pg_stat_database within a second
+    phase.transactions = await pg.transactions(conn) - tx0
     _report_phase(name, phase)
     await _check_invariants(conn, [*phases, load])
     await _report_profile(ctx, spy)
@@ -472,6 +476,8 @@ def _report_phase(name: str, p: Phase) -> None:
         )
     if p.outcomes:
         _say(f"            outcomes {dict(sorted(p.outcomes.items()))}")
+    if p.transactions:
+        _say(f"            {p.load.sent / p.transactions:.1f} notifications per transaction")
 
 
 async def _check_invariants(conn: asyncpg.Connection, loads: list[LoadResult]) -> None:

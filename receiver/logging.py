@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import json
 import logging
 import os
 import re
@@ -19,6 +20,7 @@ from collections.abc import MutableMapping
 from contextvars import ContextVar
 from typing import Any, TextIO
 
+import orjson
 import structlog
 
 from receiver.errors import DatabaseUnavailable
@@ -29,6 +31,7 @@ _SECRET_KEYS = frozenset(
 )
 # A bank account or card number: a long run of digits. Keep the last 4 (SPEC: mask the rest).
 _ACCOUNT = re.compile(r"(?<!\d)\d{8,}(\d{4})(?!\d)")
+_ACCOUNT_MIN = 12  # shorter text cannot hold one: most fields skip the scan
 # Identifiers that are long digit runs by nature, not account numbers.
 _NOT_ACCOUNTS = frozenset(
     {"out_trade_no", "merchant_id", "request_id", "notification_id", "order_id", "pid"}
@@ -62,7 +65,7 @@ def redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutable
     for key, value in event.items():
         if key.lower() in _SECRET_KEYS:
             event[key] = "[redacted]"
-        elif isinstance(value, str) and key not in _NOT_ACCOUNTS:
+        elif isinstance(value, str) and len(value) >= _ACCOUNT_MIN and key not in _NOT_ACCOUNTS:
             event[key] = mask_account_numbers(value)
     return event
 
@@ -146,7 +149,7 @@ def configure_logging(*, fmt: str = "json", level: str = "info", cache: bool = T
     ]
     if fmt == "json":
         processors += [structlog.processors.format_exc_info, redact]
-        processors.append(structlog.processors.JSONRenderer())
+        processors.append(structlog.processors.JSONRenderer(serializer=json_dumps))
         factory: Any = line_writer_factory(sys.stdout)
     else:
         processors.append(redact)
@@ -200,6 +203,15 @@ def route_library_records(level: str) -> None:
     root.addHandler(LibraryRecords())
     root.setLevel(level.upper())
     logging.captureWarnings(True)
+
+
+def json_dumps(obj: Any, **kw: Any) -> str:
+    """One compact JSON line: orjson (a third of the stdlib's time), the stdlib for what orjson
+    refuses (integers beyond 64 bits, keys that are not strings)."""
+    try:
+        return orjson.dumps(obj, default=kw.get("default")).decode()
+    except TypeError:
+        return json.dumps(obj, **kw)
 
 
 def line_writer_factory(stream: TextIO) -> Any:
