@@ -30,9 +30,8 @@ from receiver.appkeys import (
 from receiver.config import Config
 from receiver.errors import DatabaseRefused, DatabaseUnavailable
 from receiver.gateways import Gateway, OrderQuerier, Refusal, reply
-from receiver.gateways.baofoo import BaofooGateway
-from receiver.gateways.gopay import GoPayGateway
 from receiver.gateways.queriers import build_queriers
+from receiver.gateways.registry import build_gateways
 from receiver.handlers import SERVER_NAME, healthz, notify, response
 from receiver.ledger import Ledger
 from receiver.logging import bind_request_id, get_logger
@@ -59,15 +58,6 @@ def new_request_id() -> str:
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def build_gateways(config: Config) -> dict[str, Gateway]:
-    """Every gateway adapter, keyed by the provider name in its URL; raises ConfigError."""
-    gateways: list[Gateway] = [
-        GoPayGateway.from_config(config.gopay, source=config.source),
-        BaofooGateway.from_config(config.baofoo),
-    ]
-    return {g.provider: g for g in gateways}
 
 
 def create_app(

@@ -202,7 +202,7 @@ def _run_configured(args: argparse.Namespace, config: Config) -> int:
 
 def _check_config(config: Config) -> int:
     """Load every key file and the TLS pair as serve would; print what would run, no secret."""
-    from receiver.app import build_gateways  # noqa: PLC0415
+    from receiver.gateways.registry import build_gateways  # noqa: PLC0415
     from receiver.gateways.queriers import build_queriers  # noqa: PLC0415
     from receiver.observe import summary  # noqa: PLC0415
     from receiver.serve import tls_context  # noqa: PLC0415
@@ -524,7 +524,7 @@ async def _ledger(config: Config) -> AsyncIterator[tuple[asyncpg.Pool, ledger.Le
 async def _replay(config: Config, args: argparse.Namespace) -> int:
     if args.ids and (args.provider or args.since):
         raise UsageError("--provider and --since go with --outcome, not --id")
-    from receiver.app import build_gateways  # noqa: PLC0415 - the web stack only when needed
+    from receiver.gateways.registry import build_gateways  # noqa: PLC0415
 
     gateways = build_gateways(config)
     selection = replay.Selection(

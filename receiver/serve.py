@@ -44,10 +44,11 @@ import structlog
 from aiohttp import web
 
 from receiver import connections, database, eventloop, metrics, observe
-from receiver.app import CleanupContext, background, build_gateways, create_app
+from receiver.app import CleanupContext, background, create_app
 from receiver.appkeys import IN_FLIGHT
 from receiver.config import Config, ServerConfig
 from receiver.errors import ConfigError, DatabaseUnavailable
+from receiver.gateways.registry import build_gateways
 from receiver.logging import configure_logging, get_logger, line_writer_factory
 
 log = get_logger(__name__)
