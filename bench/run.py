@@ -26,7 +26,7 @@ from typing import Any
 
 import asyncpg
 
-from bench import pg, procs, profile, service
+from bench import pg, procs, profile, service, stalls
 from bench.loadgen import LoadResult, OpenLoop, PythonLoad, Wrk, find_wrk
 from bench.pg import BenchError, PgbenchResult
 from bench.workload import RequestSet, create_orders, write_request_set
@@ -65,6 +65,8 @@ class Phase:
     peak_rss_mb: float = 0.0
     peak_pss_mb: float = 0.0
     transactions: int = 0  # committed in the service's database during the phase
+    during: str = ""  # checkpoints and autovacuum runs during the phase
+    slowest_seconds: str = ""  # the service's own slowest notifications, by second
     outcomes: dict[str, int] = field(default_factory=dict)
 
     def per_request_us(self, seconds: float) -> float:
@@ -379,7 +381,8 @@ async def _service_phase(
     if o.warmup:
         phases.append(await _drive(ctx, svc, warm.prefix, o.warmup))
     await pg.wait_until_recorded(conn, expected=sum(p.sent for p in phases))
-    tx0 = await pg.transactions(conn)
+    tx0, bg0 = await pg.transactions(conn), await stalls.background(conn)
+    log_window = stalls.LogWindow.starting_now(svc.log)
     svc0, pg0 = procs.cpu_seconds(svc.pid), procs.cpu_seconds(ctx.info.postmaster_pid)
     gen0 = _children_cpu_s()
     spy = await _start_profile(ctx, svc)
@@ -401,6 +404,9 @@ async def _service_phase(
     )
     await asyncio.sleep(1.0)  # the backends' statistics reach pg_stat_database within a second
     phase.transactions = await pg.transactions(conn) - tx0
+    log_window.read()
+    phase.during = (await stalls.background(conn)).since(bg0)
+    phase.slowest_seconds = log_window.slowest()
     _report_phase(name, phase)
     await _check_invariants(conn, [*phases, load])
     await _report_profile(ctx, spy)
@@ -477,7 +483,12 @@ def _report_phase(name: str, p: Phase) -> None:
     if p.outcomes:
         _say(f"            outcomes {dict(sorted(p.outcomes.items()))}")
     if p.transactions:
-        _say(f"            {p.load.sent / p.transactions:.1f} notifications per transaction")
+        _say(
+            f"            {p.load.sent / p.transactions:.1f} notifications per transaction"
+            f" (a batch is 2); during the phase: {p.during}"
+        )
+    if p.slowest_seconds:
+        _say(f"            the service's slowest seconds (handler time): {p.slowest_seconds}")
 
 
 async def _check_invariants(conn: asyncpg.Connection, loads: list[LoadResult]) -> None:
@@ -710,6 +721,9 @@ def _phase_json(p: Phase) -> dict[str, Any]:
         "generator_cpu_s": p.generator_cpu_s,
         "peak_rss_mb": p.peak_rss_mb,
         "peak_pss_mb": p.peak_pss_mb,
+        "transactions": p.transactions,
+        "during": p.during,
+        "slowest_seconds": p.slowest_seconds,
         "outcomes": p.outcomes,
     }
 
