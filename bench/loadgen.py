@@ -44,6 +44,7 @@ class LoadResult:
     lateness_ms: dict[str, float] = field(default_factory=dict)
     worst_ms_by_second: list[float] = field(default_factory=list)
     target_rate: float = 0.0
+    connections: int = 0
 
     @property
     def rate(self) -> float:
@@ -125,6 +126,7 @@ def _bench_json(name: str, returncode: int | None, out: bytes, err: bytes) -> Lo
         lateness_ms={k: v / 1000 for k, v in data.get("lateness_us", {}).items()},
         worst_ms_by_second=data.get("worst_ms_by_second", []),
         target_rate=data.get("rate", 0.0),
+        connections=data.get("connections", 0),
     )
 
 

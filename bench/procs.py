@@ -13,6 +13,7 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 _TICK = os.sysconf("SC_CLK_TCK")
 _PROC = Path("/proc")
@@ -115,6 +116,10 @@ def peak_rss_mb(pid: int) -> float:
     return _status_kb(pid, "VmHWM") / 1024
 
 
+class Sampled(Protocol):
+    def sample(self) -> None: ...
+
+
 @dataclass(slots=True)
 class RssSampler:
     """The highest resident memory (RSS, and PSS) of a process tree seen in samples every
@@ -124,8 +129,11 @@ class RssSampler:
     interval_s: float = 0.25
     peak_mb: float = field(default=0.0)
     peak_pss_mb: float = field(default=0.0)
+    also: list[Sampled] = field(default_factory=list)  # sampled on the same clock
 
     def sample(self) -> None:
+        for other in self.also:
+            other.sample()
         pids = tree(self.root)
         self.peak_mb = max(self.peak_mb, sum(_status_kb(p, "VmRSS") for p in pids) / 1024)
         self.peak_pss_mb = max(self.peak_pss_mb, sum(_rollup_kb(p, "Pss") for p in pids) / 1024)

@@ -116,7 +116,7 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--no-install", action="store_true", help="never apt-get install wrk")
     p.add_argument("--workers", type=int, default=1, help="service processes (serve --workers)")
     p.add_argument("--batch-max", type=int, default=64, help="ledger.batch_max (1: no batching)")
-    p.add_argument("--batch-concurrency", type=int, default=2, help="ledger.batch_concurrency")
+    p.add_argument("--batch-concurrency", type=int, default=1, help="ledger.batch_concurrency")
     p.add_argument("--log-level", default="info", help="service log.level")
     p.add_argument(
         "--open-loop",
@@ -386,7 +386,8 @@ async def _service_phase(
     svc0, pg0 = procs.cpu_seconds(svc.pid), procs.cpu_seconds(ctx.info.postmaster_pid)
     gen0 = _children_cpu_s()
     spy = await _start_profile(ctx, svc)
-    async with procs.RssSampler(svc.pid).running() as rss:
+    writeback = stalls.WriteBack()
+    async with procs.RssSampler(svc.pid, also=[writeback]).running() as rss:
         if drive is None:
             load = await _drive(ctx, svc, measured.prefix, o.seconds)
         else:
@@ -405,7 +406,7 @@ async def _service_phase(
     await asyncio.sleep(1.0)  # the backends' statistics reach pg_stat_database within a second
     phase.transactions = await pg.transactions(conn) - tx0
     log_window.read()
-    phase.during = (await stalls.background(conn)).since(bg0)
+    phase.during = (await stalls.background(conn)).since(bg0) + "; " + writeback.describe()
     phase.slowest_seconds = log_window.slowest()
     _report_phase(name, phase)
     await _check_invariants(conn, [*phases, load])
@@ -476,7 +477,8 @@ def _report_phase(name: str, p: Phase) -> None:
         late = p.load.lateness_ms
         worst = p.load.worst_ms_by_second
         _say(
-            f"            scheduled {p.load.target_rate:.0f}/s; the generator wrote p99"
+            f"            scheduled {p.load.target_rate:.0f}/s over {p.load.connections}"
+            f" connections; the generator wrote p99"
             f" {late['p99']:.2f} ms, max {late['max']:.1f} ms behind schedule; worst second"
             f" {max(worst, default=0):.1f} ms (s {worst.index(max(worst)) if worst else 0})"
         )

@@ -71,7 +71,7 @@ class Tuning:
 
     workers: int = 1
     batch_max: int = 64
-    batch_concurrency: int = 2
+    batch_concurrency: int = 1
     log_level: str = "info"
 
     def describe(self) -> str:

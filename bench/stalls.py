@@ -74,3 +74,39 @@ class LogWindow:
         """The `n` seconds with the slowest notification, as 'HH:MM:SS 12.3 ms'."""
         top = sorted(self.worst.items(), key=lambda kv: kv[1], reverse=True)[:n]
         return ", ".join(f"{second[11:]} {ms:.1f} ms" for second, ms in top)
+
+
+def _meminfo_kb(*keys: str) -> dict[str, int]:
+    found = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        if name in keys:
+            found[name] = int(rest.split()[0])
+    return found
+
+
+@dataclass(slots=True)
+class WriteBack:
+    """The kernel's dirty page cache and write-back in progress, sampled during a phase: a burst
+    of write-back (of any file on the database's disk) makes WAL flushes, and so commits, wait."""
+
+    interval_s: float = 0.25
+    peak_dirty_mb: float = 0.0
+    peak_writeback_mb: float = 0.0
+    busy_samples: int = 0  # samples with more than 1 MB being written back
+    samples: int = 0
+
+    def sample(self) -> None:
+        kb = _meminfo_kb("Dirty", "Writeback")
+        self.peak_dirty_mb = max(self.peak_dirty_mb, kb.get("Dirty", 0) / 1024)
+        writeback = kb.get("Writeback", 0) / 1024
+        self.peak_writeback_mb = max(self.peak_writeback_mb, writeback)
+        self.busy_samples += writeback > 1
+        self.samples += 1
+
+    def describe(self) -> str:
+        return (
+            f"kernel write-back: up to {self.peak_writeback_mb:.0f} MB in flight"
+            f" ({self.busy_samples} of {self.samples} samples over 1 MB), dirty up to"
+            f" {self.peak_dirty_mb:.0f} MB"
+        )

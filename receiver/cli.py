@@ -202,8 +202,8 @@ def _run_configured(args: argparse.Namespace, config: Config) -> int:
 
 def _check_config(config: Config) -> int:
     """Load every key file and the TLS pair as serve would; print what would run, no secret."""
-    from receiver.gateways.registry import build_gateways  # noqa: PLC0415
     from receiver.gateways.queriers import build_queriers  # noqa: PLC0415
+    from receiver.gateways.registry import build_gateways  # noqa: PLC0415
     from receiver.observe import summary  # noqa: PLC0415
     from receiver.serve import tls_context  # noqa: PLC0415
 

@@ -156,7 +156,7 @@ class Ledger:
         *,
         nonce_window_s: int = 900,
         batch_max: int = 64,
-        batch_concurrency: int = 2,
+        batch_concurrency: int = 1,
         health: Health | None = None,
     ) -> None:
         self._pool = pool
