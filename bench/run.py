@@ -486,8 +486,8 @@ def _report_phase(name: str, p: Phase) -> None:
         _say(f"            outcomes {dict(sorted(p.outcomes.items()))}")
     if p.transactions:
         _say(
-            f"            {p.load.sent / p.transactions:.1f} notifications per transaction"
-            f" (a batch is 2); during the phase: {p.during}"
+            f"            {p.load.sent / p.transactions:.1f} notifications per PostgreSQL"
+            f" transaction (read-only ones count); during the phase: {p.during}"
         )
     if p.slowest_seconds:
         _say(f"            the service's slowest seconds (handler time): {p.slowest_seconds}")
