@@ -193,7 +193,8 @@ def percentiles_us(values: list[float]) -> dict[str, float]:
     ordered = sorted(values) or [0.0]
 
     def at(p: float) -> float:
-        return ordered[min(len(ordered) - 1, math.ceil(p / 100 * len(ordered)) - 1)] * 1e6
+        rank = math.ceil(round(p / 100 * len(ordered), 6))  # nearest rank, float noise aside
+        return ordered[min(len(ordered) - 1, max(rank, 1) - 1)] * 1e6
 
     return {
         "p50": at(50),
