@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,11 +131,22 @@ class RssSampler:
     peak_mb: float = field(default=0.0)
     peak_pss_mb: float = field(default=0.0)
     also: list[Sampled] = field(default_factory=list)  # sampled on the same clock
+    # The tree, found by reading every process's stat file (milliseconds of CPU on a busy
+    # machine), is listed again only every few seconds: workers do not come and go.
+    tree_every_s: float = 5.0
+    _tree: list[int] = field(default_factory=list)
+    _tree_at: float = field(default=-1e9)
+
+    def _pids(self) -> list[int]:
+        now = time.monotonic()
+        if now - self._tree_at >= self.tree_every_s:
+            self._tree, self._tree_at = tree(self.root), now
+        return self._tree
 
     def sample(self) -> None:
         for other in self.also:
             other.sample()
-        pids = tree(self.root)
+        pids = self._pids()
         self.peak_mb = max(self.peak_mb, sum(_status_kb(p, "VmRSS") for p in pids) / 1024)
         self.peak_pss_mb = max(self.peak_pss_mb, sum(_rollup_kb(p, "Pss") for p in pids) / 1024)
 
