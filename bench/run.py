@@ -67,6 +67,7 @@ class Phase:
     transactions: int = 0  # committed in the service's database during the phase
     during: str = ""  # checkpoints and autovacuum runs during the phase
     slowest_seconds: str = ""  # the service's own slowest notifications, by second
+    others_cpu_s: float = 0.0  # CPU used meanwhile by processes outside the benchmark
     outcomes: dict[str, int] = field(default_factory=dict)
 
     def per_request_us(self, seconds: float) -> float:
@@ -357,6 +358,11 @@ async def _pgbench_phase(ctx: Context, conn: asyncpg.Connection) -> PgbenchResul
     return result
 
 
+def _self_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _children_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -384,7 +390,7 @@ async def _service_phase(
     tx0, bg0 = await pg.transactions(conn), await stalls.background(conn)
     log_window = stalls.LogWindow.starting_now(svc.log)
     svc0, pg0 = procs.cpu_seconds(svc.pid), procs.cpu_seconds(ctx.info.postmaster_pid)
-    gen0 = _children_cpu_s()
+    gen0, busy0, self0 = _children_cpu_s(), stalls.machine_busy_s(), _self_cpu_s()
     spy = await _start_profile(ctx, svc)
     writeback = stalls.WriteBack()
     async with procs.RssSampler(svc.pid, also=[writeback]).running() as rss:
@@ -394,6 +400,7 @@ async def _service_phase(
             load = await drive()
         gen_cpu = _children_cpu_s() - gen0  # before py-spy, also a child, is reaped
         await pg.wait_until_recorded(conn, expected=sum(p.sent for p in phases) + load.sent)
+    busy, own = stalls.machine_busy_s() - busy0, _self_cpu_s() - self0
     phase = Phase(
         load=load,
         server_cpu_s=procs.cpu_seconds(svc.pid) - svc0,
@@ -405,6 +412,9 @@ async def _service_phase(
     )
     await asyncio.sleep(1.0)  # the backends' statistics reach pg_stat_database within a second
     phase.transactions = await pg.transactions(conn) - tx0
+    # The machine's busy time less the benchmark's own (py-spy, with --profile, counts as other).
+    ours = phase.server_cpu_s + phase.pg_cpu_s + phase.generator_cpu_s + own
+    phase.others_cpu_s = max(0.0, busy - ours)
     log_window.read()
     phase.during = (await stalls.background(conn)).since(bg0) + "; " + writeback.describe()
     phase.slowest_seconds = log_window.slowest()
@@ -491,6 +501,11 @@ def _report_phase(name: str, p: Phase) -> None:
         )
     if p.slowest_seconds:
         _say(f"            the service's slowest seconds (handler time): {p.slowest_seconds}")
+    if p.pg_cpu_s and p.load.duration_s:  # measured in the service's phases
+        _say(
+            f"            processes outside the benchmark used {p.others_cpu_s:.1f} CPU-s"
+            f" ({p.others_cpu_s / p.load.duration_s:.0%} of a core) during the phase"
+        )
 
 
 async def _check_invariants(conn: asyncpg.Connection, loads: list[LoadResult]) -> None:
@@ -726,6 +741,7 @@ def _phase_json(p: Phase) -> dict[str, Any]:
         "transactions": p.transactions,
         "during": p.during,
         "slowest_seconds": p.slowest_seconds,
+        "others_cpu_s": p.others_cpu_s,
         "outcomes": p.outcomes,
     }
 

@@ -4,6 +4,7 @@ its own log lines' `duration_ms`), checkpoints, and autovacuum or autoanalyze ru
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,3 +111,10 @@ class WriteBack:
             f" ({self.busy_samples} of {self.samples} samples over 1 MB), dirty up to"
             f" {self.peak_dirty_mb:.0f} MB"
         )
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all cores have spent busy since boot (/proc/stat: all but idle and iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
