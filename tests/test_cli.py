@@ -23,6 +23,8 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
     full_env.update(env or {})
+    if args[:1] == ("serve",) and cwd is not None and "--config" not in args:
+        without_metrics_listener(cwd)
     return subprocess.run(
         [sys.executable, "-m", "receiver.cli", *args],
         capture_output=True,
@@ -32,6 +34,16 @@ def run(
         timeout=120,
         check=False,
     )
+
+
+def without_metrics_listener(cwd: Path) -> None:
+    """Give the receiver.toml in `cwd` (made if absent) `[metrics] port = 0`, unless it names a
+    metrics table: a `serve` under test must not want the default port 9464, which another
+    service or test run on this machine may hold, and fail for that instead of what it tests."""
+    path = cwd / "receiver.toml"
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    if "[metrics]" not in text:
+        path.write_text(f"{text}\n[metrics]\nport = 0\n", encoding="utf-8")
 
 
 def one_line(proc: subprocess.CompletedProcess[str]) -> str:

@@ -23,7 +23,7 @@ from receiver.config import DatabaseConfig
 from receiver.errors import NoEmbeddedDatabase
 from tests.conftest import BAOFOO_MEMBER, BAOFOO_TERMINAL, GOPAY_MCHID
 from tests.service_process import free_port
-from tests.test_cli import one_line, run
+from tests.test_cli import one_line, run, without_metrics_listener
 
 pytestmark = pytest.mark.usefixtures("db")
 
@@ -216,6 +216,7 @@ def test_serve_with_its_log_pipe_closed_keeps_serving_and_says_so_once(migrated,
     os.close(read_end)  # journald restarted, or `receiver serve | head`
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
+    without_metrics_listener(tmp_path)
     proc = subprocess.Popen(
         [sys.executable, "-m", "receiver.cli", "serve", "--port", str(port)],
         stdout=write_end,
