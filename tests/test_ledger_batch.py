@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -10,7 +11,7 @@ import asyncpg
 import pytest
 
 from receiver.database import create_pool
-from receiver.ledger import Ledger
+from receiver.ledger import Ledger, _bool_array, _int_array, _text_array
 from receiver.notification import Inbound, Notification, Outcome, Status
 from receiver.planning import OrderState, plan_batch
 
@@ -162,3 +163,75 @@ def test_plan_is_sequential_per_order():
     ]
     move = plan.moves[1]
     assert (move.old_status, move.new_status, move.late) == (Status.PENDING, Status.PAID, True)
+
+
+# What array literals must carry verbatim: their own syntax, whitespace, the word NULL, non-ASCII.
+AWKWARD = [
+    '"',
+    "\\",
+    ",",
+    "{",
+    "}",
+    " ",
+    "\t",
+    "\n",
+    "NULL",
+    "null",
+    "'",
+    "a",
+    "é",
+    "中",
+    "😀",
+    "\x01",
+]
+
+
+def awkward_text(rng: random.Random) -> str | None:
+    if rng.random() < 0.1:
+        return None
+    return "".join(rng.choice(AWKWARD) for _ in range(rng.randrange(5)))  # "" included
+
+
+async def test_text_array_literals_round_trip_any_text(db):
+    cases = [
+        [],
+        [None],
+        [""],
+        ["NULL", "null", None, ""],
+        [' a "b" ', "c\\d", "{e,f}", "g\\", '\\"'],
+    ]
+    rng = random.Random(12)
+    cases += [[awkward_text(rng) for _ in range(rng.randrange(20))] for _ in range(300)]
+    echo = await db.prepare("SELECT $1::text::text[]")
+    for values in cases:
+        assert await echo.fetchval(_text_array(values)) == values
+
+
+async def test_int_and_bool_array_literals_round_trip(db):
+    ints = [0, -1, 1, None, 2**63 - 1, -(2**63), 10000]
+    assert await db.fetchval("SELECT $1::text::bigint[]", _int_array(ints)) == ints
+    assert await db.fetchval("SELECT $1::text::bigint[]", _int_array([])) == []
+    bools = [True, False, True]
+    assert await db.fetchval("SELECT $1::text::boolean[]", _bool_array(bools)) == bools
+
+
+async def test_awkward_text_and_bytes_are_stored_verbatim(db, pool, make_order):
+    order = await make_order('Q"1')
+    await make_order("Q,2")
+    ledger = Ledger(pool, batch_concurrency=1)
+    odd = ' "NULL" \\ {a,b} é中 '
+    body = bytes(range(256))
+    results = await asyncio.gather(
+        ledger.apply(inbound(), note("Q,2")),
+        ledger.apply(inbound(body), note('Q"1', detail=odd, provider_trade_no=odd)),
+        ledger.apply(inbound(), note("NULL", detail="NULL")),
+    )
+    assert [r.outcome for r in results] == [Outcome.APPLIED, Outcome.APPLIED, Outcome.UNKNOWN_ORDER]
+    rows = await db.fetch("SELECT out_trade_no, detail, body FROM notifications ORDER BY id")
+    assert [tuple(r) for r in rows] == [
+        ("Q,2", "", b"{}"),
+        ('Q"1', odd, body),
+        ("NULL", "NULL; no such order", b"{}"),
+    ]
+    stored = await db.fetchval("SELECT provider_trade_no FROM orders WHERE id = $1", order["id"])
+    assert stored == odd
