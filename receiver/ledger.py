@@ -26,6 +26,7 @@ from datetime import timedelta
 from typing import Any
 
 import asyncpg
+import orjson
 
 from receiver import metrics
 from receiver.database import CONNECTION_ERRORS, Health
@@ -385,7 +386,11 @@ def _notification_row(item: _Item, d: Decision) -> tuple[object, ...]:
 def stored_headers(inbound: Inbound, signed: Mapping[str, str]) -> str:
     """The `headers` jsonb of a stored notification: its content type and signature headers."""
     kept = kept_headers(inbound.headers, [CONTENT_TYPE_HEADER]) | dict(signed)
-    return json.dumps(kept)
+    try:
+        return orjson.dumps(kept).decode()  # a tenth of json.dumps's time
+    except orjson.JSONEncodeError:
+        # A lone surrogate: the stdlib escapes it and the database refuses this one row.
+        return json.dumps(kept)
 
 
 def _move_row(m: Move) -> tuple[object, ...]:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
+from multidict import CIMultiDict, CIMultiDictProxy
+
 
 class Status(enum.StrEnum):
     """An order's status as stored in `orders.status`."""
@@ -70,12 +72,22 @@ CONTENT_TYPE_HEADER = "content-type"  # kept with every stored notification, for
 
 
 def kept_headers(headers: Mapping[str, str], names: Iterable[str]) -> dict[str, str]:
-    """The named headers present and storable as text: lower-case names, verbatim values."""
-    lowered = {str(k).lower(): v for k, v in headers.items()}
+    """The named headers present and storable as text: lower-case names, verbatim values.
+
+    A header sent more than once counts with its last value.
+    """
+    found: dict[str, object]
+    if isinstance(headers, CIMultiDictProxy | CIMultiDict):
+        # aiohttp's request headers: looked up case-insensitively, rather than lower-casing every
+        # header. Its parser admits only ASCII token names, for which that match and lower() agree.
+        found = {name: values[-1] for name in names if (values := headers.getall(name, None))}
+    else:
+        lowered = {str(k).lower(): v for k, v in headers.items()}
+        found = {name: lowered.get(name) for name in names}
     return {
         name: value
-        for name in names
-        if isinstance(value := lowered.get(name), str) and _storable_text(value)
+        for name, value in found.items()
+        if isinstance(value, str) and _storable_text(value)
     }
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import asyncpg
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from receiver.database import create_pool
 from receiver.ledger import Ledger, _bool_array, _int_array, _text_array
@@ -109,12 +111,13 @@ async def test_unknown_order_and_mismatch_do_not_disturb_the_batch(db, pool, mak
     ]
 
 
-async def test_a_row_the_database_refuses_fails_alone(db, pool, make_order):
+@pytest.mark.parametrize("unstorable", ["\u0000", "\udcff"])  # jsonb holds neither
+async def test_a_row_the_database_refuses_fails_alone(db, pool, make_order, unstorable):
     await make_order("S5")
     await make_order("S6")
     await make_order("S7")
     ledger = Ledger(pool, batch_concurrency=1)
-    bad = note("S6", signed_headers={"x": "\u0000"})  # jsonb cannot hold NUL: the batch fails
+    bad = note("S6", signed_headers={"x": unstorable})  # the batch fails
     results = await apply_all(ledger, [note("S5"), note("S7"), bad, note("S6")])
     assert results[0].outcome is Outcome.APPLIED and results[1].outcome is Outcome.APPLIED
     assert isinstance(results[2], asyncpg.PostgresError)
@@ -147,6 +150,23 @@ async def test_concurrent_batches_on_one_order_apply_once(db, pool, make_order):
     results = await apply_all(ledger, [note("C1") for _ in range(40)])
     assert sorted(r.outcome for r in results) == [Outcome.APPLIED] + [Outcome.DUPLICATE] * 39
     assert await db.fetchval("SELECT count(*) FROM order_events") == 1
+
+
+async def test_stored_headers_are_the_content_type_and_signed_headers(db, pool, make_order):
+    await make_order("H1")
+    ledger = Ledger(pool, batch_concurrency=1)
+    request = Inbound(
+        "gopay",
+        b"{}",
+        CIMultiDictProxy(CIMultiDict([("Content-Type", "application/json"), ("Host", "h")])),
+        "application/json",
+        None,
+        "127.0.0.1",
+    )
+    signed = {"x-ca-signature": 'a"\\/é中😀\n', "x-ca-timestamp": "1"}
+    await ledger.apply(request, note("H1", signed_headers=signed))
+    stored = await db.fetchval("SELECT headers::text FROM notifications")
+    assert json.loads(stored) == {"content-type": "application/json"} | signed
 
 
 def test_plan_is_sequential_per_order():

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import structlog
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from receiver.logging import configure_logging, mask_account_numbers
 from receiver.notification import (
@@ -147,6 +148,22 @@ def test_kept_headers_are_the_named_ones_present_and_storable_verbatim():
         "content-type": "application/json; charset=UTF-8",
         "x-ca-noncestr": " N1 ",
     }
+
+
+def test_kept_headers_of_a_request_match_names_as_a_plain_mapping_does():
+    items = [
+        ("Content-Type", "text/plain"),
+        ("X-CA-NONCESTR", "first"),
+        ("X-Ca-Noncestr", "second"),
+        ("x-ca-noncestr", "last"),  # sent thrice: the last one counts
+        ("X-Ca-Signature", "ab\udcffc"),
+        ("Other", "x"),
+    ]
+    names = ["content-type", "x-ca-noncestr", "x-ca-signature", "absent"]
+    expected = {"content-type": "text/plain", "x-ca-noncestr": "last"}
+    assert kept_headers(dict(items), names) == expected
+    assert kept_headers(CIMultiDictProxy(CIMultiDict(items)), names) == expected
+    assert kept_headers(CIMultiDict(items), names) == expected
 
 
 @pytest.mark.parametrize(
