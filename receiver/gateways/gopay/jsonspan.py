@@ -138,6 +138,10 @@ def _member(text: str, pos: int, keys: set[str]) -> tuple[str, int, int, Any]:
 
 
 def _skip(text: str, pos: int) -> int:
+    # PHP's json_encode writes no whitespace: look at one character before running the pattern
+    # (which decides: not every isspace() character is JSON whitespace).
+    if not text[pos : pos + 1].isspace():
+        return pos
     match = _WS.match(text, pos)
     return match.end() if match else pos
 

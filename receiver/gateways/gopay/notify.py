@@ -269,10 +269,11 @@ def parse_amount_minor(value: object) -> int:
     text = str(value)  # Decimal keeps its JSON spelling, so 1e3 stays exponent notation
     if not _AMOUNT.fullmatch(text):
         raise ValueError("not a plain decimal amount")
-    minor = Decimal(text) * 100
-    if minor != minor.to_integral_value():
+    # Integer arithmetic on the matched digits: at most 3 decimals, of which the third must be 0.
+    whole, _, decimals = text.partition(".")
+    if decimals[2:] not in ("", "0"):
         raise ValueError("not a whole number of minor units")
-    return int(minor)
+    return int(whole) * 100 + int(decimals[:2].ljust(2, "0"))
 
 
 def currency_field(charge: Mapping[str, Any]) -> str:

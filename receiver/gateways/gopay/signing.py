@@ -46,6 +46,11 @@ MAX_NONCE_LENGTH = 64  # the platform sends 32; the nonce index refuses very lon
 _TS_TEXT = re.compile(r"[0-9]{1,24}(?:\.[0-9]{1,24})?(?:[eE]\+?[0-9]{1,2})?")
 _TS_SCALE = {12: 3, 15: 6, 18: 9}  # order of magnitude -> decimal places to seconds
 
+# SHA1withRSA is what the platform speaks, not our choice. Both objects are stateless: built once
+# rather than on every notification.
+_PKCS1V15 = padding.PKCS1v15()
+_SHA1 = hashes.SHA1()  # noqa: S303
+
 # --- keys -------------------------------------------------------------------------------------
 
 
@@ -226,8 +231,7 @@ def request_signed_text(*, path: str, query: str, nonce: str, timestamp: str, bo
 
 def rsa_sha1_sign(key: RSAPrivateKey, message: bytes) -> str:
     """base64(RSA-PKCS1v15-SHA1-sign(key, message)): both directions sign this way."""
-    # SHA1withRSA is what the platform speaks; not our choice.
-    signature = key.sign(message, padding.PKCS1v15(), hashes.SHA1())  # noqa: S303
+    signature = key.sign(message, _PKCS1V15, _SHA1)
     return base64.b64encode(signature).decode("ascii")
 
 
@@ -273,7 +277,7 @@ def verify_signature(
 
 def _rsa_sha1_ok(key: RSAPublicKey, *, signature: bytes, message: bytes) -> bool:
     try:
-        key.verify(signature, message, padding.PKCS1v15(), hashes.SHA1())  # noqa: S303
+        key.verify(signature, message, _PKCS1V15, _SHA1)
     except InvalidSignature:
         return False
     return True
