@@ -77,7 +77,8 @@ async def notify(request: web.Request) -> web.StreamResponse:
 
 
 async def _handle(request: web.Request, gateway: Gateway) -> Handled:
-    config = request.app[CONFIG].server
+    app = request.app
+    config = app[CONFIG].server
     trusted = config.trusted_proxies
     # Without trusted proxies the header cannot matter: not even looked up.
     forwarded_for = request.headers.get("X-Forwarded-For") if trusted else None
@@ -97,7 +98,7 @@ async def _handle(request: web.Request, gateway: Gateway) -> Handled:
         charset=request.charset,
         remote_addr=remote_addr,
     )
-    return await _process(request.app, gateway, inbound)
+    return await _process(app, gateway, inbound)
 
 
 def _check_request(request: web.Request) -> None:
@@ -203,11 +204,10 @@ async def read_body(request: web.Request, *, limit: int, timeout_s: float) -> by
 
 
 async def _read_limited(request: web.Request, *, limit: int, timeout_s: float) -> bytes:
-    too_large = Refused(Refusal.BODY_TOO_LARGE, f"body is over the {limit}-byte limit")
     if request.content.is_eof():  # usual: the body came with the headers, nothing to wait for
         body = request.content.read_nowait()  # all of it, without read()'s loop of awaits
         if len(body) > limit:
-            raise too_large
+            raise _too_large(limit)
         return body
     chunks: list[bytes] = []
     size = 0
@@ -216,11 +216,15 @@ async def _read_limited(request: web.Request, *, limit: int, timeout_s: float) -
             async for chunk in request.content.iter_chunked(16384):
                 size += len(chunk)
                 if size > limit:
-                    raise too_large
+                    raise _too_large(limit)
                 chunks.append(chunk)
     except TimeoutError:
         raise Refused(Refusal.BODY_TIMEOUT, f"body not received within {timeout_s:g} s") from None
     return b"".join(chunks)
+
+
+def _too_large(limit: int) -> Refused:
+    return Refused(Refusal.BODY_TOO_LARGE, f"body is over the {limit}-byte limit")
 
 
 def _framing(exc: BaseException) -> str:

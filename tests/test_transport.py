@@ -157,6 +157,17 @@ async def test_identity_or_empty_content_encoding_is_accepted(client, signer, ma
     assert (resp.status, await resp.read()) == (200, SUCCESS)
 
 
+async def test_a_chunked_body_over_the_limit_is_413_with_its_reason(client, config):
+    limit = config.server.max_body_bytes
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (limit + 1, b"x" * (limit + 1))
+    data = request(headers={"Transfer-Encoding": "chunked"}, body=chunked)
+    with structlog.testing.capture_logs() as logs:
+        reply = await exchange(*address(client), data)
+    assert (reply.status, reply.body) == (413, FAIL)
+    [line] = [entry for entry in logs if entry["event"] == "notification"]
+    assert line["reason"] == f"body is over the {limit}-byte limit"
+
+
 # --- X-Request-Id -------------------------------------------------------------------------------
 
 
