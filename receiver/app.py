@@ -96,8 +96,8 @@ def in_context(handler: Handler, in_flight: InFlight) -> Handler:
     async def handle_in_context(request: web.Request) -> web.StreamResponse:
         in_flight.count += 1
         in_flight.idle.clear()
-        given = request.headers.get("X-Request-Id", "")
-        request_id = given if _REQUEST_ID.match(given) else new_request_id()
+        given = request.headers.get("X-Request-Id")
+        request_id = given if given and _REQUEST_ID.match(given) else new_request_id()
         bind_request_id(request_id)
         try:
             response = await handler(request)

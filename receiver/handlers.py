@@ -48,7 +48,9 @@ class Refused(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+# Not frozen: built once per request and read right away, it never travels; freezing would cost
+# an object.__setattr__ per field on every notification.
+@dataclass(slots=True, kw_only=True)
 class Handled:
     """What one notification came to, for the reply and the log line."""
 
@@ -67,17 +69,20 @@ async def notify(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound(text="no such gateway\n")
     started = time.perf_counter()
     handled = await _handle(request, gateway)
-    _measure(gateway.provider, handled, started)
+    seconds = time.perf_counter() - started
+    _measure(gateway.provider, handled, seconds)
     if handled.answer is not Refusal.TOO_MANY_UNVERIFIED:  # the limiter logs a summary instead
-        _log_notification(gateway.provider, handled, started)
+        _log_notification(gateway.provider, handled, seconds)
     return response(reply(gateway.dialect, handled.answer))
 
 
 async def _handle(request: web.Request, gateway: Gateway) -> Handled:
-    config = request.app[CONFIG].server
-    remote_addr = client_address(
-        request.remote, request.headers.get("X-Forwarded-For"), config.trusted_proxies
-    )
+    app = request.app
+    config = app[CONFIG].server
+    trusted = config.trusted_proxies
+    # Without trusted proxies the header cannot matter: not even looked up.
+    forwarded_for = request.headers.get("X-Forwarded-For") if trusted else None
+    remote_addr = client_address(request.remote, forwarded_for, trusted)
     try:
         _check_request(request)
         body = await read_body(
@@ -93,7 +98,7 @@ async def _handle(request: web.Request, gateway: Gateway) -> Handled:
         charset=request.charset,
         remote_addr=remote_addr,
     )
-    return await _process(request.app, gateway, inbound)
+    return await _process(app, gateway, inbound)
 
 
 def _check_request(request: web.Request) -> None:
@@ -169,8 +174,8 @@ def check_source(gateway: Gateway, remote_addr: str | None) -> None:
 def _check_encoding(inbound: Inbound) -> None:
     """Gateways never compress: any Content-Encoding but identity is refused, never decoded
     (the server does not decompress either), so a decompression bomb costs nothing."""
-    encoding = inbound.headers.get(hdrs.CONTENT_ENCODING, "")
-    if any(token.strip().lower() not in _IDENTITY for token in encoding.split(",")):
+    encoding = inbound.headers.get(hdrs.CONTENT_ENCODING)
+    if encoding and any(token.strip().lower() not in _IDENTITY for token in encoding.split(",")):
         raise Rejected(
             Outcome.MALFORMED,
             "a Content-Encoding other than identity is not accepted",
@@ -199,11 +204,10 @@ async def read_body(request: web.Request, *, limit: int, timeout_s: float) -> by
 
 
 async def _read_limited(request: web.Request, *, limit: int, timeout_s: float) -> bytes:
-    too_large = Refused(Refusal.BODY_TOO_LARGE, f"body is over the {limit}-byte limit")
     if request.content.is_eof():  # usual: the body came with the headers, nothing to wait for
-        body = await request.content.read()
+        body = request.content.read_nowait()  # all of it, without read()'s loop of awaits
         if len(body) > limit:
-            raise too_large
+            raise _too_large(limit)
         return body
     chunks: list[bytes] = []
     size = 0
@@ -212,11 +216,15 @@ async def _read_limited(request: web.Request, *, limit: int, timeout_s: float) -
             async for chunk in request.content.iter_chunked(16384):
                 size += len(chunk)
                 if size > limit:
-                    raise too_large
+                    raise _too_large(limit)
                 chunks.append(chunk)
     except TimeoutError:
         raise Refused(Refusal.BODY_TIMEOUT, f"body not received within {timeout_s:g} s") from None
     return b"".join(chunks)
+
+
+def _too_large(limit: int) -> Refused:
+    return Refused(Refusal.BODY_TOO_LARGE, f"body is over the {limit}-byte limit")
 
 
 def _framing(exc: BaseException) -> str:
@@ -273,21 +281,21 @@ def _is_ip(text: str) -> bool:
     return True
 
 
-def _measure(provider: str, handled: Handled, started: float) -> None:
+def _measure(provider: str, handled: Handled, seconds: float) -> None:
     answer = handled.answer
     metrics.replied(
         provider,
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
         refused_status=int(answer) if isinstance(answer, Refusal) else None,
     )
 
 
-def _log_notification(provider: str, handled: Handled, started: float) -> None:
+def _log_notification(provider: str, handled: Handled, seconds: float) -> None:
     status = reply_status(handled.answer)
     fields = {
         "provider": provider,
         "http_status": status,
-        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+        "duration_ms": round(seconds * 1000, 2),
         "reason": handled.reason,
         "remote_addr": handled.remote_addr,
     }
@@ -305,7 +313,9 @@ def _log_notification(provider: str, handled: Handled, started: float) -> None:
             "to_status": result.to_status and result.to_status.value,
         }
     level = "info" if status == 200 else "error" if status >= 500 else "warning"
-    getattr(log, level)("notification", **fields)
+    # bind() is the logger structlog cached, as `log.info` would find it, without the lazy
+    # proxy's __getattr__ (a failed attribute lookup first) on every notification.
+    getattr(log.bind(), level)("notification", **fields)
 
 
 async def healthz(_request: web.Request) -> web.Response:

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import json
 import logging
 import os
 import re
 import select
 import sys
-from collections.abc import MutableMapping
+import time
+from collections.abc import Callable, MutableMapping
 from contextvars import ContextVar
 from typing import Any, TextIO
 
@@ -36,6 +38,11 @@ _ACCOUNT_MIN = 12  # shorter text cannot hold one: most fields skip the scan
 _NOT_ACCOUNTS = frozenset(
     {"out_trade_no", "merchant_id", "request_id", "notification_id", "order_id", "pid"}
 )
+# What redact does with a field, by its key: decided once per key name, since every line repeats
+# the same few names. Bounded, in case some caller makes key names up.
+_REDACT, _SCAN, _KEEP = "redact", "scan", "keep"
+_VERDICTS: dict[str, str] = {"timestamp": _KEEP}  # written by add_timestamp, before redact
+_VERDICTS_MAX = 1024
 
 _REQUEST_ID: ContextVar[str | None] = ContextVar("receiver_request_id", default=None)
 
@@ -63,11 +70,46 @@ def mask_account_numbers(text: str) -> str:
 def redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Drop secret fields and mask account numbers in every string field."""
     for key, value in event.items():
-        if key.lower() in _SECRET_KEYS:
+        verdict = _VERDICTS.get(key) or _verdict(key)
+        if verdict is _REDACT:
             event[key] = "[redacted]"
-        elif isinstance(value, str) and len(value) >= _ACCOUNT_MIN and key not in _NOT_ACCOUNTS:
+        elif (
+            verdict is _SCAN
+            and isinstance(value, str)
+            and len(value) >= _ACCOUNT_MIN
+            and _ACCOUNT.search(value)  # most text holds none: no substitution to set up
+        ):
             event[key] = mask_account_numbers(value)
     return event
+
+
+def _verdict(key: str) -> str:
+    verdict = _REDACT if key.lower() in _SECRET_KEYS else _KEEP if key in _NOT_ACCOUNTS else _SCAN
+    if len(_VERDICTS) < _VERDICTS_MAX:
+        _VERDICTS[key] = verdict
+    return verdict
+
+
+def add_timestamp(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """The processor that stamps the time, as structlog's TimeStamper(fmt="iso", utc=True)."""
+    event["timestamp"] = iso_utc(time.time_ns())
+    return event
+
+
+def iso_utc(ns: int) -> str:
+    """`ns` nanoseconds since the epoch as TimeStamper writes them: datetime.isoformat in UTC
+    with a Z, microseconds truncated, and no fraction at all in a whole second."""
+    second, fraction = divmod(ns // 1000, 1_000_000)
+    text = _second_text(second)
+    return f"{text}.{fraction:06d}Z" if fraction else f"{text}Z"
+
+
+# The lines of one second share its text: a line costs a division and a format, not a datetime.
+@functools.lru_cache(maxsize=1)
+def _second_text(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
 class LineWriter:
@@ -145,11 +187,10 @@ def configure_logging(*, fmt: str = "json", level: str = "info", cache: bool = T
     processors: list[Any] = [
         add_request_id,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_timestamp,
     ]
     if fmt == "json":
-        processors += [structlog.processors.format_exc_info, redact]
-        processors.append(structlog.processors.JSONRenderer(serializer=json_dumps))
+        processors += [structlog.processors.format_exc_info, redact, render_json]
         factory: Any = line_writer_factory(sys.stdout)
     else:
         processors.append(redact)
@@ -205,13 +246,27 @@ def route_library_records(level: str) -> None:
     logging.captureWarnings(True)
 
 
-def json_dumps(obj: Any, **kw: Any) -> str:
+def render_json(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> str:
+    """The last processor: the event as one compact JSON line (structlog's JSONRenderer, without
+    its keyword arguments on every call)."""
+    return json_dumps(event, default=_unserializable)
+
+
+def json_dumps(obj: Any, *, default: Callable[[Any], Any] | None = None) -> str:
     """One compact JSON line: orjson (a third of the stdlib's time), the stdlib for what orjson
     refuses (integers beyond 64 bits, keys that are not strings)."""
     try:
-        return orjson.dumps(obj, default=kw.get("default")).decode()
+        return orjson.dumps(obj, default=default).decode()
     except TypeError:
-        return json.dumps(obj, **kw)
+        return json.dumps(obj, default=default)
+
+
+def _unserializable(obj: Any) -> Any:
+    # As JSONRenderer's fallback: what the object says it logs as, else its repr.
+    try:
+        return obj.__structlog__()
+    except AttributeError:
+        return repr(obj)
 
 
 def line_writer_factory(stream: TextIO) -> Any:

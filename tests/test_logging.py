@@ -10,12 +10,14 @@ import os
 import re
 import select
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import structlog
 
+from receiver import logging as receiver_logging
 from receiver.app import new_request_id
-from receiver.logging import LineWriter, bind_request_id, configure_logging, redact
+from receiver.logging import LineWriter, bind_request_id, configure_logging, iso_utc, redact
 
 
 @contextlib.contextmanager
@@ -140,3 +142,47 @@ def test_request_ids_are_unique_and_fit_the_accepted_pattern():
     ids = {new_request_id() for _ in range(1000)}
     assert len(ids) == 1000
     assert all(re.fullmatch(r"[0-9a-f]{16}-[0-9a-f]+", i) for i in ids)
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+SECOND_NS = 1_000_000_000
+
+
+@pytest.mark.parametrize(
+    "ns",
+    [
+        1_795_000_000 * SECOND_NS + 123_456_789,
+        1_795_000_000 * SECOND_NS,  # a whole second: isoformat writes no fraction
+        1_795_000_000 * SECOND_NS + 999,  # under a microsecond: still a whole second
+        1_795_000_000 * SECOND_NS + 1_000,
+        1_795_000_000 * SECOND_NS - 1,  # the microsecond before: truncated, not rounded
+        1_795_046_399 * SECOND_NS + 999_999_000,  # the last microsecond of a day
+    ],
+)
+def test_timestamps_are_written_as_structlogs_iso_utc_timestamper(ns):
+    # TimeStamper(fmt="iso", utc=True) writes datetime.now(UTC).isoformat() with a Z.
+    expected = (EPOCH + timedelta(microseconds=ns // 1000)).isoformat().replace("+00:00", "Z")
+    assert iso_utc(ns) == expected
+
+
+def test_a_new_second_gets_its_own_text():
+    first = iso_utc(1_795_000_000 * SECOND_NS + 5_000)
+    assert iso_utc(1_795_000_001 * SECOND_NS + 5_000) == first.replace(":40.", ":41.")
+    assert iso_utc(1_795_000_000 * SECOND_NS + 5_000) == first
+
+
+def test_redaction_is_the_same_from_the_cache_of_key_names_and_past_its_bound(monkeypatch):
+    fields = {"PASSWORD": "p", "reason": "card 6228480415647314871", "order_id": "6228480415647314"}
+    redacted = {
+        "PASSWORD": "[redacted]",
+        "reason": "card ***************4871",
+        "order_id": "6228480415647314",
+    }
+    monkeypatch.setattr(receiver_logging, "_VERDICTS", {})
+    assert redact(None, "info", dict(fields)) == redacted  # decided
+    assert redact(None, "info", dict(fields)) == redacted  # from the cache
+    monkeypatch.setattr(receiver_logging, "_VERDICTS", {})
+    for n in range(receiver_logging._VERDICTS_MAX):
+        redact(None, "info", {f"made_up_{n}": "x"})
+    assert redact(None, "info", dict(fields)) == redacted  # decided again: the cache is full
+    assert len(receiver_logging._VERDICTS) == receiver_logging._VERDICTS_MAX

@@ -147,6 +147,44 @@ async def test_gzip_that_does_not_decode_is_415_not_503(client, db):
     assert await outcomes(db) == ["malformed"]
 
 
+@pytest.mark.parametrize("encoding", ["identity", "", "Identity, identity"])
+async def test_identity_or_empty_content_encoding_is_accepted(client, signer, make_order, encoding):
+    await make_order("CE2")
+    body, headers = signer.notify(charge("CE2"))
+    resp = await client.post(
+        "/notify/gopay", data=body, headers=headers | {"Content-Encoding": encoding}
+    )
+    assert (resp.status, await resp.read()) == (200, SUCCESS)
+
+
+async def test_a_chunked_body_over_the_limit_is_413_with_its_reason(client, config):
+    limit = config.server.max_body_bytes
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (limit + 1, b"x" * (limit + 1))
+    data = request(headers={"Transfer-Encoding": "chunked"}, body=chunked)
+    with structlog.testing.capture_logs() as logs:
+        reply = await exchange(*address(client), data)
+    assert (reply.status, reply.body) == (413, FAIL)
+    [line] = [entry for entry in logs if entry["event"] == "notification"]
+    assert line["reason"] == f"body is over the {limit}-byte limit"
+
+
+# --- X-Request-Id -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"), [("gw-req.42_A", True), ("", False), ("not an id", False)]
+)
+async def test_a_given_request_id_is_kept_when_it_fits_else_replaced(
+    client, signer, make_order, given, kept
+):
+    await make_order("RI1")
+    body, headers = signer.notify(charge("RI1"))
+    resp = await client.post("/notify/gopay", data=body, headers=headers | {"X-Request-Id": given})
+    assert resp.status == 200
+    assert (resp.headers["X-Request-Id"] == given) is kept
+    assert resp.headers["X-Request-Id"]
+
+
 # --- X-Forwarded-For ----------------------------------------------------------------------------
 
 

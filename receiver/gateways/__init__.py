@@ -14,7 +14,9 @@ if TYPE_CHECKING:
     import aiohttp
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: built per request by reply() and read at once by the handler, it never travels;
+# freezing would cost an object.__setattr__ per field on every notification.
+@dataclass(slots=True)
 class Reply:
     """An HTTP reply in a gateway's dialect."""
 
