@@ -246,6 +246,9 @@ NO_NAME = "expected a member name"
         (b"{charge:{}}", NO_NAME),
         (b'{"charge":{},}', NO_NAME),
         (b'{"charge":}', INVALID),
+        (b'{\x0c"charge":{}}', NO_NAME),  # space to str.isspace(), not to JSON
+        (b'{"charge"\xc2\xa0:{}}', "expected ':' after a member name"),
+        (b'{"charge":{}}\x0b', TRAILING),
     ],
 )
 def test_span_scanner_refuses_bodies_without_exactly_one_charge_object(

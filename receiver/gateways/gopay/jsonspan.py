@@ -65,7 +65,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _DECODER = json.JSONDecoder(
     parse_float=Decimal, parse_constant=_no_constant, object_pairs_hook=_unique_keys
 )
-_WS = re.compile(r"[ \t\n\r]*")
+_WS = re.compile(r"[ \t\n\r]+")
 scanstring: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
 
 
@@ -138,8 +138,8 @@ def _member(text: str, pos: int, keys: set[str]) -> tuple[str, int, int, Any]:
 
 
 def _skip(text: str, pos: int) -> int:
-    # PHP's json_encode writes no whitespace: look at one character before running the pattern
-    # (which decides: not every isspace() character is JSON whitespace).
+    # PHP's json_encode writes no whitespace: look at one character before running the pattern,
+    # which decides (a form feed or a no-break space is no JSON whitespace, and ends the skip).
     if not text[pos : pos + 1].isspace():
         return pos
     match = _WS.match(text, pos)
