@@ -73,6 +73,12 @@ def cpu_seconds(root: int) -> float:
     return sum(stats[pid].cpu_s for pid in tree(root, stats))
 
 
+def child_count(pid: int) -> int:
+    """How many children `pid` has, those that exited but are not reaped yet included: until
+    the parent reaps a child, the child's CPU is in neither its /proc entry nor the parent's."""
+    return sum(1 for s in _all_stats().values() if s.ppid == pid)
+
+
 def parent_of(pid: int) -> int:
     """The parent process id (e.g. the postmaster of a backend)."""
     s = _stat(pid)
