@@ -71,22 +71,22 @@ class Inbound:
 CONTENT_TYPE_HEADER = "content-type"  # kept with every stored notification, for a replay
 
 
-def kept_headers(headers: Mapping[str, str], names: Iterable[str]) -> dict[str, str]:
-    """The named headers present and storable as text: lower-case names, verbatim values.
-
-    A header sent more than once counts with its last value.
-    """
-    found: dict[str, object]
+def named_headers(headers: Mapping[str, str], names: Iterable[str]) -> dict[str, object]:
+    """The named headers present, matched case-insensitively: lower-case names, verbatim values.
+    A header sent more than once counts with its last value."""
     if isinstance(headers, CIMultiDictProxy | CIMultiDict):
         # aiohttp's request headers: looked up case-insensitively, rather than lower-casing every
         # header. Its parser admits only ASCII token names, for which that match and lower() agree.
-        found = {name: values[-1] for name in names if (values := headers.getall(name, None))}
-    else:
-        lowered = {str(k).lower(): v for k, v in headers.items()}
-        found = {name: lowered.get(name) for name in names}
+        return {name: values[-1] for name in names if (values := headers.getall(name, None))}
+    lowered = {str(k).lower(): v for k, v in headers.items()}
+    return {name: lowered[name] for name in names if name in lowered}
+
+
+def kept_headers(headers: Mapping[str, str], names: Iterable[str]) -> dict[str, str]:
+    """The named headers present and storable as text (see `named_headers`)."""
     return {
         name: value
-        for name, value in found.items()
+        for name, value in named_headers(headers, names).items()
         if isinstance(value, str) and _storable_text(value)
     }
 

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
 from receiver.errors import ConfigError, Rejected
-from receiver.notification import Outcome
+from receiver.notification import Outcome, named_headers
 
 K = TypeVar("K", RSAPublicKey, RSAPrivateKey)
 MIN_KEY_BITS = 2048
@@ -179,10 +179,10 @@ class SignatureHeaders:
     @classmethod
     def from_mapping(cls, headers: Mapping[str, str]) -> SignatureHeaders:
         """Look the headers up case-insensitively; a missing or non-ASCII one is BAD_SIGNATURE."""
-        lowered = {str(k).lower(): v for k, v in headers.items()}
+        given = named_headers(headers, SIGNATURE_HEADERS)
         found: dict[str, str] = {}
         for name in SIGNATURE_HEADERS:
-            value = lowered.get(name)
+            value = given.get(name)
             if not isinstance(value, str) or not value:
                 raise Rejected(Outcome.BAD_SIGNATURE, f"{name} header is missing")
             if not value.isascii():
