@@ -158,10 +158,13 @@ class ReceiverRequestHandler(web.RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         self._note_gateway(data)
-        if self._head_timer is None and self._waiting_for_head():
-            self._arm_head_timer()  # the first bytes of the next request on a kept-alive one
         super().data_received(data)
-        if self._head_timer is not None and not self._waiting_for_head():
+        # Armed only for a head that is still incomplete once these bytes are parsed: a head
+        # that arrives whole (the usual case) never costs a timer.
+        if self._waiting_for_head():
+            if self._head_timer is None:
+                self._arm_head_timer()  # the first bytes of the next request on a kept-alive one
+        elif self._head_timer is not None:
             self._disarm_head_timer()  # a complete head: the handler takes over
 
     def handle_error(

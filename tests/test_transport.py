@@ -308,6 +308,20 @@ async def test_idle_keepalive_connection_is_closed_after_keepalive_timeout(db, c
     writer.close()
 
 
+async def test_next_head_on_a_kept_alive_connection_is_cut_at_header_timeout(
+    db, config, serve_app
+):
+    client = await serve_app(with_server(config, header_timeout_s=0.4, keepalive_timeout_s=5.0))
+    reader, writer = await asyncio.open_connection(*address(client))
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await asyncio.wait_for(read_reply(reader), 5)).status == 200
+    await asyncio.sleep(0.5)  # idle past header_timeout_s: the keep-alive timeout governs
+    writer.write(b"GET /healthz HTTP/1.1\r\n")  # the next head begins, and stops
+    assert not await closed_within(reader, 0.2)
+    assert await closed_within(reader, 1.0)  # cut at header_timeout_s, not keepalive_timeout_s
+    writer.close()
+
+
 async def test_past_max_connections_new_ones_close_at_once_and_open_ones_finish(
     db, config, serve_app, signer, make_order
 ):
