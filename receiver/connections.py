@@ -21,7 +21,7 @@ import asyncio
 import re
 import resource
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -41,6 +41,7 @@ RESERVED_DESCRIPTORS = 64
 ACCEPT_FAILED = "socket.accept() out of system resource"
 # The request line of a notification, as far as needed to pick the gateway's dialect.
 _GATEWAY_PATH = re.compile(rb" /notify/([a-z0-9_-]{1,32})(?:[ ?/#]|$)")
+NOTIFY_PREFIX = "/notify/"
 _PATH_MARK = b" /notify/"
 _TAIL = 48  # bytes kept from the previous chunk, in case a request line is split
 
@@ -278,12 +279,65 @@ class Runner(web.AppRunner):
         self._previous_handler = loop.get_exception_handler()
         loop.set_exception_handler(_AcceptFailureLog(self._previous_handler))
         await super().setup()
+        server = super().server
+        if server is not None:
+            server.request_handler = NotifyRoutes(self.app, server.request_handler)
 
     async def cleanup(self) -> None:
         try:
             await super().cleanup()
         finally:
             asyncio.get_running_loop().set_exception_handler(self._previous_handler)
+
+
+class NotifyRoutes:
+    """The application's request handler, with `POST /notify/<gateway>` taken straight to its
+    route: the router's answer for those paths, worked out once at start-up rather than on every
+    notification (resolving the path took about 6 us of a request's CPU).
+
+    The request gets the same match info the router would give it, and everything else (another
+    method, an unknown gateway, `Expect`, any other path) goes through the application's own
+    handler. With middleware or sub-applications, which the direct way would skip, every request
+    goes the application's way.
+    """
+
+    def __init__(
+        self,
+        app: web.Application,
+        fallback: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+    ) -> None:
+        self._fallback = fallback
+        self._routes: dict[str, web.UrlMappingMatchInfo] = {}
+        route = _notify_route(app)
+        if route is None or app.middlewares or _has_subapps(app):
+            return
+        for provider in app[GATEWAYS]:
+            match_info = web.UrlMappingMatchInfo({"provider": provider}, route)
+            match_info.add_app(app)
+            match_info.freeze()
+            self._routes[f"{NOTIFY_PREFIX}{provider}"] = match_info
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.method == hdrs.METH_POST and hdrs.EXPECT not in request.headers:
+            match_info = self._routes.get(request.path)
+            if match_info is not None and isinstance(request, web.Request):
+                request._match_info = match_info  # as the application's handler sets it
+                response: web.StreamResponse = await match_info.handler(request)
+                return response
+        return await self._fallback(request)
+
+
+def _has_subapps(app: web.Application) -> bool:
+    return any(isinstance(r, web.PrefixedSubAppResource) for r in app.router.resources())
+
+
+def _notify_route(app: web.Application) -> web.AbstractRoute | None:
+    """The route `/notify/{provider}` is served by, when it is one resource with one route."""
+    for candidate in app.router.resources():
+        if candidate.canonical == f"{NOTIFY_PREFIX}{{provider}}":
+            routes = list(candidate)
+            return routes[0] if len(routes) == 1 else None
+    return None
 
 
 class _AcceptFailureLog:

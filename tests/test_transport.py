@@ -308,9 +308,7 @@ async def test_idle_keepalive_connection_is_closed_after_keepalive_timeout(db, c
     writer.close()
 
 
-async def test_next_head_on_a_kept_alive_connection_is_cut_at_header_timeout(
-    db, config, serve_app
-):
+async def test_next_head_on_a_kept_alive_connection_is_cut_at_header_timeout(db, config, serve_app):
     client = await serve_app(with_server(config, header_timeout_s=0.4, keepalive_timeout_s=5.0))
     reader, writer = await asyncio.open_connection(*address(client))
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
