@@ -34,15 +34,20 @@ _SECRET_KEYS = frozenset(
 # A bank account or card number: a long run of digits. Keep the last 4 (SPEC: mask the rest).
 _ACCOUNT = re.compile(r"(?<!\d)\d{8,}(\d{4})(?!\d)")
 _ACCOUNT_MIN = 12  # shorter text cannot hold one: most fields skip the scan
-# Identifiers that are long digit runs by nature, not account numbers.
+# Identifiers that are long digit runs by nature, not account numbers; and fields the service
+# fills from closed sets (levels, gateway names, outcomes, statuses) or with numbers.
 _NOT_ACCOUNTS = frozenset(
     {"out_trade_no", "merchant_id", "request_id", "notification_id", "order_id", "pid"}
+    | {"timestamp", "level", "logger_name", "provider", "outcome", "from_status", "to_status"}
+    | {"http_status", "duration_ms"}
 )
-# What redact does with a field, by its key: decided once per key name, since every line repeats
-# the same few names. Bounded, in case some caller makes key names up.
+# What redact does with a field, by its key: decided once per key name, and the fields of a line
+# to act on once per set of key names, since every line repeats the same few. Both bounded, in
+# case some caller makes key names up.
 _REDACT, _SCAN, _KEEP = "redact", "scan", "keep"
-_VERDICTS: dict[str, str] = {"timestamp": _KEEP}  # written by add_timestamp, before redact
-_VERDICTS_MAX = 1024
+_VERDICTS: dict[str, str] = {}
+_PLANS: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+_CACHE_MAX = 1024
 
 _REQUEST_ID: ContextVar[str | None] = ContextVar("receiver_request_id", default=None)
 
@@ -69,13 +74,15 @@ def mask_account_numbers(text: str) -> str:
 
 def redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Drop secret fields and mask account numbers in every string field."""
-    for key, value in event.items():
-        verdict = _VERDICTS.get(key) or _verdict(key)
-        if verdict is _REDACT:
-            event[key] = "[redacted]"
-        elif (
-            verdict is _SCAN
-            and isinstance(value, str)
+    keys = tuple(event)
+    plan = _PLANS.get(keys) or _plan(keys)
+    redacted, scanned = plan
+    for key in redacted:
+        event[key] = "[redacted]"
+    for key in scanned:
+        value = event[key]
+        if (
+            isinstance(value, str)
             and len(value) >= _ACCOUNT_MIN
             and _ACCOUNT.search(value)  # most text holds none: no substitution to set up
         ):
@@ -83,9 +90,21 @@ def redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutable
     return event
 
 
+def _plan(keys: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The keys to redact and the keys to scan, of a line with these keys."""
+    verdicts = [(key, _VERDICTS.get(key) or _verdict(key)) for key in keys]
+    plan = (
+        tuple(key for key, verdict in verdicts if verdict is _REDACT),
+        tuple(key for key, verdict in verdicts if verdict is _SCAN),
+    )
+    if len(_PLANS) < _CACHE_MAX:
+        _PLANS[keys] = plan
+    return plan
+
+
 def _verdict(key: str) -> str:
     verdict = _REDACT if key.lower() in _SECRET_KEYS else _KEEP if key in _NOT_ACCOUNTS else _SCAN
-    if len(_VERDICTS) < _VERDICTS_MAX:
+    if len(_VERDICTS) < _CACHE_MAX:
         _VERDICTS[key] = verdict
     return verdict
 
