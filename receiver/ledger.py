@@ -22,7 +22,7 @@ import asyncio
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -128,8 +128,7 @@ RETURNING id
 """
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Result:
+class Result(NamedTuple):  # immutable, and built per notification (see notification.Inbound)
     """What the ledger committed for one notification."""
 
     outcome: Outcome
@@ -142,8 +141,7 @@ class Result:
     detail: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class _Item:
+class _Item(NamedTuple):
     inbound: Inbound
     n: Notification
     future: asyncio.Future[Result]

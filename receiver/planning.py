@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 from receiver.notification import (
     Notification,
@@ -23,8 +24,8 @@ OrderKey = tuple[str, str, str]  # provider, merchant_id, out_trade_no
 PAYOUT_DETAIL = "a payout (disbursement) never moves a payment order"
 
 
-@dataclass(frozen=True, slots=True)
-class OrderState:
+# OrderState and Decision are named tuples: immutable, and built several per batch (see Inbound).
+class OrderState(NamedTuple):
     """An order row as locked at the start of a batch."""
 
     id: int
@@ -34,8 +35,7 @@ class OrderState:
     channel: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """What one notification comes to, before it is written."""
 
     outcome: Outcome
