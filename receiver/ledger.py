@@ -32,6 +32,7 @@ from receiver.errors import Rejected
 from receiver.logging import json_dumps
 from receiver.notification import (
     CONTENT_TYPE_HEADER,
+    STATUSES,
     Inbound,
     Notification,
     Outcome,
@@ -252,14 +253,26 @@ class Ledger:
         nonces = [n.nonce for n in notes if n.nonce is not None]
         columns = [_text_array(column) for column in zip(*keys, strict=True)]
         rows = await conn.fetch(READ_BATCH, *columns, _text_array(nonces), self._nonce_window)
-        orders = {
-            (r["provider"], r["merchant_id"], r["out_trade_no"]): OrderState(
-                r["id"], Status(r["status"]), r["amount_minor"], r["currency"], r["channel"]
-            )
-            for r in rows
-            if r["nonce"] is None
-        }
-        return orders, {r["nonce"] for r in rows if r["nonce"] is not None}
+        orders: dict[OrderKey, OrderState] = {}
+        seen: set[str] = set()
+        # Unpacked in READ_BATCH's column order (a record's fields by name cost a lookup each).
+        for (
+            order_id,
+            provider,
+            merchant_id,
+            trade_no,
+            status,
+            amount,
+            currency,
+            channel,
+            nonce,
+        ) in rows:
+            if nonce is None:
+                key = (provider, merchant_id, trade_no)
+                orders[key] = OrderState(order_id, STATUSES[status], amount, currency, channel)
+            else:
+                seen.add(nonce)
+        return orders, seen
 
     async def _write_plan(
         self, conn: asyncpg.Connection, batch: Sequence[_Item], plan: Plan
@@ -338,7 +351,7 @@ class Ledger:
 
 def _counted(provider: str, result: Result, source: str) -> Result:
     # Counted here, after the commit, so that the counters agree with the notifications table.
-    metrics.notification_recorded(provider, result.outcome.value, source)
+    metrics.notification_recorded(provider, result.outcome, source)
     return result
 
 
@@ -370,11 +383,11 @@ def _notification_row(item: _Item, d: Decision) -> tuple[object, ...]:
         inbound.body,
         n.merchant_id,
         n.out_trade_no,
-        d.outcome.value,
+        d.outcome,  # Outcome and Status are str enums: the member is its text, without .value
         _text("; ".join(x for x in (n.detail, d.detail) if x)),
         d.order_id,
-        d.from_status and d.from_status.value,
-        d.to_status and d.to_status.value,
+        d.from_status,
+        d.to_status,
         item.source,
         item.replay_of,
     )
@@ -390,8 +403,8 @@ def stored_headers(inbound: Inbound, signed: Mapping[str, str]) -> str:
 def _move_row(m: Move) -> tuple[object, ...]:
     return (
         m.order_id,
-        m.old_status.value,
-        m.new_status.value,
+        m.old_status,
+        m.new_status,
         m.late,
         m.paid_amount_minor,
         m.paid_at,

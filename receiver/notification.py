@@ -27,6 +27,10 @@ class Status(enum.StrEnum):
     CLOSED = "closed"
 
 
+# Status by its text: an enum's call by value walks Enum.__new__ (about 0.4 us), a dict does not.
+STATUSES: dict[str, Status] = {status.value: status for status in Status}
+
+
 class Outcome(enum.StrEnum):
     """What became of one notification; stored in `notifications.outcome`."""
 
