@@ -85,9 +85,11 @@ async def _handle(request: web.Request, gateway: Gateway) -> Handled:
     remote_addr = client_address(request.remote, forwarded_for, trusted)
     try:
         _check_request(request)
-        body = await read_body(
-            request, limit=config.max_body_bytes, timeout_s=config.read_timeout_s
-        )
+        body = body_at_hand(request, limit=config.max_body_bytes)
+        if body is None:
+            body = await read_body(
+                request, limit=config.max_body_bytes, timeout_s=config.read_timeout_s
+            )
     except Refused as exc:
         return Handled(answer=exc.refusal, reason=exc.reason, remote_addr=remote_addr)
     inbound = Inbound(
@@ -189,6 +191,15 @@ def response(r: Reply) -> web.Response:
     return web.Response(status=r.status, body=r.body, content_type=r.content_type, headers=headers)
 
 
+def body_at_hand(request: web.Request, *, limit: int) -> bytes | None:
+    """The whole body when it came with the head (usual: nothing to wait for, no coroutine to
+    run), refused with 413 past `limit` bytes; None when more is to come."""
+    declared = request.content_length
+    if declared is not None and declared <= limit and request.content.is_eof():
+        return _within(request.content.read_nowait(), limit)  # all of it, without read()'s awaits
+    return None
+
+
 async def read_body(request: web.Request, *, limit: int, timeout_s: float) -> bytes:
     """The whole body, refused with 413 past `limit` bytes, 408 past `timeout_s`, 400 when its
     framing is broken (chunk sizes, a length the body does not have)."""
@@ -204,11 +215,8 @@ async def read_body(request: web.Request, *, limit: int, timeout_s: float) -> by
 
 
 async def _read_limited(request: web.Request, *, limit: int, timeout_s: float) -> bytes:
-    if request.content.is_eof():  # usual: the body came with the headers, nothing to wait for
-        body = request.content.read_nowait()  # all of it, without read()'s loop of awaits
-        if len(body) > limit:
-            raise _too_large(limit)
-        return body
+    if request.content.is_eof():  # the body came with the headers, nothing to wait for
+        return _within(request.content.read_nowait(), limit)
     chunks: list[bytes] = []
     size = 0
     try:
@@ -221,6 +229,12 @@ async def _read_limited(request: web.Request, *, limit: int, timeout_s: float) -
     except TimeoutError:
         raise Refused(Refusal.BODY_TIMEOUT, f"body not received within {timeout_s:g} s") from None
     return b"".join(chunks)
+
+
+def _within(body: bytes, limit: int) -> bytes:
+    if len(body) > limit:
+        raise _too_large(limit)
+    return body
 
 
 def _too_large(limit: int) -> Refused:
@@ -301,7 +315,8 @@ def _log_notification(provider: str, handled: Handled, seconds: float) -> None:
     }
     result = handled.result
     if result is None:
-        fields |= {"merchant_id": handled.merchant_id, "out_trade_no": handled.out_trade_no}
+        fields["merchant_id"] = handled.merchant_id
+        fields["out_trade_no"] = handled.out_trade_no
     else:
         fields |= {
             "merchant_id": result.merchant_id,
