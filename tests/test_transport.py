@@ -157,6 +157,38 @@ async def test_identity_or_empty_content_encoding_is_accepted(client, signer, ma
     assert (resp.status, await resp.read()) == (200, SUCCESS)
 
 
+async def test_a_notification_sent_chunked_is_applied(client, db, signer, make_order):
+    await make_order("CH1")
+    body, headers = signer.notify(charge("CH1"))
+    half = len(body) // 2
+    chunked = b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (
+        half,
+        body[:half],
+        len(body) - half,
+        body[half:],
+    )
+    reply = await exchange(
+        *address(client), request(headers=headers | {"Transfer-Encoding": "chunked"}, body=chunked)
+    )
+    assert (reply.status, reply.body) == (200, SUCCESS)
+    assert (await order_row(db, "CH1"))["status"] == "paid"
+
+
+async def test_a_body_sent_after_its_head_is_waited_for_and_applied(client, db, signer, make_order):
+    await make_order("LB1")
+    body, headers = signer.notify(charge("LB1"))
+    whole = request(headers=headers, body=body)
+    head_end = whole.index(b"\r\n\r\n") + 4
+    reader, writer = await asyncio.open_connection(*address(client))
+    writer.write(whole[:head_end])  # the head alone: the handler has to wait for the body
+    await asyncio.sleep(0.2)
+    writer.write(whole[head_end:])
+    reply = await asyncio.wait_for(read_reply(reader), 5)
+    writer.close()
+    assert (reply.status, reply.body) == (200, SUCCESS)
+    assert (await order_row(db, "LB1"))["status"] == "paid"
+
+
 async def test_a_chunked_body_over_the_limit_is_413_with_its_reason(client, config):
     limit = config.server.max_body_bytes
     chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (limit + 1, b"x" * (limit + 1))
