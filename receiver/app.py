@@ -32,7 +32,7 @@ from receiver.errors import DatabaseRefused, DatabaseUnavailable
 from receiver.gateways import Gateway, OrderQuerier, Refusal, reply
 from receiver.gateways.queriers import build_queriers
 from receiver.gateways.registry import build_gateways
-from receiver.handlers import SERVER_NAME, healthz, notify, response
+from receiver.handlers import NOTIFY_ROUTE, SERVER_NAME, healthz, notify, response
 from receiver.ledger import Ledger
 from receiver.logging import bind_request_id, get_logger
 from receiver.unverified import UnverifiedLimiter
@@ -78,7 +78,11 @@ def create_app(
     app.cleanup_ctx.append(reconciler_ctx)
     app.on_response_prepare.append(_server_header)
     app.router.add_route(
-        "*", "/notify/{provider}", in_context(notify, in_flight), expect_handler=expect_continue
+        "*",
+        "/notify/{provider}",
+        in_context(notify, in_flight),
+        expect_handler=expect_continue,
+        name=NOTIFY_ROUTE,
     )
     app.router.add_get("/healthz", in_context(healthz, in_flight))
     app.router.add_get("/readyz", in_context(readyz, in_flight))

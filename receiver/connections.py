@@ -31,7 +31,7 @@ from receiver import metrics
 from receiver.appkeys import CONFIG, GATEWAYS
 from receiver.config import ServerConfig
 from receiver.gateways import Gateway, Refusal, reply
-from receiver.handlers import SERVER_NAME, describe_parser_error, response
+from receiver.handlers import NOTIFY_ROUTE, SERVER_NAME, describe_parser_error, response
 from receiver.logging import get_logger
 
 log = get_logger(__name__)
@@ -41,7 +41,6 @@ RESERVED_DESCRIPTORS = 64
 ACCEPT_FAILED = "socket.accept() out of system resource"
 # The request line of a notification, as far as needed to pick the gateway's dialect.
 _GATEWAY_PATH = re.compile(rb" /notify/([a-z0-9_-]{1,32})(?:[ ?/#]|$)")
-NOTIFY_PREFIX = "/notify/"
 _PATH_MARK = b" /notify/"
 _TAIL = 48  # bytes kept from the previous chunk, in case a request line is split
 
@@ -164,7 +163,7 @@ class ReceiverRequestHandler(web.RequestHandler):
         # that arrives whole (the usual case) never costs a timer.
         if self._waiting_for_head():
             if self._head_timer is None:
-                self._arm_head_timer()  # the first bytes of the next request on a kept-alive one
+                self._arm_head_timer()  # a head begun (on a kept-alive connection) and not whole
         elif self._head_timer is not None:
             self._disarm_head_timer()  # a complete head: the handler takes over
 
@@ -308,14 +307,16 @@ class NotifyRoutes:
     ) -> None:
         self._fallback = fallback
         self._routes: dict[str, web.UrlMappingMatchInfo] = {}
-        route = _notify_route(app)
-        if route is None or app.middlewares or _has_subapps(app):
+        resource = app.router.named_resources().get(NOTIFY_ROUTE)
+        if resource is None or len(routes := list(resource)) != 1:
+            return
+        if app.middlewares or _has_subapps(app):
             return
         for provider in app[GATEWAYS]:
-            match_info = web.UrlMappingMatchInfo({"provider": provider}, route)
+            match_info = web.UrlMappingMatchInfo({"provider": provider}, routes[0])
             match_info.add_app(app)
             match_info.freeze()
-            self._routes[f"{NOTIFY_PREFIX}{provider}"] = match_info
+            self._routes[resource.url_for(provider=provider).path] = match_info
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method == hdrs.METH_POST and hdrs.EXPECT not in request.headers:
@@ -329,15 +330,6 @@ class NotifyRoutes:
 
 def _has_subapps(app: web.Application) -> bool:
     return any(isinstance(r, web.PrefixedSubAppResource) for r in app.router.resources())
-
-
-def _notify_route(app: web.Application) -> web.AbstractRoute | None:
-    """The route `/notify/{provider}` is served by, when it is one resource with one route."""
-    for candidate in app.router.resources():
-        if candidate.canonical == f"{NOTIFY_PREFIX}{{provider}}":
-            routes = list(candidate)
-            return routes[0] if len(routes) == 1 else None
-    return None
 
 
 class _AcceptFailureLog:

@@ -31,6 +31,8 @@ from receiver.unverified import UNVERIFIED_OUTCOMES
 
 log = get_logger(__name__)
 
+NOTIFY_ROUTE = "notify"  # the name of the route `/notify/{provider}`
+
 # The Server header every reply carries: the service, never the aiohttp and Python versions.
 SERVER_NAME = "receiver"
 _IDENTITY = frozenset({"", "identity"})
@@ -192,11 +194,11 @@ def response(r: Reply) -> web.Response:
 
 
 def body_at_hand(request: web.Request, *, limit: int) -> bytes | None:
-    """The whole body when it came with the head (usual: nothing to wait for, no coroutine to
-    run), refused with 413 past `limit` bytes; None when more is to come."""
+    """The whole body when its declared length is within `limit` and all of it came with the
+    head (the usual case: no coroutine to run); None otherwise, for `read_body`."""
     declared = request.content_length
     if declared is not None and declared <= limit and request.content.is_eof():
-        return _within(request.content.read_nowait(), limit)  # all of it, without read()'s awaits
+        return request.content.read_nowait()  # the declared bytes, all there: no read() awaits
     return None
 
 
@@ -215,8 +217,6 @@ async def read_body(request: web.Request, *, limit: int, timeout_s: float) -> by
 
 
 async def _read_limited(request: web.Request, *, limit: int, timeout_s: float) -> bytes:
-    if request.content.is_eof():  # the body came with the headers, nothing to wait for
-        return _within(request.content.read_nowait(), limit)
     chunks: list[bytes] = []
     size = 0
     try:
@@ -229,12 +229,6 @@ async def _read_limited(request: web.Request, *, limit: int, timeout_s: float) -
     except TimeoutError:
         raise Refused(Refusal.BODY_TIMEOUT, f"body not received within {timeout_s:g} s") from None
     return b"".join(chunks)
-
-
-def _within(body: bytes, limit: int) -> bytes:
-    if len(body) > limit:
-        raise _too_large(limit)
-    return body
 
 
 def _too_large(limit: int) -> Refused:
@@ -315,8 +309,7 @@ def _log_notification(provider: str, handled: Handled, seconds: float) -> None:
     }
     result = handled.result
     if result is None:
-        fields["merchant_id"] = handled.merchant_id
-        fields["out_trade_no"] = handled.out_trade_no
+        fields |= {"merchant_id": handled.merchant_id, "out_trade_no": handled.out_trade_no}
     else:
         fields |= {
             "merchant_id": result.merchant_id,

@@ -384,7 +384,7 @@ def _notification_row(item: _Item, d: Decision) -> tuple[object, ...]:
         n.merchant_id,
         n.out_trade_no,
         d.outcome,  # Outcome and Status are str enums: the member is its text, without .value
-        _text(f"{n.detail}; {d.detail}" if n.detail and d.detail else n.detail or d.detail),
+        _text("; ".join(x for x in (n.detail, d.detail) if x)),
         d.order_id,
         d.from_status,
         d.to_status,

@@ -41,11 +41,8 @@ _NOT_ACCOUNTS = frozenset(
     | {"timestamp", "level", "logger_name", "provider", "outcome", "from_status", "to_status"}
     | {"http_status", "duration_ms"}
 )
-# What redact does with a field, by its key: decided once per key name, and the fields of a line
-# to act on once per set of key names, since every line repeats the same few. Both bounded, in
-# case some caller makes key names up.
-_REDACT, _SCAN, _KEEP = "redact", "scan", "keep"
-_VERDICTS: dict[str, str] = {}
+# The fields of a line to redact and to scan, decided once per set of key names, since every line
+# repeats the same few. Bounded, in case some caller makes key names up.
 _PLANS: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
 _CACHE_MAX = 1024
 
@@ -75,8 +72,7 @@ def mask_account_numbers(text: str) -> str:
 def redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Drop secret fields and mask account numbers in every string field."""
     keys = tuple(event)
-    plan = _PLANS.get(keys) or _plan(keys)
-    redacted, scanned = plan
+    redacted, scanned = _PLANS.get(keys) or _plan(keys)
     for key in redacted:
         event[key] = "[redacted]"
     for key in scanned:
@@ -92,21 +88,11 @@ def redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutable
 
 def _plan(keys: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The keys to redact and the keys to scan, of a line with these keys."""
-    verdicts = [(key, _VERDICTS.get(key) or _verdict(key)) for key in keys]
-    plan = (
-        tuple(key for key, verdict in verdicts if verdict is _REDACT),
-        tuple(key for key, verdict in verdicts if verdict is _SCAN),
-    )
+    redacted = tuple(key for key in keys if key.lower() in _SECRET_KEYS)
+    plan = (redacted, tuple(k for k in keys if k not in _NOT_ACCOUNTS and k not in redacted))
     if len(_PLANS) < _CACHE_MAX:
         _PLANS[keys] = plan
     return plan
-
-
-def _verdict(key: str) -> str:
-    verdict = _REDACT if key.lower() in _SECRET_KEYS else _KEEP if key in _NOT_ACCOUNTS else _SCAN
-    if len(_VERDICTS) < _CACHE_MAX:
-        _VERDICTS[key] = verdict
-    return verdict
 
 
 def add_timestamp(
