@@ -42,7 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    # The service's loop (receiver/eventloop.py), so that the two CPU costs compare like for like.
+    # The service's loop (receiver/run/eventloop.py): the two CPU costs compare like for like.
     loop = uvloop.new_event_loop() if uvloop is not None else None
     web.run_app(
         create_app(), host="127.0.0.1", port=args.port, access_log=None, print=None, loop=loop

@@ -22,7 +22,7 @@ import asyncpg
 
 from bench import procs
 from bench.workload import MCHID, example_body
-from receiver.database import EmbeddedPostgres
+from receiver.store.database import EmbeddedPostgres
 
 PGBENCH_SCRIPT = Path(__file__).with_name("pgbench.sql")
 TABLES = "order_events, notifications, orders, gopay_nonces"

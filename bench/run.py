@@ -30,8 +30,8 @@ from bench import pg, procs, profile, service, stalls
 from bench.loadgen import LoadResult, OpenLoop, PythonLoad, Wrk, find_wrk
 from bench.pg import BenchError, PgbenchResult
 from bench.workload import RequestSet, create_orders, write_request_set
-from receiver import database
 from receiver.simulate import GoPaySimulator
+from receiver.store import database
 
 DUPLICATE_SHARE = 0.30
 

@@ -114,7 +114,7 @@ async def receiver(
         tolerance_s=tolerance_s,
         tuning=tuning,
     )
-    command = [sys.executable, "-m", "receiver.cli", "serve", "--config", str(config)]
+    command = [sys.executable, "-m", "receiver.run.cli", "serve", "--config", str(config)]
     command += ["--host", "127.0.0.1", "--workers", str(tuning.workers)]
     env = {**project_env(), "RECEIVER_DATABASE_URL": database_url}
     async with _process("service", command, env, workdir, port) as running:

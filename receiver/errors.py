@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from receiver.core.notification import Outcome
     from receiver.gateways import Refusal
-    from receiver.notification import Outcome
 
 
 class ReceiverError(Exception):

@@ -39,8 +39,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from receiver.config import MetricsConfig
+from receiver.core.notification import Outcome
 from receiver.gateways import QueryResult
-from receiver.notification import Outcome
 
 PROVIDERS = ("gopay", "baofoo")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"

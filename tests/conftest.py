@@ -18,8 +18,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from receiver import database
-from receiver.app import create_app
 from receiver.config import (
     BaofooConfig,
     BaofooMerchant,
@@ -28,8 +26,10 @@ from receiver.config import (
     GoPayConfig,
     GoPayMerchant,
 )
-from receiver.connections import Runner
-from receiver.ledger import NewOrder, create_order
+from receiver.http.app import create_app
+from receiver.http.connections import Runner
+from receiver.store import database
+from receiver.store.ledger import NewOrder, create_order
 from tests.gopay_signer import GoPaySigner, new_rsa_key, public_key_text
 from tests.pgproxy import PgProxy
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import aiohttp
 
+from receiver.core.notification import Inbound, Notification, Status
 from receiver.errors import Rejected
 from receiver.gateways import OrderRef, QueryAnswer, QueryResult
 from receiver.gateways.gopay import GoPayGateway
-from receiver.notification import Inbound, Notification, Status
 from tests.gopay_signer import GoPaySigner
 
 Answer = Callable[[OrderRef], QueryAnswer]

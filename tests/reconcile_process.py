@@ -10,10 +10,10 @@ import sys
 import aiohttp
 
 from receiver.config import ReconcileConfig
-from receiver.database import create_pool
 from receiver.gateways import OrderRef, QueryAnswer, QueryResult
-from receiver.ledger import Ledger
-from receiver.reconcile import Reconciler
+from receiver.sources.reconcile import Reconciler
+from receiver.store.database import create_pool
+from receiver.store.ledger import Ledger
 from tests.fake_querier import FakeQuerier
 
 

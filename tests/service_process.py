@@ -74,7 +74,7 @@ def _toml_value(value: Any) -> str:
 
 
 class ServiceProcess:
-    """One `python -m receiver.cli serve` process with its output captured line by line."""
+    """One `python -m receiver.run.cli serve` process with its output captured line by line."""
 
     def __init__(
         self,
@@ -113,7 +113,7 @@ class ServiceProcess:
         return [
             sys.executable,
             "-m",
-            "receiver.cli",
+            "receiver.run.cli",
             "serve",
             "--config",
             str(self.config_path),

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from receiver.notification import Status
+from receiver.core.notification import Status
 from receiver.simulate.gateway import GoPayClient, StandInGateway
 from receiver.simulate.payments import Payment
 from receiver.simulate.server import create_gateway_app

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from receiver.config import BaofooConfig, BaofooMerchant
+from receiver.core.notification import Inbound, Notification, Outcome, Status
 from receiver.errors import Rejected
 from receiver.gateways import Gateway, Refusal, Reply, reply
 from receiver.gateways.baofoo import (
@@ -23,7 +24,6 @@ from receiver.gateways.baofoo import (
     parse_succ_time,
     query_reply_signature,
 )
-from receiver.notification import Inbound, Notification, Outcome, Status
 from tests.baofoo_signer import (
     MEMBER_ID,
     TERMINAL_ID,

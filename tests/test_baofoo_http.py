@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from receiver.app import create_app
+from receiver.http.app import create_app
 from tests.baofoo_signer import baofoo_fields, encode_form, sign_baofoo
 
 FORM = "application/x-www-form-urlencoded"

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 import pytest
 
 from receiver.config import BaofooConfig, BaofooMerchant
+from receiver.core.notification import Outcome, Status
 from receiver.gateways import OrderRef, QueryAnswer, QueryResult
 from receiver.gateways.asking import HttpReply
 from receiver.gateways.baofoo.query import BaofooQuerier, Terminal, read_reply
-from receiver.notification import Outcome, Status
 
 MEMBER, TERMINAL, MD5_KEY = "100000178", "10000001", "abcdefg"
 TRANS = "2014010101010101"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bench.profile import summarise
 
-MAIN, RUN = "main (receiver/cli.py:80)", "run (asyncio/runners.py:118)"
+MAIN, RUN = "main (receiver/run/cli.py:80)", "run (asyncio/runners.py:118)"
 PARSE = "parse (receiver/gateways/gopay.py:101)"
 COLLAPSED = f"""\
 {MAIN};{RUN};{PARSE};verify (x.py:1) 6

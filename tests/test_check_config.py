@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from receiver.config import DatabaseConfig
-from receiver.observe import describe_database, version
+from receiver.run.observe import describe_database, version
 from tests.service_process import write_config
 from tests.test_cli import one_line, run
 

@@ -26,7 +26,7 @@ def run(
     if args[:1] == ("serve",) and cwd is not None and "--config" not in args:
         without_metrics_listener(cwd)
     return subprocess.run(
-        [sys.executable, "-m", "receiver.cli", *args],
+        [sys.executable, "-m", "receiver.run.cli", *args],
         capture_output=True,
         text=True,
         env=full_env,

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from receiver import database
 from receiver.config import DatabaseConfig
 from receiver.errors import NoEmbeddedDatabase
+from receiver.store import database
 from tests.conftest import BAOFOO_MEMBER, BAOFOO_TERMINAL, GOPAY_MCHID
 from tests.service_process import free_port
 from tests.test_cli import one_line, run, without_metrics_listener
@@ -164,7 +164,16 @@ async def test_orders_add_into_a_closed_pipe_exits_1_with_one_line_and_keeps_the
     try:
         proc = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "receiver.cli", "orders", "add", *ORDER_KEY, "--amount", "1"],
+            [
+                sys.executable,
+                "-m",
+                "receiver.run.cli",
+                "orders",
+                "add",
+                *ORDER_KEY,
+                "--amount",
+                "1",
+            ],
             stdout=write_end,
             stderr=subprocess.PIPE,
             text=True,
@@ -184,7 +193,7 @@ async def test_orders_add_into_a_closed_pipe_exits_1_with_one_line_and_keeps_the
 def test_orders_add_piped_into_head_prints_no_traceback(migrated, tmp_path):
     """The shell's own pipeline: whether head has gone before the write is up to the scheduler,
     so either outcome is allowed, but never more than one line on stderr."""
-    command = " ".join([sys.executable, "-m", "receiver.cli", "orders", "add", *ORDER_KEY])
+    command = " ".join([sys.executable, "-m", "receiver.run.cli", "orders", "add", *ORDER_KEY])
     proc = subprocess.run(
         ["sh", "-c", f"{command} --amount 1 | head -c 1"],
         capture_output=True,
@@ -200,7 +209,7 @@ def test_orders_add_piped_into_head_prints_no_traceback(migrated, tmp_path):
 
 def test_a_command_started_with_stdout_closed_does_its_work(migrated, tmp_path):
     proc = subprocess.run(
-        ["sh", "-c", 'exec "$0" -m receiver.cli migrate >&-', sys.executable],
+        ["sh", "-c", 'exec "$0" -m receiver.run.cli migrate >&-', sys.executable],
         capture_output=True,
         text=True,
         env=os.environ | {"RECEIVER_DATABASE_URL": migrated},
@@ -218,7 +227,7 @@ def test_serve_with_its_log_pipe_closed_keeps_serving_and_says_so_once(migrated,
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
     without_metrics_listener(tmp_path)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "receiver.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "receiver.run.cli", "serve", "--port", str(port)],
         stdout=write_end,
         stderr=subprocess.PIPE,
         text=True,

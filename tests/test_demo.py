@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from receiver.demo import LOST, Seen, problems
+from receiver.run.demo import LOST, Seen, problems
 
 RECOVERED = Seen(
     gateway="gopay",

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from receiver.config import Config, parse_config
-from receiver.connections import RESERVED_DESCRIPTORS
+from receiver.http.connections import RESERVED_DESCRIPTORS
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 ENV = {"BAOFOO_MD5_KEY": "not-a-real-key"}

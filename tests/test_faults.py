@@ -25,9 +25,9 @@ import asyncpg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from receiver import database
-from receiver.ledger import NewOrder, create_order
 from receiver.simulate import GoPaySimulator
+from receiver.store import database
+from receiver.store.ledger import NewOrder, create_order
 from tests.conftest import GOPAY_MCHID
 from tests.service_process import ServiceProcess, free_port, write_config
 from tests.test_gopay_http import charge

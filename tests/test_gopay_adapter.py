@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from receiver.config import GoPayConfig, GoPayMerchant
+from receiver.core.notification import Inbound, Notification, Outcome, Status
 from receiver.errors import ConfigError, Rejected
 from receiver.gateways import Gateway, Refusal, reply, with_signature_headers
 from receiver.gateways.gopay import (
@@ -44,7 +45,6 @@ from receiver.gateways.gopay.signing import (
     verify_request,
     verify_signature,
 )
-from receiver.notification import Inbound, Notification, Outcome, Status
 from tests.gopay_signer import GoPaySigner, new_rsa_key, php_json_encode, public_key_text
 
 NOW_MS = 1617583668305

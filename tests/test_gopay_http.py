@@ -14,7 +14,7 @@ import pytest
 import structlog
 from aiohttp.test_utils import TestClient
 
-from receiver.app import create_app
+from receiver.http.app import create_app
 from receiver.logging import add_request_id
 from tests.conftest import GOPAY_MCHID
 from tests.gopay_signer import GoPaySigner, new_rsa_key, php_json_encode

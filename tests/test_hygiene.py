@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncpg
 import structlog
 
-from receiver.app import build_gateways
-from receiver.ledger import Ledger
+from receiver.http.app import build_gateways
+from receiver.store.ledger import Ledger
 from tests.baofoo_signer import baofoo_fields, encode_form, sign_baofoo
 from tests.gopay_signer import public_key_text
 from tests.test_gopay_http import charge

@@ -12,10 +12,10 @@ import asyncpg
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from receiver.database import create_pool
-from receiver.ledger import Ledger, _bool_array, _int_array, _text_array
-from receiver.notification import Inbound, Notification, Outcome, Status
-from receiver.planning import OrderState, plan_batch
+from receiver.core.notification import Inbound, Notification, Outcome, Status
+from receiver.core.planning import OrderState, plan_batch
+from receiver.store.database import create_pool
+from receiver.store.ledger import Ledger, _bool_array, _int_array, _text_array
 
 M = "100001"
 

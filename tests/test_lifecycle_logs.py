@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 
-from receiver import observe
+from receiver.run import observe
 from tests.pgproxy import PgProxy
 from tests.service_process import ServiceProcess, free_port, write_config
 from tests.test_metrics import samples

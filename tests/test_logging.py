@@ -16,7 +16,7 @@ import pytest
 import structlog
 
 from receiver import logging as receiver_logging
-from receiver.app import new_request_id
+from receiver.http.app import new_request_id
 from receiver.logging import LineWriter, bind_request_id, configure_logging, iso_utc, redact
 
 

@@ -23,8 +23,9 @@ import structlog
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from receiver import metrics, observe
+from receiver import metrics
 from receiver.gateways import QueryResult
+from receiver.run import observe
 from tests.rawhttp import exchange, request
 from tests.service_process import ServiceProcess, free_port, write_config
 from tests.stand_in import API_KEY, merchant_key_file, start_stand_in

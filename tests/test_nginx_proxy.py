@@ -18,8 +18,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from receiver.app import create_app
 from receiver.config import Config
+from receiver.http.app import create_app
 from tests.baofoo_signer import baofoo_fields, encode_form, sign_baofoo
 from tests.service_process import free_port
 from tests.tls_support import self_signed

@@ -8,9 +8,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from receiver.app import create_app
 from receiver.config import Config
-from receiver.connections import NotifyRoutes
+from receiver.http.app import create_app
+from receiver.http.connections import NotifyRoutes
 
 
 class Recorder:

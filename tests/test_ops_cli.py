@@ -188,7 +188,7 @@ async def receiver_process(conf: Path, *args: str) -> subprocess.CompletedProces
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "receiver.cli",
+        "receiver.run.cli",
         *args,
         "--config",
         str(conf),

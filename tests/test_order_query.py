@@ -17,16 +17,16 @@ from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from receiver import reconcile
 from receiver.config import BaofooConfig, BaofooMerchant, Config, GoPayConfig, GoPayMerchant
-from receiver.database import create_pool
+from receiver.core.notification import Outcome, Status
 from receiver.gateways import OrderQuerier, OrderRef, QueryAnswer, QueryResult
 from receiver.gateways.queriers import build_queriers
-from receiver.ledger import Ledger
-from receiver.notification import Outcome, Status
 from receiver.simulate.gateway import Fault, GoPayClient, StandInGateway
 from receiver.simulate.payments import Payment
 from receiver.simulate.server import create_gateway_app
+from receiver.sources import reconcile
+from receiver.store.database import create_pool
+from receiver.store.ledger import Ledger
 from tests.conftest import BAOFOO_MEMBER, BAOFOO_TERMINAL, GOPAY_MCHID
 from tests.gopay_signer import GoPaySigner, new_rsa_key
 from tests.tls_support import self_signed

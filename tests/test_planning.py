@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from receiver.notification import Notification, Outcome, Status
-from receiver.planning import PAYOUT_DETAIL, Move, OrderState, plan_batch
+from receiver.core.notification import Notification, Outcome, Status
+from receiver.core.planning import PAYOUT_DETAIL, Move, OrderState, plan_batch
 
 M = "100001"
 KEY = ("gopay", M, "P1")

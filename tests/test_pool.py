@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from receiver.database import create_pool
+from receiver.store.database import create_pool
 
 
 async def test_a_release_sends_no_reset_query(migrated):

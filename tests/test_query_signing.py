@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
 from receiver.config import BaofooMerchant, GoPayConfig, GoPayMerchant
+from receiver.core.notification import Outcome, Status
 from receiver.errors import ConfigError
 from receiver.gateways import OrderRef, QueryAnswer, QueryResult
 from receiver.gateways.asking import HttpReply
@@ -25,7 +26,6 @@ from receiver.gateways.gopay.signing import (
     load_public_key,
     sign_charge,
 )
-from receiver.notification import Outcome, Status
 from tests.gopay_signer import new_rsa_key, public_key_text
 
 VECTORS = Path("/work/shared/vectors")

@@ -15,14 +15,14 @@ import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
-from receiver.app import create_app
 from receiver.config import Config, ReconcileConfig
-from receiver.database import create_pool
+from receiver.core.notification import Status
 from receiver.gateways import OrderQuerier, QueryResult
 from receiver.gateways.gopay import GoPayGateway
-from receiver.ledger import Ledger
-from receiver.notification import Status
-from receiver.reconcile import NOT_QUERYABLE, TIMEOUT_GRACE_S, TOO_SOON, Reconciler, Report
+from receiver.http.app import create_app
+from receiver.sources.reconcile import NOT_QUERYABLE, TIMEOUT_GRACE_S, TOO_SOON, Reconciler, Report
+from receiver.store.database import create_pool
+from receiver.store.ledger import Ledger
 from tests.fake_querier import FakeQuerier, baofoo_answer, gopay_answer, plain_answer
 from tests.gopay_signer import GoPaySigner, new_rsa_key
 from tests.stand_in import API_KEY, merchant_key_file, start_stand_in

@@ -7,8 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from receiver.config import ReconcileConfig
-from receiver.ops import parse_duration
-from receiver.schedule import (
+from receiver.core.schedule import (
     gave_up,
     is_due,
     min_gap_s,
@@ -16,6 +15,7 @@ from receiver.schedule import (
     next_query_at,
     poll_interval_s,
 )
+from receiver.store.ops import parse_duration
 
 CONFIG = ReconcileConfig(
     first_after_s=300, intervals_s=(300, 600, 1800), give_up_after_s=86400, concurrency=8

@@ -11,12 +11,19 @@ from typing import Any
 import asyncpg
 import pytest
 
-from receiver.app import build_gateways
 from receiver.config import Config
-from receiver.database import create_pool
-from receiver.ledger import Ledger
-from receiver.ops import parse_duration
-from receiver.replay import NoSuchNotification, Replayed, Selection, replay, select, stored_inbound
+from receiver.http.app import build_gateways
+from receiver.sources.replay import (
+    NoSuchNotification,
+    Replayed,
+    Selection,
+    replay,
+    select,
+    stored_inbound,
+)
+from receiver.store.database import create_pool
+from receiver.store.ledger import Ledger
+from receiver.store.ops import parse_duration
 from tests.baofoo_signer import baofoo_fields, encode_form, sign_baofoo
 from tests.gopay_signer import GoPaySigner, new_rsa_key
 from tests.test_gopay_http import charge, post

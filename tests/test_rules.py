@@ -8,8 +8,7 @@ import pytest
 import structlog
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from receiver.logging import configure_logging, mask_account_numbers
-from receiver.notification import (
+from receiver.core.notification import (
     Notification,
     Outcome,
     Status,
@@ -19,6 +18,7 @@ from receiver.notification import (
     kept_headers,
     parse_money,
 )
+from receiver.logging import configure_logging, mask_account_numbers
 
 P, F, C, W = Status.PAID, Status.FAILED, Status.CLOSED, Status.PENDING
 

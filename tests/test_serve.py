@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 
 from receiver.config import ServerConfig
-from receiver.serve import tls_context
+from receiver.run.serve import tls_context
 from tests.conftest import GOPAY_MCHID
 from tests.service_process import HOST, ServiceProcess, free_port, write_config
 from tests.tls_support import self_signed

@@ -18,13 +18,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from receiver.cli import main
 from receiver.config import parse_config
+from receiver.core.notification import Status
 from receiver.gateways import OrderRef, QueryResult
 from receiver.gateways.gopay import SignatureHeaders, read_charge, verify_signature
 from receiver.gateways.gopay.notify import FAIL_BODY, SUCCESS_BODY
 from receiver.gateways.queriers import build_queriers
-from receiver.notification import Status
+from receiver.run.cli import main
 from receiver.simulate.gateway import GoPayClient, StandInGateway
 from receiver.simulate.payments import Payment
 from receiver.simulate.sender import (
@@ -346,7 +346,7 @@ def test_simulate_pay_to_a_gateway_that_is_not_running_fails_with_exit_1(
 def serving(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """A real `receiver simulate serve` process: its base URL and the config it printed."""
     keys = str(tmp_path / "keys")
-    argv = [sys.executable, "-m", "receiver.cli", "simulate", "serve", "--port", "0"]
+    argv = [sys.executable, "-m", "receiver.run.cli", "simulate", "serve", "--port", "0"]
     with subprocess.Popen(
         [*argv, "--keys-dir", keys],
         stdout=subprocess.PIPE,

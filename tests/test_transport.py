@@ -17,10 +17,10 @@ import pytest
 import structlog
 
 from receiver.config import Config
-from receiver.connections import ACCEPT_FAILED
-from receiver.database import describe_connection_error
+from receiver.core.notification import Outcome
 from receiver.gateways import HTTP_STATUS
-from receiver.notification import Outcome
+from receiver.http.connections import ACCEPT_FAILED
+from receiver.store.database import describe_connection_error
 from tests.rawhttp import closed_within, exchange, read_reply, request
 from tests.test_gopay_http import FAIL, SUCCESS, charge, order_row, outcomes
 

@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import structlog
 
-from receiver import unverified
-from receiver.unverified import UnverifiedLimiter, source_of
+from receiver.http import unverified
+from receiver.http.unverified import UnverifiedLimiter, source_of
 from tests.test_gopay_http import FAIL, SUCCESS, charge, order_row, outcomes
 
 LIMIT = 3

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from receiver.config import Network
+from receiver.core.notification import Inbound, Notification, Outcome, kept_headers
 from receiver.errors import Rejected
-from receiver.notification import Inbound, Notification, Outcome, kept_headers
 
 if TYPE_CHECKING:
     import aiohttp

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from receiver.core.notification import Inbound, Notification, Status
 from receiver.errors import Rejected
 from receiver.gateways import OrderRef, QueryAnswer, QueryResult
-from receiver.notification import Inbound, Notification, Status
 
 _RESULTS: dict[Status | None, QueryResult] = {
     Status.PAID: QueryResult.PAID,

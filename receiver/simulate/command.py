@@ -18,9 +18,9 @@ from typing import Any
 
 import aiohttp
 
+from receiver.core.notification import Status, parse_money
 from receiver.gateways.baofoo.notify import PROVIDER as BAOFOO
 from receiver.gateways.gopay.notify import PROVIDER as GOPAY
-from receiver.notification import Status, parse_money
 from receiver.simulate.gateway import Event, Fault, GoPayClient, StandInGateway
 from receiver.simulate.keys import SimulatorKeys, config_snippet, load_or_create
 from receiver.simulate.server import PAYMENTS_PATH, serving
@@ -73,8 +73,8 @@ def add_simulate_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -
 
 def run_simulate(args: argparse.Namespace) -> int:
     """Run `receiver simulate serve` or `receiver simulate pay`; one stderr line on failure."""
-    # Errors are reported here: under `python -m receiver.cli` this module's import of
-    # receiver.cli would be a second copy, whose exception classes main() would not catch.
+    # Errors are reported here: under `python -m receiver.run.cli` this module's import of
+    # receiver.run.cli would be a second copy, whose exception classes main() would not catch.
     try:
         if args.simulate_command == "serve":
             return _run_serve(args)

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from receiver.core.notification import Status
 from receiver.gateways.baofoo.notify import CHINA_TIME
-from receiver.notification import Status
 
 GOPAY_DEFAULT_CHANNEL = "gopay_banktransfer"
 _GOPAY_STATUS = {Status.CLOSED: 0, Status.PENDING: 1, Status.PAID: 2, Status.FAILED: 3}

@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from receiver.core.notification import Status, parse_money
 from receiver.gateways.asking import MAX_REPLY_BYTES
-from receiver.notification import Status, parse_money
 from receiver.simulate.gateway import Answer, Fault, StandInGateway
 from receiver.simulate.payments import Payment
 

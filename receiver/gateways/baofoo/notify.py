@@ -13,10 +13,10 @@ from datetime import UTC, datetime, timedelta, timezone
 from urllib.parse import unquote_to_bytes
 
 from receiver.config import BaofooConfig, BaofooMerchant, Network
+from receiver.core.notification import Inbound, Notification, Outcome, Status, is_identifier
 from receiver.errors import Rejected
 from receiver.gateways import Dialect, Refusal
 from receiver.gateways.baofoo.signing import SIGNATURE_FIELD, SIGNED_FIELDS, baofoo_signature
-from receiver.notification import Inbound, Notification, Outcome, Status, is_identifier
 
 PROVIDER = "baofoo"
 FORM_TYPE = "application/x-www-form-urlencoded"

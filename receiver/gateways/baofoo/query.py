@@ -15,12 +15,12 @@ from urllib.parse import urlencode
 import aiohttp
 
 from receiver.config import BaofooConfig, BaofooMerchant
+from receiver.core.notification import Notification, Outcome, Status
 from receiver.errors import Rejected
 from receiver.gateways import OrderRef, QueryAnswer, QueryResult
 from receiver.gateways.asking import HttpReply, answered, error, exchange, refused
 from receiver.gateways.baofoo.notify import FORM_TYPE, PROVIDER, build_notification
 from receiver.gateways.baofoo.signing import query_reply_signature, query_request_signature
-from receiver.notification import Notification, Outcome, Status
 
 REPLY_FIELDS = ("MemberID", "TerminalID", "TransID", "CheckResult", "succMoney", "SuccTime")
 _CHECK_RESULTS: dict[str, Status | None] = {"Y": Status.PAID, "F": Status.FAILED, "P": None}

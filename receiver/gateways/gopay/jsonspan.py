@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, NoReturn
 
+from receiver.core.notification import Outcome
 from receiver.errors import Rejected
-from receiver.notification import Outcome
 
 RESULT_CODE = "result_code"  # the protocol field: "OK" on every notification
 

@@ -15,6 +15,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from receiver.config import GoPayConfig, Network
+from receiver.core.notification import Inbound, Notification, Outcome, Status, is_identifier
 from receiver.errors import Rejected
 from receiver.gateways import Dialect, Refusal
 from receiver.gateways.gopay.jsonspan import Envelope, read_envelope
@@ -26,7 +27,6 @@ from receiver.gateways.gopay.signing import (
     parse_timestamp,
     verify_signature,
 )
-from receiver.notification import Inbound, Notification, Outcome, Status, is_identifier
 
 PROVIDER = "gopay"
 

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 from yarl import URL
 
 from receiver.config import GoPayConfig, GoPayMerchant
+from receiver.core.notification import Notification, Outcome
 from receiver.errors import Rejected
 from receiver.gateways import OrderRef, QueryAnswer, QueryResult
 from receiver.gateways.asking import HttpReply, answered, error, exchange, refused
@@ -43,7 +44,6 @@ from receiver.gateways.gopay.signing import (
     sign_request,
     verify_signature,
 )
-from receiver.notification import Notification, Outcome
 
 QUERY_PATH = "/pay/orderquery"
 ORDER_NOT_FOUND = 200000  # the platform's error_code for "Order does not exist."

@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
+from receiver.core.notification import Outcome, named_headers
 from receiver.errors import ConfigError, Rejected
-from receiver.notification import Outcome, named_headers
 
 K = TypeVar("K", RSAPublicKey, RSAPrivateKey)
 MIN_KEY_BITS = 2048

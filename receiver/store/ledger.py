@@ -27,10 +27,7 @@ from typing import Any, NamedTuple
 import asyncpg
 
 from receiver import metrics
-from receiver.database import CONNECTION_ERRORS, Health
-from receiver.errors import Rejected
-from receiver.logging import json_dumps
-from receiver.notification import (
+from receiver.core.notification import (
     CONTENT_TYPE_HEADER,
     STATUSES,
     Inbound,
@@ -40,7 +37,10 @@ from receiver.notification import (
     is_identifier,
     kept_headers,
 )
-from receiver.planning import Decision, Move, OrderKey, OrderState, Plan, order_key, plan_batch
+from receiver.core.planning import Decision, Move, OrderKey, OrderState, Plan, order_key, plan_batch
+from receiver.errors import Rejected
+from receiver.logging import json_dumps
+from receiver.store.database import CONNECTION_ERRORS, Health
 
 #: `notifications.source`: pushed by the gateway, an order-query reply, an operator's replay.
 NOTIFY, QUERY, REPLAY = "notify", "query", "replay"

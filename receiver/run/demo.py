@@ -20,8 +20,6 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
-from receiver.app import create_app
-from receiver.appkeys import POOL
 from receiver.config import (
     BaofooConfig,
     BaofooMerchant,
@@ -32,14 +30,16 @@ from receiver.config import (
     LogConfig,
     ReconcileConfig,
 )
-from receiver.connections import Runner
-from receiver.ledger import NOTIFY, QUERY, NewOrder, create_order
+from receiver.http.app import create_app
+from receiver.http.appkeys import POOL
+from receiver.http.connections import Runner
 from receiver.logging import configure_logging
 from receiver.simulate import BaofooSimulator, GoPaySimulator
 from receiver.simulate.gateway import GoPayClient, StandInGateway
 from receiver.simulate.keys import MERCHANT_PRIVATE, PLATFORM_PUBLIC, SimulatorKeys, load_or_create
 from receiver.simulate.payments import GOPAY_DEFAULT_CHANNEL, Payment
 from receiver.simulate.server import BAOFOO_QUERY_PATH, serving
+from receiver.store.ledger import NOTIFY, QUERY, NewOrder, create_order
 
 GOPAY_MCHID = "100001"
 BAOFOO_MEMBER, BAOFOO_TERMINAL = "100000178", "10000001"

@@ -28,10 +28,10 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from receiver import metrics
-from receiver.appkeys import CONFIG, GATEWAYS
 from receiver.config import ServerConfig
 from receiver.gateways import Gateway, Refusal, reply
-from receiver.handlers import NOTIFY_ROUTE, SERVER_NAME, describe_parser_error, response
+from receiver.http.appkeys import CONFIG, GATEWAYS
+from receiver.http.handlers import NOTIFY_ROUTE, SERVER_NAME, describe_parser_error, response
 from receiver.logging import get_logger
 
 log = get_logger(__name__)

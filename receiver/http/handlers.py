@@ -13,8 +13,8 @@ from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from receiver import metrics
-from receiver.appkeys import CONFIG, GATEWAYS, LEDGER, UNVERIFIED
 from receiver.config import Network
+from receiver.core.notification import Inbound, Outcome
 from receiver.errors import DatabaseUnavailable, Rejected
 from receiver.gateways import (
     Gateway,
@@ -24,10 +24,10 @@ from receiver.gateways import (
     reply_status,
     with_signature_headers,
 )
-from receiver.ledger import Result
+from receiver.http.appkeys import CONFIG, GATEWAYS, LEDGER, UNVERIFIED
+from receiver.http.unverified import UNVERIFIED_OUTCOMES
 from receiver.logging import get_logger
-from receiver.notification import Inbound, Outcome
-from receiver.unverified import UNVERIFIED_OUTCOMES
+from receiver.store.ledger import Result
 
 log = get_logger(__name__)
 

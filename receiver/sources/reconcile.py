@@ -5,7 +5,7 @@ PostgreSQL -> the injected `OrderQuerier`s -> the same ledger as notifications
 (`source = 'query'`).
 
 The schedule is computed from `orders.created_at` alone (the merchant's checkout inserts orders
-and knows nothing of it); its pure rules are in `receiver.schedule`.
+and knows nothing of it); its pure rules are in `receiver.core.schedule`.
 
 Claiming is one statement per batch that moves each order's `order_queries.next_at` past now()
 only where it was due, so with several workers or replicas each due order is queried once per
@@ -25,12 +25,12 @@ import asyncpg
 
 from receiver import metrics
 from receiver.config import ReconcileConfig
-from receiver.database import CONNECTION_ERRORS, Health
+from receiver.core.schedule import is_due, min_gap_s, next_query_at, poll_interval_s
 from receiver.errors import DatabaseUnavailable
 from receiver.gateways import OrderQuerier, OrderRef, QueryAnswer, QueryResult
-from receiver.ledger import QUERY, Ledger, Result
 from receiver.logging import get_logger
-from receiver.schedule import is_due, min_gap_s, next_query_at, poll_interval_s
+from receiver.store.database import CONNECTION_ERRORS, Health
+from receiver.store.ledger import QUERY, Ledger, Result
 
 if TYPE_CHECKING:
     import aiohttp

@@ -8,10 +8,10 @@ import asyncpg
 from aiohttp import web
 
 from receiver.config import Config
-from receiver.database import Health
 from receiver.gateways import Gateway, OrderQuerier
-from receiver.ledger import Ledger
-from receiver.unverified import UnverifiedLimiter
+from receiver.http.unverified import UnverifiedLimiter
+from receiver.store.database import Health
+from receiver.store.ledger import Ledger
 
 
 class InFlight:

@@ -43,13 +43,16 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from receiver import connections, database, eventloop, metrics, observe
-from receiver.app import CleanupContext, background, create_app
-from receiver.appkeys import IN_FLIGHT
+from receiver import metrics
 from receiver.config import Config, ServerConfig
 from receiver.errors import ConfigError, DatabaseUnavailable
 from receiver.gateways.registry import build_gateways
+from receiver.http import connections
+from receiver.http.app import CleanupContext, background, create_app
+from receiver.http.appkeys import IN_FLIGHT
 from receiver.logging import configure_logging, get_logger, line_writer_factory
+from receiver.run import eventloop, observe
+from receiver.store import database
 
 log = get_logger(__name__)
 

@@ -14,8 +14,8 @@ import ipaddress
 import time
 from collections.abc import Callable
 
+from receiver.core.notification import Outcome
 from receiver.logging import get_logger
-from receiver.notification import Outcome
 
 log = get_logger(__name__)
 

@@ -79,7 +79,7 @@ def _sql_dir() -> Traversable:
     # editable installs run from the project root) has it beside receiver/.
     if importlib.util.find_spec("receiver.sql") is not None:
         return importlib.resources.files("receiver.sql")
-    return Path(__file__).resolve().parent.parent / "sql"
+    return Path(__file__).resolve().parents[2] / "sql"
 
 
 CREATE_MIGRATIONS_TABLE = """

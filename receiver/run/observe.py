@@ -19,11 +19,12 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 from aiohttp import web
 
-from receiver import database, metrics
-from receiver.app import STARTUP_PATIENCE_S, CleanupContext, background, open_pool
-from receiver.appkeys import CONFIG, HEALTH, MIGRATED, POOL
+from receiver import metrics
 from receiver.config import Config, DatabaseConfig
+from receiver.http.app import STARTUP_PATIENCE_S, CleanupContext, background, open_pool
+from receiver.http.appkeys import CONFIG, HEALTH, MIGRATED, POOL
 from receiver.logging import get_logger
+from receiver.store import database
 
 log = get_logger(__name__)
 

@@ -21,13 +21,14 @@ from typing import Any, NoReturn
 import aiohttp
 import asyncpg
 
-from receiver import database, ledger, ops, reconcile, replay
 from receiver.config import Config, load_config
+from receiver.core.notification import MAX_IDENTIFIER_LENGTH, Outcome, is_identifier, parse_money
 from receiver.errors import ConfigError, DatabaseUnavailable, NoEmbeddedDatabase
 from receiver.gateways.queriers import build_queriers
 from receiver.logging import configure_logging
 from receiver.metrics import ListenerError
-from receiver.notification import MAX_IDENTIFIER_LENGTH, Outcome, is_identifier, parse_money
+from receiver.sources import reconcile, replay
+from receiver.store import database, ledger, ops
 
 PROVIDERS = ("gopay", "baofoo")
 
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 class _PrintVersion(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, *_args: Any, **_kw: Any) -> None:
-        from receiver.observe import version  # noqa: PLC0415
+        from receiver.run.observe import version  # noqa: PLC0415
 
         print(f"receiver {version()}")
         parser.exit()
@@ -130,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # an operator gets one line, never a traceback
-        if sys.flags.dev_mode:  # `python -X dev -m receiver.cli ...`: a developer wants it
+        if sys.flags.dev_mode:  # `python -X dev -m receiver.run.cli ...`: a developer wants it
             raise
         return _fail(1, _describe_unexpected(exc))
 
@@ -157,7 +158,7 @@ def _describe_unexpected(exc: Exception) -> str:
     if isinstance(exc, OSError):
         return f"{exc.strerror or type(exc).__name__}{f': {exc.filename}' if exc.filename else ''}"
     text = str(exc).splitlines()[0] if str(exc) else ""
-    where = "python -X dev -m receiver.cli shows where"
+    where = "python -X dev -m receiver.run.cli shows where"
     return f"unexpected error: {type(exc).__name__}{': ' + text if text else ''} ({where})"
 
 
@@ -175,7 +176,7 @@ def _fail(code: int, line: str) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
-        from receiver.demo import run_demo  # noqa: PLC0415 - keeps the CLI quick to start
+        from receiver.run.demo import run_demo  # noqa: PLC0415 - keeps the CLI quick to start
 
         return run_demo(keep=args.keep)
     if args.command == "simulate":
@@ -190,7 +191,7 @@ def _run_configured(args: argparse.Namespace, config: Config) -> int:
         return _check_config(config)
     configure_logging(fmt=config.log.format, level=config.log.level)
     if args.command == "serve":
-        from receiver.serve import serve  # noqa: PLC0415
+        from receiver.run.serve import serve  # noqa: PLC0415
 
         _check_workers(args.workers)
         _check_listen(config, args)
@@ -204,8 +205,8 @@ def _check_config(config: Config) -> int:
     """Load every key file and the TLS pair as serve would; print what would run, no secret."""
     from receiver.gateways.queriers import build_queriers  # noqa: PLC0415
     from receiver.gateways.registry import build_gateways  # noqa: PLC0415
-    from receiver.observe import summary  # noqa: PLC0415
-    from receiver.serve import tls_context  # noqa: PLC0415
+    from receiver.run.observe import summary  # noqa: PLC0415
+    from receiver.run.serve import tls_context  # noqa: PLC0415
 
     build_gateways(config)
     build_queriers(config)  # the merchants' query keys

@@ -14,8 +14,13 @@ import aiohttp
 import asyncpg
 from aiohttp import HttpVersion11, hdrs, web
 
-from receiver import database, metrics, reconcile
-from receiver.appkeys import (
+from receiver import metrics
+from receiver.config import Config
+from receiver.errors import DatabaseRefused, DatabaseUnavailable
+from receiver.gateways import Gateway, OrderQuerier, Refusal, reply
+from receiver.gateways.queriers import build_queriers
+from receiver.gateways.registry import build_gateways
+from receiver.http.appkeys import (
     CONFIG,
     GATEWAYS,
     HEALTH,
@@ -27,15 +32,12 @@ from receiver.appkeys import (
     UNVERIFIED,
     InFlight,
 )
-from receiver.config import Config
-from receiver.errors import DatabaseRefused, DatabaseUnavailable
-from receiver.gateways import Gateway, OrderQuerier, Refusal, reply
-from receiver.gateways.queriers import build_queriers
-from receiver.gateways.registry import build_gateways
-from receiver.handlers import NOTIFY_ROUTE, SERVER_NAME, healthz, notify, response
-from receiver.ledger import Ledger
+from receiver.http.handlers import NOTIFY_ROUTE, SERVER_NAME, healthz, notify, response
+from receiver.http.unverified import UnverifiedLimiter
 from receiver.logging import bind_request_id, get_logger
-from receiver.unverified import UnverifiedLimiter
+from receiver.sources import reconcile
+from receiver.store import database
+from receiver.store.ledger import Ledger
 
 log = get_logger(__name__)
 

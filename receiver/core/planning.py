@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
 
-from receiver.notification import (
+from receiver.core.notification import (
     Notification,
     Outcome,
     Status,

@@ -19,12 +19,12 @@ from typing import Any
 import asyncpg
 from aiohttp.helpers import parse_mimetype
 
+from receiver.core.notification import Inbound, Notification
 from receiver.errors import Rejected
 from receiver.gateways import Gateway, with_signature_headers
 from receiver.gateways.baofoo.notify import FORM_TYPE
-from receiver.handlers import check_source
-from receiver.ledger import QUERY, REPLAY, Ledger, Result
-from receiver.notification import Inbound, Notification
+from receiver.http.handlers import check_source
+from receiver.store.ledger import QUERY, REPLAY, Ledger, Result
 
 #: The content type a gateway sends, for rows stored without one.
 USUAL_CONTENT_TYPE = {"gopay": "application/json", "baofoo": FORM_TYPE}
