@@ -30,8 +30,9 @@ from receiver.http.app import create_app
 from receiver.http.connections import Runner
 from receiver.store import database
 from receiver.store.ledger import NewOrder, create_order
-from tests.gopay_signer import GoPaySigner, new_rsa_key, public_key_text
-from tests.pgproxy import PgProxy
+from tests.support.gopay_signer import GoPaySigner, new_rsa_key, public_key_text
+from tests.support.pgproxy import PgProxy
+from tests.support.service_process import ServiceProcess, write_config
 
 GOPAY_MCHID = "100001"
 BAOFOO_MEMBER = "100000178"
@@ -192,3 +193,32 @@ def make_order(db: asyncpg.Connection) -> Callable[..., Awaitable[asyncpg.Record
         return await create_order(db, order)
 
     return make
+
+
+SERVICE_READY_S = 40.0
+
+
+@pytest.fixture
+def start_service(
+    migrated: str, gopay_key_file: Path, tmp_path: Path
+) -> Iterator[Callable[..., ServiceProcess]]:
+    """Start `receiver serve` on the test database with a TOML config; stopped afterwards."""
+    started: list[ServiceProcess] = []
+
+    def start(
+        *, workers: int = 1, env: dict[str, str] | None = None, **tables: Any
+    ) -> ServiceProcess:
+        tables.setdefault("server", {})
+        config = write_config(
+            tmp_path / f"receiver-{len(started)}.toml", gopay_key_file=gopay_key_file, **tables
+        )
+        svc = ServiceProcess(
+            config, env={"RECEIVER_DATABASE_URL": migrated} | (env or {}), workers=workers
+        )
+        started.append(svc.start())
+        svc.wait_ready(SERVICE_READY_S)
+        return svc
+
+    yield start
+    for svc in started:
+        svc.stop()

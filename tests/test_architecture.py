@@ -39,15 +39,21 @@ def imports(path: Path) -> set[str]:
             base = node.module or ""
             for alias in node.names:
                 sub = f"{base}.{alias.name}"
-                found.add(sub if (PACKAGE.parent / sub.replace(".", "/")).exists()
-                          or (PACKAGE.parent / (sub.replace(".", "/") + ".py")).exists() else base)
+                found.add(
+                    sub
+                    if (PACKAGE.parent / sub.replace(".", "/")).exists()
+                    or (PACKAGE.parent / (sub.replace(".", "/") + ".py")).exists()
+                    else base
+                )
     return found
 
 
 def graph() -> dict[str, set[str]]:
     modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
-    return {name: {i for i in imports(path) if i in modules and i != name}
-            for name, path in modules.items()}
+    return {
+        name: {i for i in imports(path) if i in modules and i != name}
+        for name, path in modules.items()
+    }
 
 
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:

@@ -24,7 +24,7 @@ from receiver.gateways.baofoo import (
     parse_succ_time,
     query_reply_signature,
 )
-from tests.baofoo_signer import (
+from tests.support.baofoo_signer import (
     MEMBER_ID,
     TERMINAL_ID,
     TEST_MD5_KEY,

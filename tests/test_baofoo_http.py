@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from receiver.http.app import create_app
-from tests.baofoo_signer import baofoo_fields, encode_form, sign_baofoo
+from tests.support.baofoo_signer import baofoo_fields, encode_form, sign_baofoo
 
 FORM = "application/x-www-form-urlencoded"
 

@@ -12,10 +12,7 @@ from receiver.core.notification import Outcome, Status
 from receiver.gateways import OrderRef, QueryAnswer, QueryResult
 from receiver.gateways.asking import HttpReply
 from receiver.gateways.baofoo.query import BaofooQuerier, Terminal, read_reply
-
-MEMBER, TERMINAL, MD5_KEY = "100000178", "10000001", "abcdefg"
-TRANS = "2014010101010101"
-SUCC_TIME = "20141029184503"  # China time: 10:45:03 UTC
+from tests.support.queries import MD5_KEY, MEMBER, SUCC_TIME, TERMINAL, TRANS, signed_reply
 
 
 def _order(trans_id: str = TRANS, member_id: str = MEMBER) -> OrderRef:
@@ -28,20 +25,6 @@ def _order(trans_id: str = TRANS, member_id: str = MEMBER) -> OrderRef:
         currency="CNY",
         channel=None,
     )
-
-
-def signed_reply(
-    check: str = "Y",
-    *,
-    money: str = "12345",
-    trans_id: str = TRANS,
-    terminal_id: str = TERMINAL,
-    md5_key: str = MD5_KEY,
-) -> bytes:
-    """A reply signed as PROTOCOL.md says: MD5 of the six parts and the key, `|`-joined."""
-    parts = [MEMBER, terminal_id, trans_id, check, money, SUCC_TIME]
-    sign = hashlib.md5("|".join([*parts, md5_key]).encode()).hexdigest()
-    return "|".join([*parts, sign]).encode()
 
 
 def _read(body: bytes, *, status: int = 200, order: OrderRef | None = None) -> QueryAnswer:

@@ -9,8 +9,8 @@ import pytest
 
 from receiver.config import DatabaseConfig
 from receiver.run.observe import describe_database, version
-from tests.service_process import write_config
-from tests.test_cli import one_line, run
+from tests.support.cli import one_line, run
+from tests.support.service_process import write_config
 
 
 def test_version_prints_the_package_version():

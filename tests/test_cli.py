@@ -4,52 +4,15 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from receiver.gateways.gopay import denied_keys
-from tests.service_process import write_config
+from tests.support.cli import one_line, run
+from tests.support.service_process import write_config
 
 pytestmark = pytest.mark.usefixtures("db")
-
-
-def run(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
-    full_env.update(env or {})
-    if args[:1] == ("serve",) and cwd is not None and "--config" not in args:
-        without_metrics_listener(cwd)
-    return subprocess.run(
-        [sys.executable, "-m", "receiver.run.cli", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        cwd=cwd,
-        timeout=120,
-        check=False,
-    )
-
-
-def without_metrics_listener(cwd: Path) -> None:
-    """Give the receiver.toml in `cwd` (made if absent) `[metrics] port = 0`, unless it names a
-    metrics table: a `serve` under test must not want the default port 9464, which another
-    service or test run on this machine may hold, and fail for that instead of what it tests."""
-    path = cwd / "receiver.toml"
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    if "[metrics]" not in text:
-        path.write_text(f"{text}\n[metrics]\nport = 0\n", encoding="utf-8")
-
-
-def one_line(proc: subprocess.CompletedProcess[str]) -> str:
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
 
 
 @pytest.mark.parametrize(

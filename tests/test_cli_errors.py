@@ -22,8 +22,8 @@ from receiver.config import DatabaseConfig
 from receiver.errors import NoEmbeddedDatabase
 from receiver.store import database
 from tests.conftest import BAOFOO_MEMBER, BAOFOO_TERMINAL, GOPAY_MCHID
-from tests.service_process import free_port
-from tests.test_cli import one_line, run, without_metrics_listener
+from tests.support.cli import one_line, run, without_metrics_listener
+from tests.support.service_process import free_port
 
 pytestmark = pytest.mark.usefixtures("db")
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.service_process import ServiceProcess, write_config
-from tests.test_gopay_http import SUCCESS, charge
+from tests.support.gateways import SUCCESS, charge
+from tests.support.service_process import ServiceProcess, write_config
 
 pytestmark = pytest.mark.slow
 

@@ -29,8 +29,8 @@ from receiver.simulate import GoPaySimulator
 from receiver.store import database
 from receiver.store.ledger import NewOrder, create_order
 from tests.conftest import GOPAY_MCHID
-from tests.service_process import ServiceProcess, free_port, write_config
-from tests.test_gopay_http import charge
+from tests.support.gateways import charge
+from tests.support.service_process import ServiceProcess, free_port, write_config
 
 pytestmark = pytest.mark.slow
 

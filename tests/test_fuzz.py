@@ -18,9 +18,9 @@ from dataclasses import replace
 
 import pytest
 
-from tests.baofoo_signer import baofoo_fields, encode_form, sign_baofoo
-from tests.rawhttp import RawReply, read_reply
-from tests.test_gopay_http import FAIL, SUCCESS, charge
+from tests.support.baofoo_signer import baofoo_fields, encode_form, sign_baofoo
+from tests.support.gateways import FAIL, SUCCESS, charge
+from tests.support.rawhttp import RawReply, read_reply
 
 pytestmark = pytest.mark.slow
 

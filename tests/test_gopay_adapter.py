@@ -45,7 +45,7 @@ from receiver.gateways.gopay.signing import (
     verify_request,
     verify_signature,
 )
-from tests.gopay_signer import GoPaySigner, new_rsa_key, php_json_encode, public_key_text
+from tests.support.gopay_signer import GoPaySigner, new_rsa_key, php_json_encode, public_key_text
 
 NOW_MS = 1617583668305
 NOW = NOW_MS / 1000

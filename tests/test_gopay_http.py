@@ -7,54 +7,17 @@ import ipaddress
 import json
 import time
 from dataclasses import replace
-from typing import Any
 
 import asyncpg
 import pytest
 import structlog
-from aiohttp.test_utils import TestClient
 
 from receiver.http.app import create_app
 from receiver.logging import add_request_id
 from tests.conftest import GOPAY_MCHID
-from tests.gopay_signer import GoPaySigner, new_rsa_key, php_json_encode
-
-SUCCESS = b'{"result_code":"OK","result_msg":"SUCCESS"}'
-FAIL = b'{"result_code":"OK","result_msg":"FAIL"}'
-
-
-def charge(out_trade_no: str, **fields: Any) -> dict[str, Any]:
-    """A paid charge as the platform sends it."""
-    base: dict[str, Any] = {
-        "mid": int(GOPAY_MCHID),
-        "out_trade_no": out_trade_no,
-        "in_trade_no": "P" + out_trade_no,
-        "subject": "VIP充值 - 100",
-        "channel": "gopay_banktransfer",
-        "amount": "100.000",
-        "pay_amount": "100.000",
-        "currency": "CNY",
-        "notify_url": "https://merchant.example/notify",
-        "status": 2,
-    }
-    base.update(fields)
-    return {k: v for k, v in base.items() if v is not None}
-
-
-async def post(
-    client: TestClient[Any, Any], signer: GoPaySigner, ch: dict[str, Any], **kw: Any
-) -> tuple[int, bytes]:
-    body, headers = signer.notify(ch, **kw)
-    resp = await client.post("/notify/gopay", data=body, headers=headers)
-    return resp.status, await resp.read()
-
-
-async def order_row(db: asyncpg.Connection, out_trade_no: str) -> asyncpg.Record:
-    return await db.fetchrow("SELECT * FROM orders WHERE out_trade_no = $1", out_trade_no)
-
-
-async def outcomes(db: asyncpg.Connection) -> list[str]:
-    return [r["outcome"] for r in await db.fetch("SELECT outcome FROM notifications ORDER BY id")]
+from tests.support.db import order_row, outcomes
+from tests.support.gateways import FAIL, SUCCESS, charge, post
+from tests.support.gopay_signer import GoPaySigner, new_rsa_key, php_json_encode
 
 
 async def test_applied_moves_order_to_paid_and_records_everything(client, db, signer, make_order):

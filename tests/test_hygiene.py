@@ -7,9 +7,9 @@ import structlog
 
 from receiver.http.app import build_gateways
 from receiver.store.ledger import Ledger
-from tests.baofoo_signer import baofoo_fields, encode_form, sign_baofoo
-from tests.gopay_signer import public_key_text
-from tests.test_gopay_http import charge
+from tests.support.baofoo_signer import baofoo_fields, encode_form, sign_baofoo
+from tests.support.gateways import charge
+from tests.support.gopay_signer import public_key_text
 
 
 async def test_reprs_hold_no_secret(config, baofoo_md5_key, gopay_key, signer):

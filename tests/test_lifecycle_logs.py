@@ -16,10 +16,10 @@ import aiohttp
 import pytest
 
 from receiver.run import observe
-from tests.pgproxy import PgProxy
-from tests.service_process import ServiceProcess, free_port, write_config
-from tests.test_metrics import samples
-from tests.test_serve import charge
+from tests.support.gateways import charge
+from tests.support.metrics import samples
+from tests.support.pgproxy import PgProxy
+from tests.support.service_process import ServiceProcess, free_port, write_config
 
 pytestmark = pytest.mark.slow
 

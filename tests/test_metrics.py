@@ -26,10 +26,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from receiver import metrics
 from receiver.gateways import QueryResult
 from receiver.run import observe
-from tests.rawhttp import exchange, request
-from tests.service_process import ServiceProcess, free_port, write_config
-from tests.stand_in import API_KEY, merchant_key_file, start_stand_in
-from tests.test_serve import charge, start_service  # noqa: F401 - a fixture
+from tests.support.gateways import charge
+from tests.support.metrics import samples
+from tests.support.rawhttp import exchange, request
+from tests.support.service_process import ServiceProcess, free_port, write_config
+from tests.support.stand_in import API_KEY, merchant_key_file, start_stand_in
 
 TOP = Path(__file__).resolve().parent.parent
 
@@ -56,17 +57,8 @@ def families(text: str) -> dict[str, Any]:
     return {f.name: f for f in text_string_to_metric_families(text)}
 
 
-def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
-    return [
-        (s.labels, s.value)
-        for f in text_string_to_metric_families(text)
-        for s in f.samples
-        if s.name == name
-    ]
-
-
 @pytest.fixture
-def metrics_service(start_service) -> Callable[..., ServiceProcess]:  # noqa: F811
+def metrics_service(start_service) -> Callable[..., ServiceProcess]:
     """`receiver serve` with a metrics listener on a free port (`svc.metrics_port`)."""
 
     def start(*, workers: int, env: dict[str, str] | None = None, **tables: Any) -> ServiceProcess:

@@ -20,9 +20,9 @@ from aiohttp import web
 
 from receiver.config import Config
 from receiver.http.app import create_app
-from tests.baofoo_signer import baofoo_fields, encode_form, sign_baofoo
-from tests.service_process import free_port
-from tests.tls_support import self_signed
+from tests.support.baofoo_signer import baofoo_fields, encode_form, sign_baofoo
+from tests.support.service_process import free_port
+from tests.support.tls_support import self_signed
 
 pytestmark = pytest.mark.slow
 

@@ -14,9 +14,9 @@ import asyncpg
 import pytest
 
 from tests.conftest import BAOFOO_MEMBER, BAOFOO_TERMINAL, GOPAY_MCHID
-from tests.stand_in import API_KEY, StandIn, merchant_key_file, start_stand_in
-from tests.test_cli import one_line, run
-from tests.test_gopay_http import charge, post
+from tests.support.cli import one_line, run
+from tests.support.gateways import charge, post
+from tests.support.stand_in import API_KEY, StandIn, merchant_key_file, start_stand_in
 
 
 def lines(proc: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:

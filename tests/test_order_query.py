@@ -28,8 +28,8 @@ from receiver.sources import reconcile
 from receiver.store.database import create_pool
 from receiver.store.ledger import Ledger
 from tests.conftest import BAOFOO_MEMBER, BAOFOO_TERMINAL, GOPAY_MCHID
-from tests.gopay_signer import GoPaySigner, new_rsa_key
-from tests.tls_support import self_signed
+from tests.support.gopay_signer import GoPaySigner, new_rsa_key
+from tests.support.tls_support import self_signed
 
 API_KEY = "test-api-key"
 ServerFactory = Callable[..., Any]

@@ -16,14 +16,18 @@ from receiver.config import BaofooMerchant
 from receiver.gateways import OrderRef, QueryAnswer, QueryResult
 from receiver.gateways.baofoo.query import BaofooQuerier
 from receiver.gateways.gopay.query import GoPayQuerier
-from tests.test_baofoo_query import MD5_KEY, MEMBER, TERMINAL, TRANS, signed_reply
-from tests.test_query_signing import (
+from tests.support.queries import (
+    MD5_KEY,
+    MEMBER,
+    TERMINAL,
+    TRANS,
     VECTOR_REPLY_BODY,
     VECTOR_REPLY_HEADERS,
     VECTOR_REQUEST_BODY,
     VECTOR_REQUEST_SIGNATURE,
     _order,
     _querier,
+    signed_reply,
 )
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]

@@ -23,9 +23,9 @@ from receiver.http.app import create_app
 from receiver.sources.reconcile import NOT_QUERYABLE, TIMEOUT_GRACE_S, TOO_SOON, Reconciler, Report
 from receiver.store.database import create_pool
 from receiver.store.ledger import Ledger
-from tests.fake_querier import FakeQuerier, baofoo_answer, gopay_answer, plain_answer
-from tests.gopay_signer import GoPaySigner, new_rsa_key
-from tests.stand_in import API_KEY, merchant_key_file, start_stand_in
+from tests.support.fake_querier import FakeQuerier, baofoo_answer, gopay_answer, plain_answer
+from tests.support.gopay_signer import GoPaySigner, new_rsa_key
+from tests.support.stand_in import API_KEY, merchant_key_file, start_stand_in
 
 SCHEDULE = ReconcileConfig(
     first_after_s=300, intervals_s=(300, 600), give_up_after_s=86400, timeout_s=0.5, concurrency=4
@@ -318,7 +318,7 @@ async def test_two_reconciler_processes_query_each_due_order_once(db, make_order
         await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "tests.reconcile_process",
+            "tests.support.reconcile_process",
             migrated,
             stdout=asyncio.subprocess.PIPE,
         )

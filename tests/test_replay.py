@@ -24,9 +24,9 @@ from receiver.sources.replay import (
 from receiver.store.database import create_pool
 from receiver.store.ledger import Ledger
 from receiver.store.ops import parse_duration
-from tests.baofoo_signer import baofoo_fields, encode_form, sign_baofoo
-from tests.gopay_signer import GoPaySigner, new_rsa_key
-from tests.test_gopay_http import charge, post
+from tests.support.baofoo_signer import baofoo_fields, encode_form, sign_baofoo
+from tests.support.gateways import charge, post
+from tests.support.gopay_signer import GoPaySigner, new_rsa_key
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,54 +21,13 @@ import pytest
 
 from receiver.config import ServerConfig
 from receiver.run.serve import tls_context
-from tests.conftest import GOPAY_MCHID
-from tests.service_process import HOST, ServiceProcess, free_port, write_config
-from tests.tls_support import self_signed
+from tests.support.gateways import SUCCESS, charge
+from tests.support.service_process import HOST, ServiceProcess, free_port, write_config
+from tests.support.tls_support import self_signed
 
-SUCCESS = b'{"result_code":"OK","result_msg":"SUCCESS"}'
 READY_S = 40.0
 
 MakeOrder = Callable[..., Awaitable[asyncpg.Record]]
-
-
-def charge(out_trade_no: str) -> dict[str, Any]:
-    """A paid charge of 100.00 CNY, as the platform sends it."""
-    return {
-        "mid": int(GOPAY_MCHID),
-        "out_trade_no": out_trade_no,
-        "in_trade_no": "P" + out_trade_no,
-        "channel": "gopay_banktransfer",
-        "amount": "100.000",
-        "pay_amount": "100.000",
-        "currency": "CNY",
-        "status": 2,
-    }
-
-
-@pytest.fixture
-def start_service(
-    migrated: str, gopay_key_file: Path, tmp_path: Path
-) -> Iterator[Callable[..., ServiceProcess]]:
-    """Start `receiver serve` on the test database with a TOML config; stopped afterwards."""
-    started: list[ServiceProcess] = []
-
-    def start(
-        *, workers: int = 1, env: dict[str, str] | None = None, **tables: Any
-    ) -> ServiceProcess:
-        tables.setdefault("server", {})
-        config = write_config(
-            tmp_path / f"receiver-{len(started)}.toml", gopay_key_file=gopay_key_file, **tables
-        )
-        svc = ServiceProcess(
-            config, env={"RECEIVER_DATABASE_URL": migrated} | (env or {}), workers=workers
-        )
-        started.append(svc.start())
-        svc.wait_ready(READY_S)
-        return svc
-
-    yield start
-    for svc in started:
-        svc.stop()
 
 
 def notification_pids(svc: ServiceProcess) -> set[int]:

@@ -36,7 +36,7 @@ from receiver.simulate.sender import (
 )
 from receiver.simulate.server import PAYMENTS_PATH, create_gateway_app
 from tests.conftest import BAOFOO_MEMBER, BAOFOO_TERMINAL, GOPAY_MCHID
-from tests.gopay_signer import GoPaySigner, new_rsa_key
+from tests.support.gopay_signer import GoPaySigner, new_rsa_key
 
 ServerFactory = Callable[..., Any]
 ROOT = Path(__file__).resolve().parent.parent

@@ -21,8 +21,9 @@ from receiver.core.notification import Outcome
 from receiver.gateways import HTTP_STATUS
 from receiver.http.connections import ACCEPT_FAILED
 from receiver.store.database import describe_connection_error
-from tests.rawhttp import closed_within, exchange, read_reply, request
-from tests.test_gopay_http import FAIL, SUCCESS, charge, order_row, outcomes
+from tests.support.db import order_row, outcomes
+from tests.support.gateways import FAIL, SUCCESS, charge
+from tests.support.rawhttp import closed_within, exchange, read_reply, request
 
 JSON = {"Content-Type": "application/json"}
 SECRET = "c2lnbmF0dXJlLXRoYXQtbXVzdC1uZXZlci1sZWFr"

@@ -9,7 +9,8 @@ import structlog
 
 from receiver.http import unverified
 from receiver.http.unverified import UnverifiedLimiter, source_of
-from tests.test_gopay_http import FAIL, SUCCESS, charge, order_row, outcomes
+from tests.support.db import order_row, outcomes
+from tests.support.gateways import FAIL, SUCCESS, charge
 
 LIMIT = 3
 

@@ -1,5 +1,6 @@
-"""One reconciliation pass in its own process, with a fake querier: `python -m
-tests.reconcile_process DATABASE_URL` prints the out_trade_no of every order it asked about."""
+"""One reconciliation pass in its own process, with a fake querier:
+`python -m tests.support.reconcile_process DATABASE_URL` prints the out_trade_no of every order
+it asked about."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from receiver.gateways import OrderRef, QueryAnswer, QueryResult
 from receiver.sources.reconcile import Reconciler
 from receiver.store.database import create_pool
 from receiver.store.ledger import Ledger
-from tests.fake_querier import FakeQuerier
+from tests.support.fake_querier import FakeQuerier
 
 
 def not_found(_order: OrderRef) -> QueryAnswer:

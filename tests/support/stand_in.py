@@ -18,7 +18,7 @@ from receiver.simulate.gateway import GoPayClient, StandInGateway
 from receiver.simulate.payments import Payment
 from receiver.simulate.server import create_gateway_app
 from tests.conftest import BAOFOO_MEMBER, BAOFOO_TERMINAL, GOPAY_MCHID
-from tests.gopay_signer import GoPaySigner, new_rsa_key
+from tests.support.gopay_signer import GoPaySigner, new_rsa_key
 
 API_KEY = "stand-in-api-key"
 ServerFactory = Callable[..., Any]

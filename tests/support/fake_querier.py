@@ -19,7 +19,7 @@ from receiver.core.notification import Inbound, Notification, Status
 from receiver.errors import Rejected
 from receiver.gateways import OrderRef, QueryAnswer, QueryResult
 from receiver.gateways.gopay import GoPayGateway
-from tests.gopay_signer import GoPaySigner
+from tests.support.gopay_signer import GoPaySigner
 
 Answer = Callable[[OrderRef], QueryAnswer]
 _GOPAY_STATUS = {"paid": 2, "failed": 3, "closed": 0, "pending": 1}

@@ -1,0 +1,44 @@
+"""Run the `receiver` command as a user does, in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`receiver ARGS...` with the test's environment less RECEIVER_*, plus `env`."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
+    full_env.update(env or {})
+    if args[:1] == ("serve",) and cwd is not None and "--config" not in args:
+        without_metrics_listener(cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "receiver.run.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=120,
+        check=False,
+    )
+
+
+def without_metrics_listener(cwd: Path) -> None:
+    """Give the receiver.toml in `cwd` (made if absent) `[metrics] port = 0`, unless it names a
+    metrics table: a `serve` under test must not want the default port 9464, which another
+    service or test run on this machine may hold, and fail for that instead of what it tests."""
+    path = cwd / "receiver.toml"
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    if "[metrics]" not in text:
+        path.write_text(f"{text}\n[metrics]\nport = 0\n", encoding="utf-8")
+
+
+def one_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The one line a failing command wrote on stderr (asserting there is exactly one)."""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
