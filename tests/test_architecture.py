@@ -112,3 +112,20 @@ def test_each_layer_imports_only_the_layers_below_it() -> None:
 
 def test_the_cycle_finder_finds_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared test code lives in tests/support/, never in a test_* module."""
+    tests = Path(__file__).resolve().parent
+    wrong = []
+    for path in tests.rglob("test_*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            wrong += [f"{path.name}: {n}" for n in names if n.split(".")[-1].startswith("test_")]
+    assert wrong == []
