@@ -127,5 +127,9 @@ def test_no_test_module_imports_another() -> None:
                 if isinstance(node, ast.ImportFrom)
                 else []
             )
-            wrong += [f"{path.name}: {n}" for n in names if n.split(".")[-1].startswith("test_")]
+            wrong += [
+                f"{path.name}: {n}"
+                for n in names
+                if n.startswith("tests.") and n.split(".")[-1].startswith("test_")
+            ]
     assert wrong == []
