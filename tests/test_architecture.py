@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "receiver"
@@ -133,3 +134,14 @@ def test_no_test_module_imports_another() -> None:
                 if n.startswith("tests.") and n.split(".")[-1].startswith("test_")
             ]
     assert wrong == []
+
+
+def test_private_aiohttp_names_live_in_one_module() -> None:
+    """aiohttp internals are read in receiver/http/aiohttp_private.py only."""
+    private = re.compile(r"_match_info|_waiter|output_size|request_handler\s*=")
+    users = sorted(
+        str(p.relative_to(PACKAGE.parent))
+        for p in PACKAGE.rglob("*.py")
+        if private.search(p.read_text(encoding="utf-8"))
+    )
+    assert users == ["receiver/http/aiohttp_private.py"]

@@ -20,6 +20,7 @@ from receiver.errors import DatabaseRefused, DatabaseUnavailable
 from receiver.gateways import Gateway, OrderQuerier, Refusal, reply
 from receiver.gateways.queriers import build_queriers
 from receiver.gateways.registry import build_gateways
+from receiver.http.aiohttp_private import forget_interim_reply
 from receiver.http.appkeys import (
     CONFIG,
     GATEWAYS,
@@ -143,7 +144,7 @@ async def expect_continue(request: web.Request) -> None:
     it in the gateway's dialect (aiohttp's own 417 quotes the header back)."""
     if request.version == HttpVersion11 and _expects_continue(request):
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0  # the interim reply is not the response (as aiohttp's)
+        forget_interim_reply(request)
 
 
 def _expects_continue(request: web.Request) -> bool:

@@ -21,7 +21,7 @@ import asyncio
 import re
 import resource
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -30,8 +30,9 @@ from aiohttp import hdrs, web
 from receiver import metrics
 from receiver.config import ServerConfig
 from receiver.gateways import Gateway, Refusal, reply
+from receiver.http.aiohttp_private import ProtocolRunner, reply_started, waiting_for_head
 from receiver.http.appkeys import CONFIG, GATEWAYS
-from receiver.http.handlers import NOTIFY_ROUTE, SERVER_NAME, describe_parser_error, response
+from receiver.http.handlers import SERVER_NAME, describe_parser_error, response
 from receiver.logging import get_logger
 
 log = get_logger(__name__)
@@ -176,7 +177,7 @@ class ReceiverRequestHandler(web.RequestHandler):
     ) -> web.StreamResponse:
         """A reply in the gateway's dialect and one log line, for what the parser refused (and,
         should it ever happen, an error outside the handlers)."""
-        if request.writer.output_size > 0:  # as aiohttp: a reply is under way, nothing to add
+        if reply_started(request):  # as aiohttp: a reply is under way, nothing to add
             raise ConnectionError("response already started")
         refusal = Refusal.BAD_REQUEST if status < 500 else Refusal.DATABASE_UNAVAILABLE
         gateway = self._gateway_hint
@@ -197,10 +198,7 @@ class ReceiverRequestHandler(web.RequestHandler):
         return resp
 
     def _waiting_for_head(self) -> bool:
-        # aiohttp's request loop waits on `_waiter` exactly while no complete request head is
-        # queued (its own keep-alive check reads it the same way); there is no public accessor.
-        waiter = self._waiter
-        return waiter is not None and not waiter.done()
+        return waiting_for_head(self)
 
     def _arm_head_timer(self) -> None:
         loop = asyncio.get_running_loop()
@@ -228,7 +226,7 @@ class ReceiverRequestHandler(web.RequestHandler):
         self._tail = chunk[-_TAIL:]
 
 
-class Runner(web.AppRunner):
+class Runner(ProtocolRunner):
     """aiohttp's AppRunner for the receiver: its sites serve `ReceiverRequestHandler`s, and
     accept failures are logged at most once a second while it runs."""
 
@@ -251,85 +249,30 @@ class Runner(web.AppRunner):
         """The open client connections and their limit."""
         return self._connections
 
-    @property
-    def server(self) -> Any:
-        """What a site hands to `loop.create_server`: a factory of our request handlers."""
-        inner = super().server
-        if inner is None:
-            return None
-        config = self.app[CONFIG].server
+    def make_protocol(self, server: web.Server) -> ReceiverRequestHandler:
+        """A `ReceiverRequestHandler` for one client connection."""
         gateways = self.app[GATEWAYS]
-
-        def protocol() -> ReceiverRequestHandler:
-            return ReceiverRequestHandler(
-                inner,
-                loop=asyncio.get_running_loop(),
-                server=config,
-                connections=self._connections,
-                gateways=gateways,
-                access_log=None,
-                auto_decompress=False,  # a body is never decoded: no decompression bombs
-            )
-
-        return protocol
+        return ReceiverRequestHandler(
+            server,
+            loop=asyncio.get_running_loop(),
+            server=self.app[CONFIG].server,
+            connections=self._connections,
+            gateways=gateways,
+            access_log=None,
+            auto_decompress=False,  # a body is never decoded: no decompression bombs
+        )
 
     async def setup(self) -> None:
         loop = asyncio.get_running_loop()
         self._previous_handler = loop.get_exception_handler()
         loop.set_exception_handler(_AcceptFailureLog(self._previous_handler))
         await super().setup()
-        server = super().server
-        if server is not None:
-            server.request_handler = NotifyRoutes(self.app, server.request_handler)
 
     async def cleanup(self) -> None:
         try:
             await super().cleanup()
         finally:
             asyncio.get_running_loop().set_exception_handler(self._previous_handler)
-
-
-class NotifyRoutes:
-    """The application's request handler, with `POST /notify/<gateway>` taken straight to its
-    route: the router's answer for those paths, worked out once at start-up rather than on every
-    notification (resolving the path took about 6 us of a request's CPU).
-
-    The request gets the same match info the router would give it, and everything else (another
-    method, an unknown gateway, `Expect`, any other path) goes through the application's own
-    handler. With middleware or sub-applications, which the direct way would skip, every request
-    goes the application's way.
-    """
-
-    def __init__(
-        self,
-        app: web.Application,
-        fallback: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
-    ) -> None:
-        self._fallback = fallback
-        self._routes: dict[str, web.UrlMappingMatchInfo] = {}
-        resource = app.router.named_resources().get(NOTIFY_ROUTE)
-        if resource is None or len(routes := list(resource)) != 1:
-            return
-        if app.middlewares or _has_subapps(app):
-            return
-        for provider in app[GATEWAYS]:
-            match_info = web.UrlMappingMatchInfo({"provider": provider}, routes[0])
-            match_info.add_app(app)
-            match_info.freeze()
-            self._routes[resource.url_for(provider=provider).path] = match_info
-
-    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        if request.method == hdrs.METH_POST and hdrs.EXPECT not in request.headers:
-            match_info = self._routes.get(request.path)
-            if match_info is not None and isinstance(request, web.Request):
-                request._match_info = match_info  # as the application's handler sets it
-                response: web.StreamResponse = await match_info.handler(request)
-                return response
-        return await self._fallback(request)
-
-
-def _has_subapps(app: web.Application) -> bool:
-    return any(isinstance(r, web.PrefixedSubAppResource) for r in app.router.resources())
 
 
 class _AcceptFailureLog:
