@@ -25,7 +25,7 @@ n = int(sys.argv[1])
 
 def cached():
     metrics.notification_recorded("gopay", "applied", "notify")
-    metrics.replied("gopay", seconds=0.004, refused_status=None)
+    metrics.replied("gopay", seconds=0.004)
     metrics.batch_written(1)
 
 def uncached():

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from receiver.core.addresses import Network
 from receiver.errors import ENVIRONMENT, ConfigError
 
 T = TypeVar("T")
 Table = Mapping[str, Any]
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""The receiver's exceptions, a small tree; HTTP translation happens in handlers.py only.
+"""The receiver's exceptions, a small tree; HTTP translation happens in http/replies.py only.
 
 ReceiverError
 ├── ConfigError            configuration file or environment is wrong (exit 2)
@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from receiver.core.notification import Outcome
-    from receiver.gateways import Refusal
 
 
 class ReceiverError(Exception):
@@ -47,12 +46,12 @@ class Rejected(ReceiverError):
         *,
         merchant_id: str | None = None,
         out_trade_no: str | None = None,
-        refusal: Refusal | None = None,
+        media_type: bool = False,
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(f"{outcome.value}: {reason}")
         self.outcome = outcome
-        self.refusal = refusal  # answered as this refusal, stored as `outcome` (415: media type)
+        self.media_type = media_type  # the content type, charset or encoding was refused
         self.reason = reason
         self.merchant_id = merchant_id
         self.out_trade_no = out_trade_no

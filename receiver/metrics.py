@@ -97,14 +97,12 @@ def notification_recorded(provider: str, outcome: str, source: str) -> None:
     child.inc()
 
 
-def replied(provider: str, *, seconds: float, refused_status: int | None) -> None:
-    """Time one reply; count it as a refusal when it was one (`refused_status`)."""
+def replied(provider: str, *, seconds: float) -> None:
+    """Time one reply."""
     child = _seconds.get(provider)
     if child is None:
         child = _seconds[provider] = NOTIFICATION_SECONDS.labels(provider)
     child.observe(seconds)
-    if refused_status is not None:
-        http_refused(provider, refused_status)
 
 
 def http_refused(provider: str, status: int) -> None:

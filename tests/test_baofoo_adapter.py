@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from receiver.config import BaofooConfig, BaofooMerchant
 from receiver.core.notification import Inbound, Notification, Outcome, Status
 from receiver.errors import Rejected
-from receiver.gateways import Gateway, Refusal, Reply, reply
+from receiver.gateways import Gateway
 from receiver.gateways.baofoo import (
     PREPAID_CARD_PAY_IDS,
     SIGNED_FIELDS,
@@ -24,6 +24,7 @@ from receiver.gateways.baofoo import (
     parse_succ_time,
     query_reply_signature,
 )
+from receiver.http.replies import Refusal, Reply, reply
 from tests.support.baofoo_signer import (
     MEMBER_ID,
     TERMINAL_ID,
@@ -179,7 +180,7 @@ def test_utf8_charset_labels_are_accepted(charset: str | None) -> None:
 @pytest.mark.parametrize("charset", ["latin-1", "iso-8859-1", "utf-16", "ascii", "big5", "x"])
 def test_other_charsets_are_415(charset: str) -> None:
     rejected = refused(signed_body(), charset=charset)
-    assert (rejected.outcome, rejected.refusal) == (Outcome.MALFORMED, 415)
+    assert (rejected.outcome, rejected.media_type) == (Outcome.MALFORMED, True)
 
 
 @pytest.mark.parametrize(
@@ -187,7 +188,7 @@ def test_other_charsets_are_415(charset: str) -> None:
 )
 def test_other_content_types_are_415(content_type: str) -> None:
     rejected = refused(signed_body(), content_type=content_type)
-    assert (rejected.outcome, rejected.refusal) == (Outcome.MALFORMED, 415)
+    assert (rejected.outcome, rejected.media_type) == (Outcome.MALFORMED, True)
 
 
 def test_content_type_is_case_insensitive_and_may_carry_parameters() -> None:
@@ -199,7 +200,7 @@ def test_undecodable_form_is_malformed() -> None:
     body = signed_body() + b"&AdditionalInfo=%FF%FE"
     rejected = refused(body)
     assert rejected.outcome is Outcome.MALFORMED
-    assert rejected.refusal is None
+    assert rejected.media_type is False
 
 
 @pytest.mark.parametrize(
@@ -265,7 +266,7 @@ def test_content_type_with_several_parameters_is_still_a_form() -> None:
 @pytest.mark.parametrize("charset", ["Xutf-8", 'utf-8X"', "_utf-8"])
 def test_charset_labels_are_matched_whole(charset: str) -> None:
     rejected = refused(signed_body(), charset=charset)
-    assert (rejected.outcome, rejected.refusal) == (Outcome.MALFORMED, 415)
+    assert (rejected.outcome, rejected.media_type) == (Outcome.MALFORMED, True)
 
 
 def test_failure_posted_in_gbk_but_signed_over_utf8_explains_both() -> None:
@@ -636,7 +637,7 @@ def _refused_with_a_typed_reason(gw: BaofooGateway, request: Inbound) -> None:
     assert isinstance(exc.reason, str) and exc.reason
     assert SECRET not in str(exc)
     assert SECRET not in repr(exc)
-    assert exc.refusal in {None, 415}
+    assert exc.media_type in {False, True}
 
 
 @given(body=st.binary(max_size=300), charset=charsets, content_type=content_types)
@@ -693,7 +694,7 @@ def test_a_validly_signed_form_comes_to_exactly_its_fields_or_a_typed_refusal(
     try:
         n = gateway(key=SECRET).parse(inbound(encode_form(fields)))
     except Rejected as exc:
-        assert (exc.outcome, exc.refusal) == (Outcome.MALFORMED, None)
+        assert (exc.outcome, exc.media_type) == (Outcome.MALFORMED, False)
         assert exc.reason and SECRET not in str(exc)
         return
     target = _target_of(fields)

@@ -18,8 +18,8 @@ import structlog
 
 from receiver.config import Config
 from receiver.core.notification import Outcome
-from receiver.gateways import HTTP_STATUS
 from receiver.http.connections import ACCEPT_FAILED
+from receiver.http.replies import HTTP_STATUS
 from receiver.store.database import describe_connection_error
 from tests.support.db import order_row, outcomes
 from tests.support.gateways import FAIL, SUCCESS, charge

@@ -6,23 +6,12 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from receiver.config import Network
-from receiver.core.notification import Inbound, Notification, Outcome, kept_headers
+from receiver.core.addresses import Network
+from receiver.core.notification import Inbound, Notification, kept_headers
 from receiver.errors import Rejected
 
 if TYPE_CHECKING:
     import aiohttp
-
-
-# Not frozen: built per request by reply() and read at once by the handler, it never travels;
-# freezing would cost an object.__setattr__ per field on every notification.
-@dataclass(slots=True)
-class Reply:
-    """An HTTP reply in a gateway's dialect."""
-
-    status: int
-    body: bytes
-    content_type: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,19 +22,6 @@ class Dialect:
     success_body: bytes
     fail_body: bytes
     content_type: str
-
-
-class Refusal(enum.IntEnum):
-    """A reply given before or without an outcome; the value is its HTTP status (SPEC:
-    `receiver_http_refusals_total`)."""
-
-    BAD_REQUEST = 400  #: the HTTP parser refused the request (bad bytes, framing, method)
-    METHOD_NOT_ALLOWED = 405  #: not a POST
-    BODY_TIMEOUT = 408  #: the body did not arrive within `server.read_timeout_s`
-    BODY_TOO_LARGE = 413  #: the body is over `server.max_body_bytes`
-    UNSUPPORTED_MEDIA_TYPE = 415  #: content type, charset or a Content-Encoding not accepted
-    TOO_MANY_UNVERIFIED = 429  #: over `server.unverified_per_minute` from this address
-    DATABASE_UNAVAILABLE = 503  #: nothing acknowledged: the gateway retries
 
 
 class Gateway(Protocol):
@@ -69,38 +45,6 @@ def with_signature_headers(gateway: Gateway, inbound: Inbound, rejected: Rejecte
     if not rejected.headers:
         rejected.headers = kept_headers(inbound.headers, gateway.signature_headers)
     return rejected
-
-
-HTTP_STATUS: dict[Outcome, int] = {
-    Outcome.APPLIED: 200,
-    Outcome.APPLIED_LATE: 200,
-    Outcome.DUPLICATE: 200,
-    Outcome.STALE: 200,
-    Outcome.NOOP: 200,
-    Outcome.MALFORMED: 400,
-    Outcome.BAD_SIGNATURE: 401,
-    Outcome.EXPIRED: 401,
-    Outcome.REPLAYED: 401,
-    Outcome.IP_DENIED: 403,
-    Outcome.UNKNOWN_MERCHANT: 403,
-    Outcome.UNKNOWN_ORDER: 404,
-    Outcome.AMOUNT_MISMATCH: 422,
-    Outcome.CURRENCY_MISMATCH: 422,
-    Outcome.CHANNEL_MISMATCH: 422,
-}
-
-
-def reply_status(answer: Outcome | Refusal) -> int:
-    """SPEC's HTTP status for an outcome or a refusal."""
-    return int(answer) if isinstance(answer, Refusal) else HTTP_STATUS[answer]
-
-
-def reply(dialect: Dialect, answer: Outcome | Refusal) -> Reply:
-    """The one place a reply is decided: SPEC's status, and the gateway's success body only for
-    an outcome that tells it to stop retrying."""
-    accepted = isinstance(answer, Outcome) and answer.accepted
-    body = dialect.success_body if accepted else dialect.fail_body
-    return Reply(reply_status(answer), body, dialect.content_type)
 
 
 # --- the asking side: order queries (reconciliation) ------------------------------------------

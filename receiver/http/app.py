@@ -14,10 +14,9 @@ import aiohttp
 import asyncpg
 from aiohttp import HttpVersion11, hdrs, web
 
-from receiver import metrics
 from receiver.config import Config
 from receiver.errors import DatabaseRefused, DatabaseUnavailable
-from receiver.gateways import Gateway, OrderQuerier, Refusal, reply
+from receiver.gateways import Gateway, OrderQuerier
 from receiver.gateways.queriers import build_queriers
 from receiver.gateways.registry import build_gateways
 from receiver.http.aiohttp_private import forget_interim_reply
@@ -33,7 +32,8 @@ from receiver.http.appkeys import (
     UNVERIFIED,
     InFlight,
 )
-from receiver.http.handlers import NOTIFY_ROUTE, SERVER_NAME, healthz, notify, response
+from receiver.http.handlers import NOTIFY_ROUTE, healthz, notify
+from receiver.http.replies import SERVER_NAME, Refusal, refuse
 from receiver.http.unverified import UnverifiedLimiter
 from receiver.logging import bind_request_id, get_logger
 from receiver.sources import reconcile
@@ -130,9 +130,8 @@ def in_context(handler: Handler, in_flight: InFlight) -> Handler:
 def _unhandled_reply(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAYS].get(request.match_info.get("provider", ""))
     if gateway is None:
-        return web.json_response({"status": "unavailable"}, status=503)
-    metrics.http_refused(gateway.provider, Refusal.DATABASE_UNAVAILABLE)
-    return response(reply(gateway.dialect, Refusal.DATABASE_UNAVAILABLE))
+        return refuse(None, None, Refusal.DATABASE_UNAVAILABLE)
+    return refuse(gateway.provider, gateway.dialect, Refusal.DATABASE_UNAVAILABLE)
 
 
 async def _server_header(_request: web.Request, resp: web.StreamResponse) -> None:

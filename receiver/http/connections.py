@@ -22,17 +22,16 @@ import re
 import resource
 import time
 from collections.abc import Mapping
-from http import HTTPStatus
 from typing import Any
 
 from aiohttp import hdrs, web
 
-from receiver import metrics
 from receiver.config import ServerConfig
-from receiver.gateways import Gateway, Refusal, reply
+from receiver.gateways import Gateway
 from receiver.http.aiohttp_private import ProtocolRunner, reply_started, waiting_for_head
 from receiver.http.appkeys import CONFIG, GATEWAYS
-from receiver.http.handlers import SERVER_NAME, describe_parser_error, response
+from receiver.http.handlers import describe_parser_error
+from receiver.http.replies import SERVER_NAME, Refusal, refuse
 from receiver.logging import get_logger
 
 log = get_logger(__name__)
@@ -189,10 +188,9 @@ class ReceiverRequestHandler(web.RequestHandler):
             remote_addr=request.remote,
         )
         if gateway is None:
-            resp = web.Response(status=int(refusal), text=f"{HTTPStatus(refusal).phrase}\n")
+            resp = refuse(None, None, refusal)
         else:
-            metrics.http_refused(gateway.provider, refusal)
-            resp = response(reply(gateway.dialect, refusal))
+            resp = refuse(gateway.provider, gateway.dialect, refusal)
         resp.headers[hdrs.SERVER] = SERVER_NAME
         resp.force_close()
         return resp

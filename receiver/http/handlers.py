@@ -13,18 +13,19 @@ from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from receiver import metrics
-from receiver.config import Network
+from receiver.core.addresses import Network
 from receiver.core.notification import Inbound, Outcome
 from receiver.errors import DatabaseUnavailable, Rejected
-from receiver.gateways import (
-    Gateway,
-    Refusal,
-    Reply,
-    reply,
-    reply_status,
-    with_signature_headers,
-)
+from receiver.gateways import Gateway, with_signature_headers
 from receiver.http.appkeys import CONFIG, GATEWAYS, LEDGER, UNVERIFIED
+from receiver.http.replies import (
+    Refusal,
+    answer_for,
+    count_refusal,
+    no_such_gateway,
+    reply_status,
+    response,
+)
 from receiver.http.unverified import UNVERIFIED_OUTCOMES
 from receiver.logging import get_logger
 from receiver.store.ledger import Result
@@ -32,9 +33,6 @@ from receiver.store.ledger import Result
 log = get_logger(__name__)
 
 NOTIFY_ROUTE = "notify"  # the name of the route `/notify/{provider}`
-
-# The Server header every reply carries: the service, never the aiohttp and Python versions.
-SERVER_NAME = "receiver"
 _IDENTITY = frozenset({"", "identity"})
 # Where aiohttp's parser messages start quoting what they refused (an apostrophe inside a word,
 # as in "can't", is not a quote).
@@ -68,14 +66,14 @@ async def notify(request: web.Request) -> web.StreamResponse:
     """POST /notify/{provider}: one gateway notification."""
     gateway = request.app[GATEWAYS].get(request.match_info["provider"])
     if gateway is None:
-        raise web.HTTPNotFound(text="no such gateway\n")
+        return no_such_gateway()
     started = time.perf_counter()
     handled = await _handle(request, gateway)
     seconds = time.perf_counter() - started
     _measure(gateway.provider, handled, seconds)
     if handled.answer is not Refusal.TOO_MANY_UNVERIFIED:  # the limiter logs a summary instead
         _log_notification(gateway.provider, handled, seconds)
-    return response(reply(gateway.dialect, handled.answer))
+    return response(gateway.dialect, handled.answer)
 
 
 async def _handle(request: web.Request, gateway: Gateway) -> Handled:
@@ -145,7 +143,7 @@ async def _reject(app: web.Application, inbound: Inbound, rejected: Rejected) ->
             exc, inbound, merchant_id=rejected.merchant_id, out_trade_no=rejected.out_trade_no
         )
     return Handled(
-        answer=rejected.refusal or rejected.outcome,
+        answer=answer_for(rejected),
         result=result,
         reason=rejected.reason,
         remote_addr=inbound.remote_addr,
@@ -183,14 +181,8 @@ def _check_encoding(inbound: Inbound) -> None:
         raise Rejected(
             Outcome.MALFORMED,
             "a Content-Encoding other than identity is not accepted",
-            refusal=Refusal.UNSUPPORTED_MEDIA_TYPE,
+            media_type=True,
         )
-
-
-def response(r: Reply) -> web.Response:
-    """The aiohttp response for a reply (405 names the method allowed)."""
-    headers = {hdrs.ALLOW: "POST"} if r.status == Refusal.METHOD_NOT_ALLOWED else None
-    return web.Response(status=r.status, body=r.body, content_type=r.content_type, headers=headers)
 
 
 def body_at_hand(request: web.Request, *, limit: int) -> bytes | None:
@@ -290,12 +282,8 @@ def _is_ip(text: str) -> bool:
 
 
 def _measure(provider: str, handled: Handled, seconds: float) -> None:
-    answer = handled.answer
-    metrics.replied(
-        provider,
-        seconds=seconds,
-        refused_status=int(answer) if isinstance(answer, Refusal) else None,
-    )
+    metrics.replied(provider, seconds=seconds)
+    count_refusal(provider, handled.answer)
 
 
 def _log_notification(provider: str, handled: Handled, seconds: float) -> None:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from receiver.core.notification import Notification, Outcome, Status
 from receiver.errors import ConfigError, Rejected
-from receiver.gateways import Refusal, reply, with_signature_headers
+from receiver.gateways import with_signature_headers
 from receiver.gateways.gopay import (
     FAIL_BODY,
     SUCCESS_BODY,
@@ -36,6 +36,7 @@ from receiver.gateways.gopay.signing import (
     verify_request,
     verify_signature,
 )
+from receiver.http.replies import Refusal, reply
 from tests.support.gopay_adapter import (
     ABSENT,
     CHARGE,
@@ -141,7 +142,7 @@ def refused_with_a_typed_reason(error: Rejected, allowed: set[Outcome]) -> None:
     """A refusal says which outcome and why, in words, and never quotes the signature."""
     assert error.outcome in allowed
     assert isinstance(error.reason, str) and error.reason
-    assert error.refusal in {None, 415}
+    assert error.media_type in {False, True}
 
 
 def never_accepted(gw: GoPayGateway, body: bytes, headers: Mapping[str, str]) -> None:

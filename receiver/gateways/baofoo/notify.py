@@ -12,10 +12,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from urllib.parse import unquote_to_bytes
 
-from receiver.config import BaofooConfig, BaofooMerchant, Network
+from receiver.config import BaofooConfig, BaofooMerchant
+from receiver.core.addresses import Network
 from receiver.core.notification import Inbound, Notification, Outcome, Status, is_identifier
 from receiver.errors import Rejected
-from receiver.gateways import Dialect, Refusal
+from receiver.gateways import Dialect
 from receiver.gateways.baofoo.signing import SIGNATURE_FIELD, SIGNED_FIELDS, baofoo_signature
 
 PROVIDER = "baofoo"
@@ -128,7 +129,7 @@ def _request_charset(inbound: Inbound) -> str:
         raise Rejected(
             Outcome.MALFORMED,
             f"content type must be {FORM_TYPE}",
-            refusal=Refusal.UNSUPPORTED_MEDIA_TYPE,
+            media_type=True,
         )
     label = (inbound.charset or "utf-8").strip().strip('"').lower().replace("_", "-")
     codec = _CHARSETS.get(label)
@@ -136,7 +137,7 @@ def _request_charset(inbound: Inbound) -> str:
         raise Rejected(
             Outcome.MALFORMED,
             "charset must be UTF-8, GBK or GB18030",
-            refusal=Refusal.UNSUPPORTED_MEDIA_TYPE,
+            media_type=True,
         )
     return codec
 

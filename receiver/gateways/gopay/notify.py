@@ -14,10 +14,11 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-from receiver.config import GoPayConfig, Network
+from receiver.config import GoPayConfig
+from receiver.core.addresses import Network
 from receiver.core.notification import Inbound, Notification, Outcome, Status, is_identifier
 from receiver.errors import Rejected
-from receiver.gateways import Dialect, Refusal
+from receiver.gateways import Dialect
 from receiver.gateways.gopay.jsonspan import Envelope, read_envelope
 from receiver.gateways.gopay.jsonspan import malformed as _malformed
 from receiver.gateways.gopay.signing import (
@@ -171,12 +172,10 @@ def check_content_type(inbound: Inbound) -> None:
         raise Rejected(
             Outcome.MALFORMED,
             "content type must be application/json",
-            refusal=Refusal.UNSUPPORTED_MEDIA_TYPE,
+            media_type=True,
         )
     if inbound.charset is not None and inbound.charset.strip().lower() not in _UTF8_CHARSETS:
-        raise Rejected(
-            Outcome.MALFORMED, "charset must be UTF-8", refusal=Refusal.UNSUPPORTED_MEDIA_TYPE
-        )
+        raise Rejected(Outcome.MALFORMED, "charset must be UTF-8", media_type=True)
 
 
 def check_result_code(value: object) -> None:
