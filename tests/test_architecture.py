@@ -14,7 +14,7 @@ ALLOWED = {
     "core": set(),
     "gateways": {"core"},
     "store": {"core", "gateways"},
-    "sources": {"core", "gateways", "store", "http"},
+    "sources": {"core", "gateways", "store"},
     "http": {"core", "gateways", "store", "sources"},
     "events": {"core", "store"},
     "simulate": {"core", "gateways", "store"},

@@ -3,32 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from receiver import metrics
-from receiver.core.addresses import Network
+from receiver.core.addresses import Network, address_in, is_ip
 from receiver.core.notification import Inbound, Outcome
-from receiver.errors import DatabaseUnavailable, Rejected
-from receiver.gateways import Gateway, with_signature_headers
+from receiver.gateways import Gateway
 from receiver.http.appkeys import CONFIG, GATEWAYS, LEDGER, UNVERIFIED
 from receiver.http.replies import (
     Refusal,
-    answer_for,
+    answer_of,
     count_refusal,
     no_such_gateway,
     reply_status,
     response,
 )
-from receiver.http.unverified import UNVERIFIED_OUTCOMES
 from receiver.logging import get_logger
-from receiver.store.ledger import Result
+from receiver.sources.intake import Received, receive
 
 log = get_logger(__name__)
 
@@ -48,35 +44,22 @@ class Refused(Exception):
         self.reason = reason
 
 
-# Not frozen: built once per request and read right away, it never travels; freezing would cost
-# an object.__setattr__ per field on every notification.
-@dataclass(slots=True, kw_only=True)
-class Handled:
-    """What one notification came to, for the reply and the log line."""
-
-    answer: Outcome | Refusal
-    remote_addr: str | None
-    result: Result | None = None
-    reason: str = ""
-    merchant_id: str | None = None  # what was read, when nothing was stored (503)
-    out_trade_no: str | None = None
-
-
 async def notify(request: web.Request) -> web.StreamResponse:
     """POST /notify/{provider}: one gateway notification."""
     gateway = request.app[GATEWAYS].get(request.match_info["provider"])
     if gateway is None:
         return no_such_gateway()
     started = time.perf_counter()
-    handled = await _handle(request, gateway)
+    answer, received = await _handle(request, gateway)
     seconds = time.perf_counter() - started
-    _measure(gateway.provider, handled, seconds)
-    if handled.answer is not Refusal.TOO_MANY_UNVERIFIED:  # the limiter logs a summary instead
-        _log_notification(gateway.provider, handled, seconds)
-    return response(gateway.dialect, handled.answer)
+    metrics.replied(gateway.provider, seconds=seconds)
+    count_refusal(gateway.provider, answer)
+    if answer is not Refusal.TOO_MANY_UNVERIFIED:  # the limiter logs a summary instead
+        _log_notification(gateway.provider, answer, received, seconds)
+    return response(gateway.dialect, answer)
 
 
-async def _handle(request: web.Request, gateway: Gateway) -> Handled:
+async def _handle(request: web.Request, gateway: Gateway) -> tuple[Outcome | Refusal, Received]:
     app = request.app
     config = app[CONFIG].server
     trusted = config.trusted_proxies
@@ -91,7 +74,7 @@ async def _handle(request: web.Request, gateway: Gateway) -> Handled:
                 request, limit=config.max_body_bytes, timeout_s=config.read_timeout_s
             )
     except Refused as exc:
-        return Handled(answer=exc.refusal, reason=exc.reason, remote_addr=remote_addr)
+        return exc.refusal, Received(remote_addr=remote_addr, note=exc.reason)
     inbound = Inbound(
         provider=gateway.provider,
         body=body,
@@ -100,7 +83,8 @@ async def _handle(request: web.Request, gateway: Gateway) -> Handled:
         charset=request.charset,
         remote_addr=remote_addr,
     )
-    return await _process(app, gateway, inbound)
+    received = await receive(gateway, inbound, ledger=app[LEDGER], admit=app[UNVERIFIED].admit)
+    return answer_of(received), received
 
 
 def _check_request(request: web.Request) -> None:
@@ -110,79 +94,6 @@ def _check_request(request: web.Request) -> None:
     expect = request.headers.get(hdrs.EXPECT)
     if expect is not None and expect.lower() != "100-continue":
         raise Refused(Refusal.BAD_REQUEST, "Expect other than 100-continue")
-
-
-async def _process(app: web.Application, gateway: Gateway, inbound: Inbound) -> Handled:
-    try:
-        check_source(gateway, inbound.remote_addr)
-        _check_encoding(inbound)
-        notification = gateway.parse(inbound)
-    except Rejected as rejected:
-        return await _reject(app, inbound, with_signature_headers(gateway, inbound, rejected))
-    try:
-        result = await app[LEDGER].apply(inbound, notification)
-    except DatabaseUnavailable as exc:
-        return _unavailable(
-            exc,
-            inbound,
-            merchant_id=notification.merchant_id,
-            out_trade_no=notification.out_trade_no,
-        )
-    return Handled(
-        answer=result.outcome, result=result, reason=result.detail, remote_addr=inbound.remote_addr
-    )
-
-
-async def _reject(app: web.Application, inbound: Inbound, rejected: Rejected) -> Handled:
-    if rejected.outcome in UNVERIFIED_OUTCOMES and not app[UNVERIFIED].admit(inbound.remote_addr):
-        return Handled(answer=Refusal.TOO_MANY_UNVERIFIED, remote_addr=inbound.remote_addr)
-    try:
-        result = await app[LEDGER].reject(inbound, rejected)
-    except DatabaseUnavailable as exc:
-        return _unavailable(
-            exc, inbound, merchant_id=rejected.merchant_id, out_trade_no=rejected.out_trade_no
-        )
-    return Handled(
-        answer=answer_for(rejected),
-        result=result,
-        reason=rejected.reason,
-        remote_addr=inbound.remote_addr,
-    )
-
-
-def _unavailable(
-    exc: DatabaseUnavailable,
-    inbound: Inbound,
-    *,
-    merchant_id: str | None,
-    out_trade_no: str | None,
-) -> Handled:
-    return Handled(
-        answer=Refusal.DATABASE_UNAVAILABLE,
-        reason=str(exc),
-        remote_addr=inbound.remote_addr,
-        merchant_id=merchant_id,
-        out_trade_no=out_trade_no,
-    )
-
-
-def check_source(gateway: Gateway, remote_addr: str | None) -> None:
-    """IP_DENIED when the gateway has an allow-list and the address is not on it."""
-    allowed = gateway.allowed_ips
-    if allowed and not address_in(remote_addr, allowed):
-        raise Rejected(Outcome.IP_DENIED, f"source address {remote_addr} not allowed")
-
-
-def _check_encoding(inbound: Inbound) -> None:
-    """Gateways never compress: any Content-Encoding but identity is refused, never decoded
-    (the server does not decompress either), so a decompression bomb costs nothing."""
-    encoding = inbound.headers.get(hdrs.CONTENT_ENCODING)
-    if encoding and any(token.strip().lower() not in _IDENTITY for token in encoding.split(",")):
-        raise Rejected(
-            Outcome.MALFORMED,
-            "a Content-Encoding other than identity is not accepted",
-            media_type=True,
-        )
 
 
 def body_at_hand(request: web.Request, *, limit: int) -> bytes | None:
@@ -257,57 +168,21 @@ def client_address(
     hops = [hop.strip() for hop in forwarded_for.split(",")]
     for hop in reversed(hops):
         if not address_in(hop, trusted):
-            return hop if _is_ip(hop) else peer
-    return hops[0] if _is_ip(hops[0]) else peer
+            return hop if is_ip(hop) else peer
+    return hops[0] if is_ip(hops[0]) else peer
 
 
-def address_in(address: str | None, networks: Sequence[Network]) -> bool:
-    """True when `address` is an IP inside one of `networks`."""
-    if address is None or not _is_ip(address):
-        return False
-    ip = ipaddress.ip_address(address)
-    return any(ip in net for net in networks)
-
-
-def _is_ip(text: str) -> bool:
-    # ipaddress takes any text after '%' as an IPv6 zone, NUL and lone surrogates included,
-    # which the database would refuse: a client address never has a zone.
-    if "%" in text:
-        return False
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _measure(provider: str, handled: Handled, seconds: float) -> None:
-    metrics.replied(provider, seconds=seconds)
-    count_refusal(provider, handled.answer)
-
-
-def _log_notification(provider: str, handled: Handled, seconds: float) -> None:
-    status = reply_status(handled.answer)
-    fields = {
+def _log_notification(
+    provider: str, answer: Outcome | Refusal, received: Received, seconds: float
+) -> None:
+    status = reply_status(answer)
+    fields = received.fields()
+    fields |= {
         "provider": provider,
         "http_status": status,
         "duration_ms": round(seconds * 1000, 2),
-        "reason": handled.reason,
-        "remote_addr": handled.remote_addr,
+        "remote_addr": received.remote_addr,
     }
-    result = handled.result
-    if result is None:
-        fields |= {"merchant_id": handled.merchant_id, "out_trade_no": handled.out_trade_no}
-    else:
-        fields |= {
-            "merchant_id": result.merchant_id,
-            "out_trade_no": result.out_trade_no,
-            "outcome": result.outcome.value,
-            "notification_id": result.notification_id,
-            "order_id": result.order_id,
-            "from_status": result.from_status and result.from_status.value,
-            "to_status": result.to_status and result.to_status.value,
-        }
     level = "info" if status == 200 else "error" if status >= 500 else "warning"
     # bind() is the logger structlog cached, as `log.info` would find it, without the lazy
     # proxy's __getattr__ (a failed attribute lookup first) on every notification.

@@ -16,8 +16,8 @@ from aiohttp import hdrs, web
 
 from receiver import metrics
 from receiver.core.notification import Outcome
-from receiver.errors import Rejected
 from receiver.gateways import Dialect
+from receiver.sources.intake import Received
 
 # The Server header every reply carries: the service, never the aiohttp and Python versions.
 SERVER_NAME = "receiver"
@@ -71,10 +71,21 @@ def reply_status(answer: Outcome | Refusal) -> int:
     return int(answer) if isinstance(answer, Refusal) else HTTP_STATUS[answer]
 
 
-def answer_for(rejected: Rejected) -> Outcome | Refusal:
-    """How a refused notification is answered: 415 when its media type was refused (it is
-    stored as its outcome all the same), else its outcome."""
-    return Refusal.UNSUPPORTED_MEDIA_TYPE if rejected.media_type else rejected.outcome
+def answer_of(received: Received) -> Outcome | Refusal:
+    """How a notification is answered: 429 when the flood guard refused it, 503 when nothing is
+    known committed, 415 when its media type was refused (stored as its outcome all the same),
+    else its outcome."""
+    if received.flooded:
+        return Refusal.TOO_MANY_UNVERIFIED
+    if received.unavailable:
+        return Refusal.DATABASE_UNAVAILABLE
+    rejected = received.rejected
+    if rejected is not None and rejected.media_type:
+        return Refusal.UNSUPPORTED_MEDIA_TYPE
+    outcome = received.outcome
+    if outcome is None:  # a dry run's refusal never reaches a reply; nothing stored otherwise
+        return Refusal.DATABASE_UNAVAILABLE
+    return outcome
 
 
 def reply(dialect: Dialect, answer: Outcome | Refusal) -> Reply:

@@ -14,7 +14,6 @@ import ipaddress
 import time
 from collections.abc import Callable
 
-from receiver.core.notification import Outcome
 from receiver.logging import get_logger
 
 log = get_logger(__name__)
@@ -22,11 +21,6 @@ log = get_logger(__name__)
 WINDOW_S = 60
 MAX_TRACKED = 65536
 _OTHERS = "others"  # the shared count once MAX_TRACKED addresses are counted this minute
-
-#: The outcomes a notification gets before its signature verified.
-UNVERIFIED_OUTCOMES = frozenset(
-    {Outcome.MALFORMED, Outcome.BAD_SIGNATURE, Outcome.UNKNOWN_MERCHANT, Outcome.IP_DENIED}
-)
 
 
 class UnverifiedLimiter:

@@ -29,8 +29,9 @@ from receiver.core.schedule import is_due, min_gap_s, next_query_at, poll_interv
 from receiver.errors import DatabaseUnavailable
 from receiver.gateways import OrderQuerier, OrderRef, QueryAnswer, QueryResult
 from receiver.logging import get_logger
+from receiver.sources.intake import Received, record
 from receiver.store.database import CONNECTION_ERRORS, Health
-from receiver.store.ledger import QUERY, Ledger, Result
+from receiver.store.ledger import QUERY, Ledger
 
 if TYPE_CHECKING:
     import aiohttp
@@ -306,23 +307,27 @@ class Reconciler:
 
     async def _apply(self, order: OrderRef, answer: QueryAnswer) -> Report:
         """The answer through the ledger, as a notification; NOT_FOUND and ERROR store nothing."""
-        try:
-            result = await self._store(answer)
-        except (DatabaseUnavailable, asyncpg.PostgresError) as exc:
-            # Not stored, so asked again at its next due time; one order must not sink a pass.
-            return _report(order, answer.result, reason=f"{answer.reason}; not stored: {exc}")
-        if result is None:
+        if answer.inbound is None or (answer.notification is None and answer.rejected is None):
             return _report(order, answer.result, reason=answer.reason)
-        return _report(order, answer.result, reason=answer.reason or result.detail, stored=result)
-
-    async def _store(self, answer: QueryAnswer) -> Result | None:
-        if answer.inbound is None:
-            return None
-        if answer.notification is not None:
-            return await self._ledger.apply(answer.inbound, answer.notification, source=QUERY)
-        if answer.rejected is not None:
-            return await self._ledger.reject(answer.inbound, answer.rejected, source=QUERY)
-        return None
+        try:
+            received = await record(
+                self._ledger,
+                answer.inbound,
+                answer.notification,
+                rejected=answer.rejected,
+                source=QUERY,
+            )
+        except asyncpg.PostgresError as exc:
+            received = Received(unavailable=True, note=str(exc))
+        if received.unavailable:
+            # Not stored, so asked again at its next due time; one order must not sink a pass.
+            return _report(
+                order, answer.result, reason=f"{answer.reason}; not stored: {received.note}"
+            )
+        fields = received.fields()
+        return _report(
+            order, answer.result, reason=answer.reason or fields["reason"], stored=fields
+        )
 
     async def _record(self, order: OrderRef, result: str) -> None:
         try:
@@ -332,15 +337,12 @@ class Reconciler:
             pass  # only bookkeeping: the schedule already moved on when the order was claimed
 
 
-def _report(order: OrderRef, result: str, *, reason: str, stored: Result | None = None) -> Report:
-    fields: dict[str, Any] = {}
-    if stored is not None:
-        fields = {
-            "outcome": stored.outcome.value,
-            "notification_id": stored.notification_id,
-            "from_status": stored.from_status and stored.from_status.value,
-            "to_status": stored.to_status and stored.to_status.value,
-        }
+def _report(
+    order: OrderRef, result: str, *, reason: str, stored: Mapping[str, Any] | None = None
+) -> Report:
+    """One order's report; `stored` is what the intake stored of the reply (Received.fields)."""
+    kept = ("outcome", "notification_id", "from_status", "to_status")
+    fields = {k: stored[k] for k in kept} if stored is not None else {}
     return Report(
         provider=order.provider,
         merchant_id=order.merchant_id,

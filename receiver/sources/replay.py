@@ -19,12 +19,12 @@ from typing import Any
 import asyncpg
 from aiohttp.helpers import parse_mimetype
 
-from receiver.core.notification import Inbound, Notification
-from receiver.errors import Rejected
-from receiver.gateways import Gateway, with_signature_headers
+from receiver.core.notification import Inbound
+from receiver.errors import DatabaseUnavailable
+from receiver.gateways import Gateway
 from receiver.gateways.baofoo.notify import FORM_TYPE
-from receiver.http.handlers import check_source
-from receiver.store.ledger import QUERY, REPLAY, Ledger, Result
+from receiver.sources.intake import receive
+from receiver.store.ledger import QUERY, REPLAY, Ledger
 
 #: The content type a gateway sends, for rows stored without one.
 USUAL_CONTENT_TYPE = {"gopay": "application/json", "baofoo": FORM_TYPE}
@@ -122,55 +122,26 @@ async def replay(
     if row["source"] == QUERY or gateway is None:
         reason = "an order-query reply" if gateway else "no such gateway"
         return Replayed(**base, outcome=None, reason=f"not replayable: {reason}", dry_run=dry_run)
-    inbound = stored_inbound(row)
-    try:
-        check_source(gateway, inbound.remote_addr)
-        n = gateway.parse(inbound, fresh=False)
-    except Rejected as rejected:
-        if dry_run:
-            return _refused(base, rejected)
-        refused = with_signature_headers(gateway, inbound, rejected)
-        stored = await ledger.reject(inbound, refused, source=REPLAY, replay_of=row["id"])
-        return _replayed(base, stored)
-    if dry_run:
-        return await _preview(base, n, ledger)
-    stored = await ledger.apply(inbound, n, source=REPLAY, replay_of=row["id"])
-    return _replayed(base, stored)
-
-
-def _refused(base: Mapping[str, Any], rejected: Rejected) -> Replayed:
-    return Replayed(
-        **base,
-        outcome=rejected.outcome.value,
-        reason=rejected.reason,
-        merchant_id=rejected.merchant_id,
-        out_trade_no=rejected.out_trade_no,
-        dry_run=True,
+    received = await receive(
+        gateway,
+        stored_inbound(row),
+        ledger=ledger,
+        source=REPLAY,
+        replay_of=row["id"],
+        fresh=False,
+        dry_run=dry_run,
     )
-
-
-async def _preview(base: Mapping[str, Any], n: Notification, ledger: Ledger) -> Replayed:
-    d = await ledger.preview(n)
+    if received.unavailable:
+        raise DatabaseUnavailable(received.note)
+    fields = received.fields()
     return Replayed(
         **base,
-        outcome=d.outcome.value,
-        reason=d.detail,
-        merchant_id=n.merchant_id,
-        out_trade_no=n.out_trade_no,
-        from_status=d.from_status and d.from_status.value,
-        to_status=d.to_status and d.to_status.value,
-        dry_run=True,
-    )
-
-
-def _replayed(base: Mapping[str, Any], stored: Result) -> Replayed:
-    return Replayed(
-        **base,
-        outcome=stored.outcome.value,
-        reason=stored.detail,
-        notification_id=stored.notification_id,
-        merchant_id=stored.merchant_id,
-        out_trade_no=stored.out_trade_no,
-        from_status=stored.from_status and stored.from_status.value,
-        to_status=stored.to_status and stored.to_status.value,
+        outcome=fields.get("outcome"),
+        reason=fields["reason"],
+        notification_id=fields.get("notification_id"),
+        merchant_id=fields["merchant_id"],
+        out_trade_no=fields["out_trade_no"],
+        from_status=fields.get("from_status"),
+        to_status=fields.get("to_status"),
+        dry_run=dry_run,
     )
