@@ -32,7 +32,15 @@ from receiver.errors import DatabaseRefused, DatabaseUnavailable
 from receiver.gateways import Gateway, OrderQuerier, Refusal, reply
 from receiver.gateways.queriers import build_queriers
 from receiver.gateways.registry import build_gateways
-from receiver.handlers import NOTIFY_ROUTE, SERVER_NAME, healthz, notify, response
+from receiver.handlers import (
+    NOTIFY_PREFIX,
+    NOTIFY_ROUTE,
+    SERVER_NAME,
+    healthz,
+    no_such_gateway,
+    notify,
+    response,
+)
 from receiver.ledger import Ledger
 from receiver.logging import bind_request_id, get_logger
 from receiver.unverified import UnverifiedLimiter
@@ -84,6 +92,8 @@ def create_app(
         expect_handler=expect_continue,
         name=NOTIFY_ROUTE,
     )
+    # Anything else under /notify/ (a trailing slash, a second segment, nothing at all).
+    app.router.add_route("*", NOTIFY_PREFIX + "{rest:.*}", in_context(no_such_gateway, in_flight))
     app.router.add_get("/healthz", in_context(healthz, in_flight))
     app.router.add_get("/readyz", in_context(readyz, in_flight))
     return app

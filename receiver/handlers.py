@@ -32,6 +32,8 @@ from receiver.unverified import UNVERIFIED_OUTCOMES
 log = get_logger(__name__)
 
 NOTIFY_ROUTE = "notify"  # the name of the route `/notify/{provider}`
+NOTIFY_PREFIX = "/notify/"  # every path under it that names no gateway is refused and logged
+_LOGGED_PATH_MAX = 200  # a path quoted in the log is cut to this many characters
 
 # The Server header every reply carries: the service, never the aiohttp and Python versions.
 SERVER_NAME = "receiver"
@@ -68,7 +70,7 @@ async def notify(request: web.Request) -> web.StreamResponse:
     """POST /notify/{provider}: one gateway notification."""
     gateway = request.app[GATEWAYS].get(request.match_info["provider"])
     if gateway is None:
-        raise web.HTTPNotFound(text="no such gateway\n")
+        return await no_such_gateway(request)
     started = time.perf_counter()
     handled = await _handle(request, gateway)
     seconds = time.perf_counter() - started
@@ -76,6 +78,21 @@ async def notify(request: web.Request) -> web.StreamResponse:
     if handled.answer is not Refusal.TOO_MANY_UNVERIFIED:  # the limiter logs a summary instead
         _log_notification(gateway.provider, handled, seconds)
     return response(reply(gateway.dialect, handled.answer))
+
+
+async def no_such_gateway(request: web.BaseRequest) -> web.StreamResponse:
+    """404 for a path under /notify/ that names no gateway (`/notify/wechat`, `/notify/gopay/`),
+    with one log line: a misconfigured notify URL must be visible to the operator."""
+    log.warning(
+        "request_refused",
+        provider=None,
+        http_status=404,
+        reason="no such gateway",
+        method=request.method[:16],
+        path=request.path[:_LOGGED_PATH_MAX],
+        remote_addr=request.remote,
+    )
+    return web.Response(status=404, text="no such gateway\n")
 
 
 async def _handle(request: web.Request, gateway: Gateway) -> Handled:
