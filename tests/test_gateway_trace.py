@@ -141,6 +141,15 @@ def test_gopay_trace_of_an_unknown_merchant_tries_every_merchants_keys(key, othe
     assert trace["signed_text_sha256"] == text_sha256(charge)
 
 
+def test_gopay_trace_of_a_known_merchant_tries_only_its_keys(key, other_key):
+    gateway = gopay({MCHID: [key], "300003": [other_key]})
+    trace = gateway.trace(gopay_inbound(*signed(key)), now=NOW)
+    assert [(t["merchant"], t["key"]) for t in trace["keys_tried"]] == [
+        (MCHID, fingerprint(key)),
+        (MCHID, fingerprint(key)),
+    ]
+
+
 def test_gopay_trace_without_a_mid_and_one_merchant_uses_it(key):
     charge = {k: v for k, v in CHARGE.items() if k != "mid"}
     trace = gopay({MCHID: [key]}).trace(gopay_inbound(*signed(key, charge)), now=NOW)
@@ -162,6 +171,7 @@ def test_gopay_trace_cuts_a_long_claimed_merchant(key):
         (NOW - 1200.5, 900, fresh(1200.5, within=False)),
         (NOW + 900, 900, fresh(-900.0)),
         (NOW + 1200, 0, fresh(-1200.0, tolerance=0, within=False)),
+        (NOW + 1, 1, fresh(-1.0, tolerance=1)),
     ],
 )
 def test_gopay_trace_gives_the_skew_and_the_tolerance(key, now, tolerance, expected):
@@ -239,6 +249,10 @@ def test_expired_reason_names_the_skew_its_direction_and_the_tolerance():
     assert expired_reason(Decimal("61.0004"), 60) == (
         "x-ca-timestamp is 61.000 s ahead of the service's clock (tolerance 60 s)"
     )
+    assert expired_reason(Decimal("0.5"), 0) == (
+        "x-ca-timestamp is 0.500 s ahead of the service's clock (tolerance 0 s)"
+    )
+    assert expired_reason(Decimal(0), 0).startswith("x-ca-timestamp is 0.000 s ahead of")
 
 
 # --- Baofoo --------------------------------------------------------------------------------------
