@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from receiver.gateways.gopay.signing import key_fingerprint, load_public_key
@@ -205,3 +206,32 @@ def test_explain_needs_an_id(config_file, baofoo_md5_key):
     done = explain(config_file, baofoo_md5_key, "--id", "x")
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1
+
+
+async def test_explain_never_migrates_an_older_schema(
+    tmp_path, migrated, gopay_key_file, baofoo_md5_key
+):
+    admin = await asyncpg.connect(migrated)
+    name = f"explain_empty_{os.getpid()}"
+    await admin.execute(f"DROP DATABASE IF EXISTS {name}")
+    await admin.execute(f"CREATE DATABASE {name}")
+    try:
+        empty_url = migrated.rsplit("/", 1)[0] + "/" + name
+        config = tmp_path / "empty.toml"
+        config.write_text(
+            f'[database]\nurl = "{empty_url}"\n[[gopay.merchants]]\nmchid = "{GOPAY_MCHID}"\n'
+            f'platform_public_keys = ["{gopay_key_file}"]\n'
+        )
+        done = explain(config, baofoo_md5_key, "--id", "1")
+        assert done.returncode == 1
+        assert done.stderr == (
+            "receiver: the database schema is older than this receiver: run receiver migrate\n"
+        )
+        conn = await asyncpg.connect(empty_url)
+        try:
+            assert await conn.fetchval("SELECT to_regclass('notifications')") is None
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        await admin.close()
