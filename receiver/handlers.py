@@ -89,7 +89,8 @@ async def no_such_gateway(request: web.BaseRequest) -> web.StreamResponse:
         http_status=404,
         reason="no such gateway",
         method=request.method[:16],
-        path=request.path[:_LOGGED_PATH_MAX],
+        # As sent (percent-encoded, no query string): a decoded path could carry line breaks.
+        path=request.rel_url.raw_path[:_LOGGED_PATH_MAX],
         remote_addr=request.remote,
     )
     return web.Response(status=404, text="no such gateway\n")

@@ -45,6 +45,19 @@ async def test_a_path_naming_no_gateway_is_404_with_one_log_line(client, db, met
     assert await db.fetchval("SELECT count(*) FROM notifications") == 0
 
 
+async def test_the_path_is_logged_as_sent_without_the_query(client, db):
+    data = (
+        b"POST /notify/we%0Achat?token=s3cret HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    with structlog.testing.capture_logs() as logs:
+        reply = await exchange(*_address(client), data)
+    assert reply.status == 404
+    [line] = [entry for entry in logs if entry["event"] == "request_refused"]
+    assert line["path"] == "/notify/we%0Achat"
+    assert "s3cret" not in str(logs)
+
+
 async def test_a_long_path_is_cut_in_the_log(client, db):
     path = "/notify/" + "x" * 5000
     with structlog.testing.capture_logs() as logs:
