@@ -350,6 +350,15 @@ def test_baofoo_trace_of_an_unknown_pair_tries_every_key():
     ]
 
 
+def test_baofoo_trace_of_a_known_pair_tries_only_its_key():
+    body = encode_form(sign_baofoo(baofoo_fields(), MD5_KEY))
+    gateway = baofoo((MEMBER_ID, TERMINAL_ID, MD5_KEY), ("555", "5", "key-two-22"))
+    trace = gateway.trace(baofoo_inbound(body))
+    assert [(t["merchant"], t["key"], t["verified"]) for t in trace["keys_tried"]] == [
+        (PAIR, md5_fingerprint(MD5_KEY), True),
+    ]
+
+
 def test_baofoo_trace_cuts_a_long_claimed_pair():
     body = encode_form(sign_baofoo(baofoo_fields(MemberID="7" * 100, TerminalID="8" * 70)))
     trace = baofoo().trace(baofoo_inbound(body))
