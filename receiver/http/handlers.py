@@ -29,6 +29,8 @@ from receiver.sources.intake import Received, receive
 log = get_logger(__name__)
 
 NOTIFY_ROUTE = "notify"  # the name of the route `/notify/{provider}`
+NOTIFY_PREFIX = "/notify/"  # every path under it that names no gateway is refused and logged
+_LOGGED_PATH_MAX = 200  # a path quoted in the log is cut to this many characters
 _IDENTITY = frozenset({"", "identity"})
 # Where aiohttp's parser messages start quoting what they refused (an apostrophe inside a word,
 # as in "can't", is not a quote).
@@ -48,7 +50,7 @@ async def notify(request: web.Request) -> web.StreamResponse:
     """POST /notify/{provider}: one gateway notification."""
     gateway = request.app[GATEWAYS].get(request.match_info["provider"])
     if gateway is None:
-        return no_such_gateway()
+        return await unknown_gateway(request)
     started = time.perf_counter()
     answer, received = await _handle(request, gateway)
     seconds = time.perf_counter() - started
@@ -57,6 +59,22 @@ async def notify(request: web.Request) -> web.StreamResponse:
     if answer is not Refusal.TOO_MANY_UNVERIFIED:  # the limiter logs a summary instead
         _log_notification(gateway.provider, answer, received, seconds)
     return response(gateway.dialect, answer)
+
+
+async def unknown_gateway(request: web.BaseRequest) -> web.StreamResponse:
+    """404 for a path under /notify/ that names no gateway (`/notify/wechat`, `/notify/gopay/`),
+    with one log line: a misconfigured notify URL must be visible to the operator."""
+    log.warning(
+        "request_refused",
+        provider=None,
+        http_status=404,
+        reason="no such gateway",
+        method=request.method[:16],
+        # As sent (percent-encoded, no query string): a decoded path could carry line breaks.
+        path=request.rel_url.raw_path[:_LOGGED_PATH_MAX],
+        remote_addr=request.remote,
+    )
+    return no_such_gateway()
 
 
 async def _handle(request: web.Request, gateway: Gateway) -> tuple[Outcome | Refusal, Received]:

@@ -374,6 +374,7 @@ def _command(args: argparse.Namespace) -> Command:
         ("notifications", "list"): _notifications_list,
         ("replay", None): _replay,
         ("reconcile", None): _reconcile,
+        ("explain", None): _explain,
     }
     return commands[(args.command, getattr(args, f"{args.command}_command", None))]
 
@@ -391,6 +392,10 @@ def _add_operations(
     _notifications_list_args(nsub.add_parser("list", help="as JSON lines, newest first, no body"))
     _replay_args(sub.add_parser("replay", help="re-process stored notifications"))
     _reconcile_args(sub.add_parser("reconcile", help="one pass of order queries"))
+    explain = sub.add_parser("explain", help="why a stored notification got its outcome")
+    _config_arg(explain)
+    explain.add_argument("--id", type=_positive, required=True, help="the notification's id")
+    explain.add_argument("--text", action="store_true", help="readable text instead of JSON")
 
 
 def _orders_list_args(p: argparse.ArgumentParser) -> None:
@@ -576,6 +581,23 @@ async def _reconcile_pass(
         return [await reconciler.query_now(*args.order)]
     except reconcile.OrderNotFound as exc:
         raise Failure(str(exc)) from None
+
+
+async def _explain(config: Config, args: argparse.Namespace) -> int:
+    from receiver.gateways.registry import build_gateways  # noqa: PLC0415
+    from receiver.run import explain  # noqa: PLC0415
+
+    gateways = build_gateways(config)  # the verification keys only, never an API key
+    async with _connect(config) as conn:
+        if not await database.schema_is_current(conn):
+            raise Failure("the database schema is older than this receiver: run receiver migrate")
+        try:
+            found = await explain.explain(conn, args.id, gateways=gateways)
+        except explain.NoSuchNotification as exc:
+            raise Failure(str(exc)) from None
+    text = explain.render_text(found) if args.text else json.dumps(found, ensure_ascii=False)
+    print(text)
+    return 0
 
 
 if __name__ == "__main__":

@@ -6,10 +6,12 @@ Pure: bytes in, a `Notification` or `Rejected` out; no I/O. The order of work fo
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from receiver.config import BaofooConfig, BaofooMerchant
@@ -17,7 +19,13 @@ from receiver.core.addresses import Network
 from receiver.core.notification import Inbound, Notification, Outcome, Status, is_identifier
 from receiver.errors import Rejected
 from receiver.gateways import Dialect
-from receiver.gateways.baofoo.signing import SIGNATURE_FIELD, SIGNED_FIELDS, baofoo_signature
+from receiver.gateways.baofoo.signing import (
+    SIGNATURE_FIELD,
+    SIGNED_FIELDS,
+    baofoo_signature,
+    md5_key_fingerprint,
+    signed_fields,
+)
 
 PROVIDER = "baofoo"
 FORM_TYPE = "application/x-www-form-urlencoded"
@@ -115,6 +123,44 @@ class BaofooGateway:
         verified_with = _verify(fields, md5_key, charset=charset)
         return _notification(fields, charset=charset, verified_with=verified_with)
 
+    def trace(self, inbound: Inbound) -> dict[str, Any]:
+        """Every check `parse` makes on the signature, for `receiver explain`: the merchant
+        pairs, the signed text's SHA-256 (up to the key) in each encoding tried, each key (by
+        fingerprint) with each encoding and its result. Pure and never raises: a step that
+        cannot be taken says why under "problem"."""
+        pairs = self._keys
+        found: dict[str, Any] = {"merchants_configured": sorted(f"{m}/{t}" for m, t in pairs)}
+        try:
+            charset = _request_charset(inbound)
+            fields = parse_form(inbound.body, encoding=charset)
+            _require_fields(fields)
+        except Rejected as exc:
+            return found | {"problem": exc.reason}
+        pair = (fields["MemberID"], fields["TerminalID"])
+        encodings = _encodings(charset)
+        found |= {
+            "merchant_claimed": "/".join(p[:_MAX_ID_LENGTH] for p in pair),
+            "merchant_configured": pair in pairs,
+            "signed_text_sha256": {e: _text_sha256(fields, encoding=e) for e in encodings},
+        }
+        given = fields[SIGNATURE_FIELD]
+        if _HEX_DIGEST.fullmatch(given) is None:
+            return found | {"problem": "Md5Sign is not 32 hex digits"}
+        # The pair's key; every key when the pair is not configured (one that matches says
+        # which pair the sender should have named).
+        tried = {pair: pairs[pair]} if pair in pairs else pairs
+        found["keys_tried"] = [
+            {
+                "merchant": f"{member}/{terminal}",
+                "key": md5_key_fingerprint(md5_key),
+                "variant": encoding,
+                "verified": _signature_matches(fields, md5_key, encoding=encoding, given=given),
+            }
+            for (member, terminal), md5_key in tried.items()
+            for encoding in encodings
+        ]
+        return found
+
     def _md5_key(self, fields: Mapping[str, str]) -> str:
         key = self._keys.get((fields["MemberID"], fields["TerminalID"]))
         if key is None:
@@ -178,12 +224,24 @@ def _verify(fields: Mapping[str, str], md5_key: str, *, charset: str) -> str:
     given = fields[SIGNATURE_FIELD]
     if _HEX_DIGEST.fullmatch(given) is None:
         raise _rejected(Outcome.BAD_SIGNATURE, "Md5Sign is not 32 hex digits", fields)
-    # Some senders sign the UTF-8 text yet post the form in GBK, so UTF-8 is always a candidate.
-    candidates = (charset,) if charset == "utf-8" else (charset, "utf-8")
-    for encoding in candidates:
+    for encoding in _encodings(charset):
         if _signature_matches(fields, md5_key, encoding=encoding, given=given):
             return encoding
     raise _rejected(Outcome.BAD_SIGNATURE, "Md5Sign does not match", fields)
+
+
+def _encodings(charset: str) -> tuple[str, ...]:
+    """The encodings a signature may have been made in, in the order they are tried."""
+    # Some senders sign the UTF-8 text yet post the form in GBK, so UTF-8 is always a candidate.
+    return (charset,) if charset == "utf-8" else (charset, "utf-8")
+
+
+def _text_sha256(fields: Mapping[str, str], *, encoding: str) -> str | None:
+    """SHA-256 of the signed text up to the key in `encoding`; None when it has no such form."""
+    try:
+        return hashlib.sha256(signed_fields(fields).encode(encoding)).hexdigest()
+    except UnicodeEncodeError:
+        return None
 
 
 def _signature_matches(

@@ -23,9 +23,18 @@ SIGNATURE_FIELD = "Md5Sign"
 
 def baofoo_signature(fields: Mapping[str, str], md5_key: str, *, encoding: str = "utf-8") -> str:
     """Lower-case hex MD5 of a notification's signed text; a missing field counts as empty."""
-    parts = [f"{name}={fields.get(name, '')}" for name in SIGNED_FIELDS]
-    parts.append(f"{SIGNATURE_FIELD}={md5_key}")
-    return _md5_hex("~|~".join(parts).encode(encoding))
+    return _md5_hex(f"{signed_fields(fields)}~|~{SIGNATURE_FIELD}={md5_key}".encode(encoding))
+
+
+def signed_fields(fields: Mapping[str, str]) -> str:
+    """The signed text up to the key: `MemberID=...~|~...~|~SuccTime=...`."""
+    return "~|~".join(f"{name}={fields.get(name, '')}" for name in SIGNED_FIELDS)
+
+
+def md5_key_fingerprint(md5_key: str) -> str:
+    """An MD5 key's short name: the first 8 hex digits of its SHA-256 (too few to test guesses
+    of the key against, enough to tell two keys apart)."""
+    return "sha256:" + hashlib.sha256(md5_key.encode("utf-8")).hexdigest()[:8]
 
 
 def query_request_signature(

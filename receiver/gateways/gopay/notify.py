@@ -6,6 +6,7 @@ Signing lives in `signing.py`, the charge span scanner in `jsonspan.py`.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,9 +25,13 @@ from receiver.gateways.gopay.jsonspan import malformed as _malformed
 from receiver.gateways.gopay.signing import (
     SIGNATURE_HEADERS,
     SignatureHeaders,
+    expired_reason,
     load_key_file,
-    parse_timestamp,
+    signed_text,
+    timestamp_skew,
+    trace_signature,
     verify_signature,
+    within_tolerance,
 )
 
 PROVIDER = "gopay"
@@ -47,6 +52,7 @@ _STATUSES: dict[int, Status | None] = {
     3: Status.FAILED,
 }
 _HINT_MAX = 64  # unverified ids kept for the record are cut to a sane length
+_MILLISECOND = Decimal("0.001")
 
 
 class GoPayGateway:
@@ -152,14 +158,65 @@ class GoPayGateway:
             return next(iter(self.merchants))
         return None if claimed is None else claimed[:_HINT_MAX]
 
+    def trace(self, inbound: Inbound, *, now: float) -> dict[str, Any]:
+        """Every check `parse` makes on the signature, with its numbers, for `receiver explain`:
+        the merchant ids, the signed text's SHA-256, each key (by fingerprint) with each variant
+        and its result, the timestamp against `now`. Pure and never raises: a step that cannot
+        be taken says why under "problem"."""
+        found: dict[str, Any] = {"merchants_configured": sorted(self.merchants)}
+        try:
+            envelope = read_envelope(inbound.body)
+            claimed = claimed_merchant(envelope.charge)
+            headers = SignatureHeaders.from_mapping(inbound.headers)
+        except Rejected as exc:
+            return found | {"problem": exc.reason}
+        plain = signed_text(
+            nonce=headers.nonce, timestamp=headers.timestamp, charge=envelope.charge_bytes
+        )
+        found |= {
+            "merchant_claimed": None if claimed is None else claimed[:_HINT_MAX],
+            "merchant_configured": self._merchant_hint(envelope.charge) in self.merchants,
+            "signed_text_sha256": hashlib.sha256(plain).hexdigest(),
+            "timestamp": self._trace_timestamp(headers.timestamp, now=now),
+        }
+        try:
+            found["keys_tried"] = [
+                {"merchant": mchid, "key": t.key, "variant": t.variant, "verified": t.verified}
+                for mchid, keys in self._keys_to_try(envelope.charge).items()
+                for t in trace_signature(keys, headers=headers, charge=envelope.charge_bytes)
+            ]
+        except Rejected as exc:  # a signature that is not canonical base64
+            found["problem"] = exc.reason
+        return found
+
+    def _keys_to_try(self, charge: Mapping[str, Any]) -> dict[str, tuple[RSAPublicKey, ...]]:
+        """The merchant's keys; every merchant's when it is not one configured (which key
+        verifies, if any, says which merchant id the sender should have named)."""
+        mchid = self._merchant_hint(charge)
+        if mchid in self.merchants:
+            return {mchid: self.merchants[mchid]}
+        return self.merchants
+
+    def _trace_timestamp(self, timestamp: str, *, now: float) -> dict[str, Any]:
+        tolerance = self.timestamp_tolerance_s
+        found: dict[str, Any] = {"sent": timestamp, "tolerance_s": tolerance}
+        try:
+            skew = timestamp_skew(timestamp, now=now)
+        except ValueError:
+            return found | {"problem": "x-ca-timestamp is not an epoch in ms, us or ns"}
+        return found | {
+            "skew_s": float(skew.quantize(_MILLISECOND)),
+            "checked": tolerance > 0,
+            "within": within_tolerance(skew, tolerance),
+        }
+
     def _check_fresh(self, timestamp: str) -> None:
         try:
-            sent = parse_timestamp(timestamp)
+            skew = timestamp_skew(timestamp, now=self.clock())
         except ValueError:
             raise _malformed("x-ca-timestamp is not an epoch in ms, us or ns") from None
-        skew = abs(sent - Decimal(self.clock()))
-        if skew > self.timestamp_tolerance_s:
-            raise Rejected(Outcome.EXPIRED, "x-ca-timestamp is outside the accepted window")
+        if not within_tolerance(skew, self.timestamp_tolerance_s):
+            raise Rejected(Outcome.EXPIRED, expired_reason(skew, self.timestamp_tolerance_s))
 
 
 # --- content type ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import hashlib
 import re
 import secrets
 import time
@@ -263,17 +264,54 @@ def verify_request(
     return _rsa_sha1_ok(key, signature, base64.b64encode(text))
 
 
+def signed_variants(*, headers: SignatureHeaders, charge: bytes) -> tuple[tuple[str, bytes], ...]:
+    """What a notification's signature may cover, by variant name: the base64 of the signed
+    text (current builds), then the plain text (old builds)."""
+    plain = signed_text(nonce=headers.nonce, timestamp=headers.timestamp, charge=charge)
+    return (("base64", binascii.b2a_base64(plain, newline=False)), ("plain", plain))
+
+
 def verify_signature(
     keys: Sequence[RSAPublicKey], *, headers: SignatureHeaders, charge: bytes
 ) -> str | None:
     """The variant ("base64" or "plain") that verifies with one of `keys`, else None."""
     signature = decode_signature(headers.signature)
-    plain = signed_text(nonce=headers.nonce, timestamp=headers.timestamp, charge=charge)
-    for name, message in (("base64", binascii.b2a_base64(plain, newline=False)), ("plain", plain)):
+    for name, message in signed_variants(headers=headers, charge=charge):
         for key in keys:
             if _rsa_sha1_ok(key, signature, message):
                 return name
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Trial:
+    """One key tried with one variant of the signed text, and whether the signature verified."""
+
+    key: str  # the key's fingerprint, never the key
+    variant: str
+    verified: bool
+
+
+def trace_signature(
+    keys: Sequence[RSAPublicKey], *, headers: SignatureHeaders, charge: bytes
+) -> tuple[Trial, ...]:
+    """Every key with every variant, as `verify_signature` tries them (it stops at the first
+    that verifies); for `receiver explain`."""
+    signature = decode_signature(headers.signature)
+    return tuple(
+        Trial(key_fingerprint(key), name, _rsa_sha1_ok(key, signature, message))
+        for name, message in signed_variants(headers=headers, charge=charge)
+        for key in keys
+    )
+
+
+def key_fingerprint(key: RSAPublicKey) -> str:
+    """A public key's short name: the start of the SHA-256 of its SubjectPublicKeyInfo DER
+    (`openssl pkey -pubin -outform DER | sha256sum` gives the same digits)."""
+    return "sha256:" + hashlib.sha256(spki_der(key)).hexdigest()[:FINGERPRINT_DIGITS]
+
+
+FINGERPRINT_DIGITS = 16
 
 
 def _rsa_sha1_ok(key: RSAPublicKey, signature: bytes, message: bytes) -> bool:
@@ -282,6 +320,27 @@ def _rsa_sha1_ok(key: RSAPublicKey, signature: bytes, message: bytes) -> bool:
     except InvalidSignature:
         return False
     return True
+
+
+def timestamp_skew(timestamp: str, *, now: float) -> Decimal:
+    """Seconds from `now` to the x-ca-timestamp sent (negative: sent before `now`); ValueError
+    when the text is not an epoch in ms, us or ns."""
+    return parse_timestamp(timestamp) - Decimal(now)
+
+
+def within_tolerance(skew: Decimal, tolerance_s: int) -> bool:
+    """True when a timestamp `skew` seconds off the clock is accepted (either direction)."""
+    return abs(skew) <= tolerance_s
+
+
+def expired_reason(skew: Decimal, tolerance_s: int) -> str:
+    """Why a timestamp is refused, with the numbers: how far off, which way, the tolerance."""
+    direction = "behind" if skew < 0 else "ahead of"
+    off = abs(skew).quantize(_MILLISECOND)
+    return f"x-ca-timestamp is {off} s {direction} the service's clock (tolerance {tolerance_s} s)"
+
+
+_MILLISECOND = Decimal("0.001")
 
 
 def parse_timestamp(text: str) -> Decimal:
