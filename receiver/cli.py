@@ -22,7 +22,7 @@ import aiohttp
 import asyncpg
 
 from receiver import database, ledger, ops, reconcile, replay
-from receiver.config import Config, load_config
+from receiver.config import ALL_SECRETS, Config, load_config, require_merchants
 from receiver.errors import ConfigError, DatabaseUnavailable, NoEmbeddedDatabase
 from receiver.gateways.queriers import build_queriers
 from receiver.logging import configure_logging
@@ -182,16 +182,56 @@ def _run(args: argparse.Namespace) -> int:
         from receiver.simulate.command import run_simulate  # noqa: PLC0415
 
         return run_simulate(args)
-    return _run_configured(args, load_config(args.config))
+    return _run_configured(args, _load(args))
+
+
+# What each command needs of the gateways' secrets (the `*_env` variables): serve all of them;
+# reconcile those of the gateways it queries; replay the keys that verify signatures (GoPay's
+# are public key files, Baofoo's is its MD5 key); replay --dry-run those that are available;
+# every other command none: it only reads or writes the database.
+VERIFYING_SECRETS = frozenset({"baofoo"})
+
+
+def _load(args: argparse.Namespace) -> Config:
+    """The configuration with the secrets this command uses, and only those."""
+    if args.command == "replay" and args.dry_run:
+        return load_config(args.config, secrets=_available_secrets(args.config))
+    return load_config(args.config, secrets=_secrets_needed(args))
+
+
+def _secrets_needed(args: argparse.Namespace) -> frozenset[str]:
+    if args.command == "serve":
+        return ALL_SECRETS
+    if args.command == "reconcile":
+        provider = args.order[0] if args.order else args.provider
+        return ALL_SECRETS if provider is None else frozenset({provider})
+    if args.command == "replay":
+        return (
+            VERIFYING_SECRETS - {args.provider} if args.provider == "gopay" else VERIFYING_SECRETS
+        )
+    return frozenset()
+
+
+def _available_secrets(explicit: str | None) -> frozenset[str]:
+    """The gateways whose secrets can be read here (their variables set and well formed)."""
+    available = set()
+    for provider in PROVIDERS:
+        try:
+            load_config(explicit, secrets={provider})
+        except ConfigError:
+            continue
+        available.add(provider)
+    return frozenset(available)
 
 
 def _run_configured(args: argparse.Namespace, config: Config) -> int:
     if args.command == "check-config":
-        return _check_config(config)
+        return _check_config(config, explicit=args.config)
     configure_logging(fmt=config.log.format, level=config.log.level)
     if args.command == "serve":
         from receiver.serve import serve  # noqa: PLC0415
 
+        require_merchants(config)
         _check_workers(args.workers)
         _check_listen(config, args)
         return serve(config, host=args.host, port=args.port, workers=args.workers)
@@ -200,18 +240,31 @@ def _run_configured(args: argparse.Namespace, config: Config) -> int:
     return asyncio.run(_command(args)(config, args))
 
 
-def _check_config(config: Config) -> int:
-    """Load every key file and the TLS pair as serve would; print what would run, no secret."""
+def _check_config(config: Config, *, explicit: str | None) -> int:
+    """Load every key file and the TLS pair as serve would; print what would run, no secret.
+
+    The secrets' variables are not required (the machine that checks a deployment seldom has
+    them): each is shown as set or not, and one that serve would refuse is a warning on stderr.
+    """
     from receiver.gateways.queriers import build_queriers  # noqa: PLC0415
     from receiver.gateways.registry import build_gateways  # noqa: PLC0415
     from receiver.observe import summary  # noqa: PLC0415
     from receiver.serve import tls_context  # noqa: PLC0415
 
+    require_merchants(config)
     build_gateways(config)
     build_queriers(config)  # the merchants' query keys
     tls = tls_context(config.server, source=config.source) is not None
     server = {"host": config.server.host, "port": config.server.port, "tls": tls}
-    print(json.dumps(summary(config) | {"server": server}, indent=2))
+    secrets = [
+        {"variable": d.variable, "named_by": d.named_by, "set": bool(os.environ.get(d.variable))}
+        for d in config.deferred
+    ]
+    print(json.dumps(summary(config) | {"server": server, "secrets": secrets}, indent=2))
+    try:
+        load_config(explicit)
+    except ConfigError as exc:
+        print(f"receiver: warning: serve would refuse to start: {exc}", file=sys.stderr)
     return 0
 
 
@@ -536,10 +589,31 @@ async def _replay(config: Config, args: argparse.Namespace) -> int:
                 rows = await replay.select(conn, selection)
             except replay.NoSuchNotification as exc:
                 raise Failure(str(exc)) from None
+        unverifiable = _unverifiable(config)
         for row in rows:
+            if row["provider"] in unverifiable:
+                _print_line(_not_verified(row, why=unverifiable[row["provider"]]))
+                continue
             done = await replay.replay(row, gateways=gateways, ledger=book, dry_run=args.dry_run)
             _print_line(done.as_dict())
     return 0
+
+
+def _unverifiable(config: Config) -> dict[str, str]:
+    """The gateways whose signatures this command cannot verify, their keys not being read."""
+    missing: dict[str, list[str]] = {}
+    for deferred in config.deferred:
+        provider = deferred.named_by.split(".", 1)[0]
+        if provider in VERIFYING_SECRETS:
+            missing.setdefault(provider, []).append(f"{deferred.variable} ({deferred.named_by})")
+    return {p: f"not verified: {', '.join(v)} not available" for p, v in missing.items()}
+
+
+def _not_verified(row: asyncpg.Record, *, why: str) -> dict[str, Any]:
+    line = replay.Replayed(
+        replay_of=row["id"], provider=row["provider"], was=row["outcome"], outcome=None, reason=why
+    )
+    return line.as_dict() | {"dry_run": True}
 
 
 async def _reconcile(config: Config, args: argparse.Namespace) -> int:

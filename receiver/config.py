@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -120,9 +120,26 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     reconcile: ReconcileConfig = ReconcileConfig()
     source: str = "(defaults)"
+    # The gateways whose secrets (`*_env` variables) were read; the others' are left empty and
+    # named in `deferred`, so that a command that does not use them does not need them.
+    secrets: frozenset[str] = frozenset({"gopay", "baofoo"})
+    deferred: tuple[DeferredSecret, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DeferredSecret:
+    """A secret this command did not read: the variable and the key that names it."""
+
+    variable: str
+    named_by: str
+
+
+#: Every gateway's secrets: what serve needs (and load_config reads unless told otherwise).
+ALL_SECRETS = frozenset({"gopay", "baofoo"})
 
 
 DEFAULT_FILE = "receiver.toml"
+DEFAULTS = "(defaults)"  # the source of a configuration read from no file
 DATABASE_URL_VARIABLE = "RECEIVER_DATABASE_URL"
 CONFIG_VARIABLE = "RECEIVER_CONFIG"
 
@@ -137,12 +154,18 @@ def find_config_file(explicit: str | None, environ: Mapping[str, str]) -> Path |
     return default if default.is_file() else None
 
 
-def load_config(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
-    """Read the configuration the way every command does."""
+def load_config(
+    explicit: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    secrets: Collection[str] = ALL_SECRETS,
+) -> Config:
+    """Read the configuration the way every command does; `secrets`: the gateways whose secrets
+    the command uses (the others' environment variables are not read, see Config.deferred)."""
     env = os.environ if environ is None else environ
     path = find_config_file(explicit, env)
     if path is None:
-        return parse_config({}, source="(defaults)", base=Path.cwd(), environ=env)
+        return parse_config({}, source=DEFAULTS, base=Path.cwd(), environ=env, secrets=secrets)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -154,16 +177,37 @@ def load_config(explicit: str | None = None, environ: Mapping[str, str] | None =
         raise ConfigError(
             source=str(path), key="(file)", problem=f"not valid TOML: {exc}"
         ) from None
-    return parse_config(data, source=str(path), base=path.parent, environ=env)
+    return parse_config(data, source=str(path), base=path.parent, environ=env, secrets=secrets)
+
+
+def require_merchants(config: Config) -> None:
+    """Raise ConfigError, naming where the configuration was looked for, when no merchant of
+    any gateway is configured: a service without one could only refuse every notification."""
+    if config.gopay.merchants or config.baofoo.merchants:
+        return
+    problem = "no merchant configured: every notification would be refused as unknown_merchant"
+    if config.source == DEFAULTS:
+        looked = f"--config, ${CONFIG_VARIABLE}, {Path.cwd() / DEFAULT_FILE}"
+        problem = f"no configuration file found (looked at {looked}), so {problem}"
+    raise ConfigError(
+        source=config.source, key="[[gopay.merchants]], [[baofoo.merchants]]", problem=problem
+    )
 
 
 def _os_problem(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
-def parse_config(data: Table, *, source: str, base: Path, environ: Mapping[str, str]) -> Config:
+def parse_config(
+    data: Table,
+    *,
+    source: str,
+    base: Path,
+    environ: Mapping[str, str],
+    secrets: Collection[str] = ALL_SECRETS,
+) -> Config:
     """Build a Config from parsed TOML; relative paths are relative to `base`."""
-    r = _Reader(source=source, base=base, environ=environ)
+    r = _Reader(source=source, base=base, environ=environ, secrets=frozenset(secrets))
     r.only(
         data, "", {"server", "database", "log", "ledger", "gopay", "baofoo", "metrics", "reconcile"}
     )
@@ -177,6 +221,8 @@ def parse_config(data: Table, *, source: str, base: Path, environ: Mapping[str, 
         metrics=r.metrics(r.table(data, "metrics")),
         reconcile=r.reconcile(r.table(data, "reconcile")),
         source=source,
+        secrets=r.secrets,
+        deferred=tuple(r.deferred),
     )
 
 
@@ -187,6 +233,8 @@ class _Reader:
     source: str
     base: Path
     environ: Mapping[str, str]
+    secrets: frozenset[str] = ALL_SECRETS
+    deferred: list[DeferredSecret] = field(default_factory=list)
 
     def fail(self, key: str, problem: str) -> ConfigError:
         return ConfigError(source=self.source, key=key, problem=problem)
@@ -453,6 +501,9 @@ class _Reader:
         inline = self.get(t, f"{key}.{name}", str, "")
         if env_name and inline:
             raise self.fail(f"{key}.{name}", f"set {name} or {name}_env, not both")
+        if env_name and key.split(".", 1)[0] not in self.secrets:
+            self.deferred.append(DeferredSecret(variable=env_name, named_by=f"{key}.{name}_env"))
+            return ""
         if env_name:
             return self.secret_from_environment(env_name, named_by=f"{key}.{name}_env")
         if required and not inline:

