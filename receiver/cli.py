@@ -206,9 +206,7 @@ def _secrets_needed(args: argparse.Namespace) -> frozenset[str]:
         provider = args.order[0] if args.order else args.provider
         return ALL_SECRETS if provider is None else frozenset({provider})
     if args.command == "replay":
-        return (
-            VERIFYING_SECRETS - {args.provider} if args.provider == "gopay" else VERIFYING_SECRETS
-        )
+        return VERIFYING_SECRETS & {args.provider} if args.provider else VERIFYING_SECRETS
     return frozenset()
 
 
@@ -610,10 +608,14 @@ def _unverifiable(config: Config) -> dict[str, str]:
 
 
 def _not_verified(row: asyncpg.Record, *, why: str) -> dict[str, Any]:
-    line = replay.Replayed(
-        replay_of=row["id"], provider=row["provider"], was=row["outcome"], outcome=None, reason=why
-    )
-    return line.as_dict() | {"dry_run": True}
+    return replay.Replayed(
+        replay_of=row["id"],
+        provider=row["provider"],
+        was=row["outcome"],
+        outcome=None,
+        reason=why,
+        dry_run=True,
+    ).as_dict()
 
 
 async def _reconcile(config: Config, args: argparse.Namespace) -> int:
