@@ -1,0 +1,223 @@
+"""What the commands print and what they need, through the real `receiver` process: stdout is the
+command's output only (JSON lines) in every database mode; a command reads only the secrets it
+uses; serve and check-config refuse a configuration with no merchant. Never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.conftest import BAOFOO_MEMBER, BAOFOO_TERMINAL, GOPAY_MCHID
+from tests.service_process import ServiceProcess, free_port
+
+SECRET_VARIABLES = ("GOPAY_API_KEY", "BAOFOO_MD5_KEY")
+
+
+def receiver(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`receiver ARGS` with no RECEIVER_* and no gateway secret in its environment but `env`."""
+    full = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("RECEIVER_") and k not in SECRET_VARIABLES
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "receiver.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full | (env or {}),
+        cwd=cwd,
+        timeout=120,
+        check=False,
+    )
+
+
+def json_lines(proc: subprocess.CompletedProcess[str]) -> list[dict[str, object]]:
+    """Every stdout line of a command that succeeded, each a JSON object; stderr clean."""
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def merchants(key_file: Path, *, secrets_from_env: bool) -> str:
+    """One merchant per gateway, their secrets from GOPAY_API_KEY and BAOFOO_MD5_KEY or inline."""
+    gopay_secret = 'api_key_env = "GOPAY_API_KEY"' if secrets_from_env else ""
+    baofoo_secret = (
+        'md5_key_env = "BAOFOO_MD5_KEY"' if secrets_from_env else 'md5_key = "0123456789abcdef"'
+    )
+    return (
+        f'[[gopay.merchants]]\nmchid = "{GOPAY_MCHID}"\n'
+        f"platform_public_keys = [{json.dumps(str(key_file))}]\n{gopay_secret}\n"
+        f'[[baofoo.merchants]]\nmember_id = "{BAOFOO_MEMBER}"\n'
+        f'terminal_id = "{BAOFOO_TERMINAL}"\n{baofoo_secret}\n'
+    )
+
+
+# -- stdout: the command's output only, with the embedded database ------------------------------
+
+
+@pytest.fixture
+def embedded_home(gopay_key_file: Path) -> Iterator[Path]:
+    """A folder with two configurations on one embedded database: json.toml (JSON logs, for
+    serve) and console.toml (console logs, which broke jq most plainly)."""
+    # Not under tmp_path: the embedded server runs as its own user when the tests run as root.
+    home = Path(tempfile.mkdtemp(prefix="receiver-out-"))
+    shared = (
+        f"[database]\ndata_dir = {json.dumps(str(home / 'data'))}\n[metrics]\nport = 0\n"
+        + merchants(gopay_key_file, secrets_from_env=False)
+    )
+    (home / "json.toml").write_text(shared)
+    (home / "console.toml").write_text('[log]\nformat = "console"\n' + shared)
+    try:
+        yield home
+    finally:
+        receiver("migrate", "--config", str(home / "json.toml"), cwd=home)  # stops it if left
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def read_commands(home: Path) -> None:
+    """orders list and notifications list, piped: every stdout line parses as JSON."""
+    config = ("--config", str(home / "console.toml"))
+    orders = json_lines(receiver("orders", "list", *config, cwd=home))
+    assert [o["out_trade_no"] for o in orders] == ["OUT-1"]
+    assert json_lines(receiver("notifications", "list", *config, cwd=home)) == []
+
+
+@pytest.mark.slow
+def test_embedded_database_commands_print_only_json_lines_with_and_without_serve(
+    embedded_home: Path,
+):
+    home = embedded_home
+    config = ("--config", str(home / "console.toml"))
+    migrated = receiver("migrate", *config, cwd=home)
+    assert migrated.returncode == 0, migrated.stderr
+    assert migrated.stdout.startswith("applied: ") and migrated.stdout.count("\n") == 1
+    key = ("--provider", "gopay", "--merchant", GOPAY_MCHID, "--out-trade-no", "OUT-1")
+    added = receiver("orders", "add", *config, *key, "--amount", "1.00", cwd=home)
+    assert added.returncode == 0, added.stderr
+    assert json.loads(added.stdout)["out_trade_no"] == "OUT-1"  # one JSON document, nothing else
+    read_commands(home)
+    svc = ServiceProcess(home / "json.toml", port=free_port())
+    with svc.start():
+        svc.wait_ready(60)
+        read_commands(home)
+        svc.stop()
+    assert all(json.loads(line) for line in svc.stdout_lines())  # serve's own: JSON logs only
+    read_commands(home)
+    assert "pg_ctl" in (home / "data" / "embedded-postgres.log").read_text()
+
+
+# -- secrets: read where they are used ----------------------------------------------------------
+
+
+@pytest.fixture
+def secret_config(tmp_path: Path, gopay_key_file: Path) -> Path:
+    path = tmp_path / "receiver.toml"
+    path.write_text(merchants(gopay_key_file, secrets_from_env=True))
+    return path
+
+
+BAOFOO_BODY = (
+    f"MemberID={BAOFOO_MEMBER}&TerminalID={BAOFOO_TERMINAL}&TransID=B-1&Result=1&ResultDesc=01"
+    "&FactMoney=100&AdditionalInfo=&SuccTime=20260101120000&Md5Sign=00"
+).encode()
+INSERT_NOTE = """
+INSERT INTO notifications (provider, remote_addr, body, outcome, merchant_id, out_trade_no)
+VALUES ($1, '127.0.0.1', $2, 'unknown_order', $3, $4)
+"""
+
+
+async def test_read_commands_need_no_gateway_secret(
+    db: asyncpg.Connection, migrated: str, secret_config: Path, tmp_path: Path
+):
+    await db.execute(INSERT_NOTE, "baofoo", BAOFOO_BODY, BAOFOO_MEMBER, "B-1")
+    await db.execute(INSERT_NOTE, "gopay", b"{}", GOPAY_MCHID, "G-1")
+    env = {"RECEIVER_DATABASE_URL": migrated}
+    key = ("--provider", "gopay", "--merchant", GOPAY_MCHID, "--out-trade-no", "G-1")
+    added = receiver("orders", "add", *key, "--amount", "2.00", env=env, cwd=tmp_path)
+    assert added.returncode == 0, added.stderr
+    shown = receiver("orders", "show", *key, env=env, cwd=tmp_path)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["out_trade_no"] == "G-1"
+    assert len(json_lines(receiver("orders", "list", env=env, cwd=tmp_path))) == 1
+    assert len(json_lines(receiver("notifications", "list", env=env, cwd=tmp_path))) == 2
+    dry = receiver("replay", "--outcome", "unknown_order", "--dry-run", env=env, cwd=tmp_path)
+    by_provider = {line["provider"]: line for line in json_lines(dry)}
+    assert by_provider["gopay"]["outcome"] == "malformed"  # verified: GoPay's keys are files
+    assert by_provider["baofoo"]["outcome"] is None
+    assert "BAOFOO_MD5_KEY" in str(by_provider["baofoo"]["reason"])
+    assert await db.fetchval("SELECT count(*) FROM notifications") == 2  # dry: nothing stored
+
+
+def test_check_config_shows_which_secrets_are_set_and_warns_of_the_missing(
+    secret_config: Path, tmp_path: Path
+):
+    proc = receiver("check-config", env={"GOPAY_API_KEY": "k-123"}, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "k-123" not in proc.stdout + proc.stderr
+    shown = json.loads(proc.stdout)
+    assert {s["variable"]: s["set"] for s in shown["secrets"]} == {
+        "GOPAY_API_KEY": True,
+        "BAOFOO_MD5_KEY": False,
+    }
+    assert proc.stderr.count("\n") == 1
+    assert "warning: serve would refuse to start" in proc.stderr
+    assert "BAOFOO_MD5_KEY" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "variable"),
+    [
+        (("serve", "--port", "0"), "GOPAY_API_KEY"),
+        (("replay", "--outcome", "unknown_order"), "BAOFOO_MD5_KEY"),
+        (("reconcile", "--provider", "baofoo"), "BAOFOO_MD5_KEY"),
+    ],
+    ids=["serve", "replay", "reconcile"],
+)
+def test_commands_that_use_a_secret_say_which_variable_is_missing(
+    migrated: str, secret_config: Path, tmp_path: Path, command: tuple[str, ...], variable: str
+):
+    proc = receiver(*command, env={"RECEIVER_DATABASE_URL": migrated}, cwd=tmp_path)
+    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1
+    assert f"environment variable {variable}: is not set" in proc.stderr
+
+
+def test_replay_of_gopay_only_needs_no_baofoo_key(
+    migrated: str, secret_config: Path, tmp_path: Path
+):
+    args = ("replay", "--outcome", "unknown_order", "--provider", "gopay")
+    proc = receiver(*args, env={"RECEIVER_DATABASE_URL": migrated}, cwd=tmp_path)
+    json_lines(proc)
+
+
+# -- no merchant: serve and check-config refuse, saying where they looked ------------------------
+
+
+def test_serve_in_an_empty_folder_refuses_naming_where_it_looked(migrated: str, tmp_path: Path):
+    proc = receiver("serve", "--port", "0", env={"RECEIVER_DATABASE_URL": migrated}, cwd=tmp_path)
+    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stdout == ""
+    assert "no merchant configured" in proc.stderr
+    assert str(tmp_path / "receiver.toml") in proc.stderr and "RECEIVER_CONFIG" in proc.stderr
+    assert not (tmp_path / ".receiver").exists()  # no fresh empty embedded database either
+
+
+def test_check_config_with_no_merchant_is_an_error(tmp_path: Path):
+    config = tmp_path / "empty.toml"
+    config.write_text('[log]\nlevel = "info"\n')
+    proc = receiver("check-config", "--config", str(config), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stdout == ""
+    assert f"{config}: [[gopay.merchants]], [[baofoo.merchants]]: no merchant" in proc.stderr
