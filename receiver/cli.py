@@ -52,17 +52,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     serve = sub.add_parser("serve", help="run the service")
     _config_arg(serve)
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=_port)
-    serve.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    serve.add_argument(
+        "--host", help="address to listen on (default: server.host of the configuration, 127.0.0.1)"
+    )
+    serve.add_argument(
+        "--port",
+        type=_port,
+        help="port to listen on, 0 for any free one (default: server.port, 8080)",
+    )
+    serve.add_argument(
+        "--workers", type=int, default=1, help="processes sharing the port (default: 1)"
+    )
     _config_arg(sub.add_parser("migrate", help="apply sql/ migrations"))
     orders = sub.add_parser("orders", help="create or inspect orders")
     osub = orders.add_subparsers(dest="orders_command", required=True, parser_class=_Parser)
     add = osub.add_parser("add", help="create a pending order and print it as JSON")
     _order_key_args(add)
     add.add_argument("--amount", required=True, help="decimal amount, e.g. 100.00")
-    add.add_argument("--currency", default="CNY")
-    add.add_argument("--channel")
+    add.add_argument("--currency", default="CNY", help="ISO 4217 code (default: CNY)")
+    add.add_argument(
+        "--channel",
+        help="the payment product: a GoPay channel or a Baofoo PayID (default: none)",
+    )
     _order_key_args(osub.add_parser("show", help="print an order and its notifications"))
     demo = sub.add_parser("demo", help="the whole loop on one machine, with a summary")
     demo.add_argument("--keep", action="store_true", help="keep the demo database directory")
@@ -88,7 +99,12 @@ class _PrintVersion(argparse.Action):
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="TOML configuration file")
+    p.add_argument(
+        "--config",
+        metavar="F",
+        help="TOML configuration file (default: $RECEIVER_CONFIG, else ./receiver.toml if"
+        " present, else built-in defaults)",
+    )
 
 
 def _port(text: str) -> int:
@@ -104,9 +120,11 @@ def _port(text: str) -> int:
 
 def _order_key_args(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
-    p.add_argument("--provider", required=True, choices=PROVIDERS)
-    p.add_argument("--merchant", required=True)
-    p.add_argument("--out-trade-no", required=True)
+    p.add_argument("--provider", required=True, choices=PROVIDERS, help="the gateway")
+    p.add_argument(
+        "--merchant", required=True, help="GoPay mchid or Baofoo member_id, as configured"
+    )
+    p.add_argument("--out-trade-no", required=True, help="the merchant's order number")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -445,28 +463,32 @@ def _add_operations(
 
 def _orders_list_args(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
-    p.add_argument("--provider", choices=PROVIDERS)
-    p.add_argument("--status", choices=STATUSES)
-    p.add_argument("--needs-review", action="store_true")
+    p.add_argument("--provider", choices=PROVIDERS, help="one gateway's (default: both)")
+    p.add_argument("--status", choices=STATUSES, help="with this status (default: any)")
+    p.add_argument("--needs-review", action="store_true", help="only those with an open review")
     p.add_argument("--overdue", action="store_true", help="pending past reconcile.first_after_s")
     p.add_argument("--older-than", type=_duration, metavar="D", help="e.g. 90s, 15m, 3h, 2d")
-    p.add_argument("--limit", type=_positive, default=1000)
+    p.add_argument("--limit", type=_positive, default=1000, help="most lines (default: 1000)")
 
 
 def _notifications_list_args(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
-    p.add_argument("--provider", choices=PROVIDERS)
-    p.add_argument("--outcome", choices=OUTCOMES)
-    p.add_argument("--source", choices=ledger.SOURCES)
-    p.add_argument("--since", type=_duration, metavar="D", help="e.g. 90s, 15m, 3h, 2d")
-    p.add_argument("--limit", type=_positive, default=1000)
+    p.add_argument("--provider", choices=PROVIDERS, help="one gateway's (default: both)")
+    p.add_argument("--outcome", choices=OUTCOMES, help="with this outcome (default: any)")
+    p.add_argument("--source", choices=ledger.SOURCES, help="from this source (default: any)")
+    p.add_argument(
+        "--since", type=_duration, metavar="D", help="received within D, e.g. 90s, 15m, 3h, 2d"
+    )
+    p.add_argument("--limit", type=_positive, default=1000, help="most lines (default: 1000)")
 
 
 def _replay_args(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--id", type=_positive, nargs="+", action="extend", dest="ids")
-    which.add_argument("--outcome", choices=OUTCOMES)
+    which.add_argument(
+        "--id", type=_positive, nargs="+", action="extend", dest="ids", help="stored ids"
+    )
+    which.add_argument("--outcome", choices=OUTCOMES, help="every pushed one with this outcome")
     p.add_argument("--provider", choices=PROVIDERS, help="with --outcome")
     p.add_argument("--since", type=_duration, metavar="D", help="with --outcome")
     p.add_argument("--dry-run", action="store_true", help="say what would happen, store nothing")
@@ -474,8 +496,13 @@ def _replay_args(p: argparse.ArgumentParser) -> None:
 
 def _reconcile_args(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
-    p.add_argument("--provider", choices=PROVIDERS)
-    p.add_argument("--order", type=_order_ref, metavar="PROVIDER/MERCHANT/OUT_TRADE_NO")
+    p.add_argument("--provider", choices=PROVIDERS, help="one gateway's orders (default: both)")
+    p.add_argument(
+        "--order",
+        type=_order_ref,
+        metavar="PROVIDER/MERCHANT/OUT_TRADE_NO",
+        help="query this one order now, due or not",
+    )
 
 
 def _duration(text: str) -> Any:
@@ -488,7 +515,12 @@ def _duration(text: str) -> Any:
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above 0")
+    if int(text) > MAX_BIGINT:  # what PostgreSQL takes for an id or a LIMIT
+        raise argparse.ArgumentTypeError(f"{text} is out of range (at most {MAX_BIGINT})")
     return int(text)
+
+
+MAX_BIGINT = 2**63 - 1
 
 
 def _order_ref(text: str) -> tuple[str, str, str]:

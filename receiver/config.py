@@ -8,6 +8,7 @@ the environment (`RECEIVER_DATABASE_URL`, the variable a `*_env` key names) name
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import tomllib
@@ -245,7 +246,7 @@ class _Reader:
     def only(self, table: Table, prefix: str, allowed: set[str]) -> None:
         for key in table:
             if key not in allowed:
-                raise self.fail(prefix + key, "unknown key")
+                raise self.fail(prefix + key, _unknown_key(key, allowed, prefix=prefix))
 
     def table(self, data: Table, key: str) -> Table:
         value = data.get(key, {})
@@ -540,6 +541,12 @@ class _Reader:
     def unique(self, values: list[str], key: str, what: str) -> None:
         if len(set(values)) != len(values):
             raise self.fail(key, f"{what} appears twice")
+
+
+def _unknown_key(key: str, allowed: Collection[str], *, prefix: str) -> str:
+    """ "unknown key", with the likeliest key meant when one is close (a typo, a plural)."""
+    close = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.6)
+    return f"unknown key (did you mean {prefix}{close[0]}?)" if close else "unknown key"
 
 
 def _database_url_problem(url: str) -> str:
