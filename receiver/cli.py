@@ -668,6 +668,9 @@ async def _reconcile(config: Config, args: argparse.Namespace) -> int:
             report=lambda report: _print_line(report.as_dict()),
         )
         reports = await _reconcile_pass(reconciler, args)
+    if not reports:  # a pass that queried nothing still says so, for cron logs and jq
+        summary = {"queried": 0, "providers": sorted(queriers), "detail": "no order is due"}
+        _print_line(summary)
     attempted = [r for r in reports if r.attempted]
     if attempted and not any(r.reached for r in attempted):
         raise Failure(f"no gateway could be reached ({len(attempted)} queries failed)")

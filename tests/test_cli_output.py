@@ -221,3 +221,68 @@ def test_check_config_with_no_merchant_is_an_error(tmp_path: Path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and proc.stdout == ""
     assert f"{config}: [[gopay.merchants]], [[baofoo.merchants]]: no merchant" in proc.stderr
+
+
+# -- out-of-range arguments: exit 2, one line -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("orders", "list", "--limit", "99999999999999999999"), "--limit: 99999999999999999999 is"),
+        (("orders", "list", "--limit", "-5"), "--limit: '-5' is not a whole number"),
+        (("orders", "list", "--limit", "0"), "--limit: '0' is not a whole number"),
+        (("notifications", "list", "--since", "99999999d"), "'99999999d' is out of range"),
+        (("orders", "list", "--older-than", "999999999h"), "'999999999h' is out of range"),
+        (("replay", "--id", "99999999999999999999"), "--id: 99999999999999999999 is out of"),
+    ],
+    ids=["limit-huge", "limit-negative", "limit-zero", "since-huge", "older-than-huge", "id-huge"],
+)
+def test_out_of_range_arguments_exit_2_with_one_line(
+    migrated: str, tmp_path: Path, args: tuple[str, ...], words: str
+):
+    proc = receiver(*args, env={"RECEIVER_DATABASE_URL": migrated}, cwd=tmp_path)
+    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stdout == ""
+    assert proc.stderr.startswith("receiver: usage: ") and words in proc.stderr
+
+
+def test_the_largest_arguments_in_range_work(migrated: str, tmp_path: Path):
+    env = {"RECEIVER_DATABASE_URL": migrated}
+    biggest = ("--limit", str(2**63 - 1))
+    json_lines(
+        receiver("orders", "list", *biggest, "--older-than", "36500d", env=env, cwd=tmp_path)
+    )
+    json_lines(
+        receiver("notifications", "list", *biggest, "--since", "36500d", env=env, cwd=tmp_path)
+    )
+
+
+# -- --help says what each option is and its default ---------------------------------------------
+
+
+def test_serve_help_gives_every_option_a_text_and_its_default(tmp_path: Path):
+    proc = receiver("serve", "--help", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    assert "--config F TOML configuration file (default: $RECEIVER_CONFIG" in text
+    assert "--host HOST address to listen on (default: server.host" in text
+    assert "--port PORT port to listen on, 0 for any free one (default: server.port, 8080)" in text
+    assert "--workers WORKERS processes sharing the port (default: 1)" in text
+    listed = " ".join(receiver("orders", "list", "--help", cwd=tmp_path).stdout.split())
+    assert "--limit LIMIT most lines (default: 1000)" in listed
+
+
+# -- an unknown configuration key: did you mean ---------------------------------------------------
+
+
+def test_an_unknown_config_key_suggests_the_likely_one(tmp_path: Path, gopay_key_file: Path):
+    listed = merchants(gopay_key_file, secrets_from_env=False)
+    (tmp_path / "receiver.toml").write_text(f'[gopay]\napi_ur = "https://x.example"\n{listed}')
+    proc = receiver("check-config", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "receiver.toml: gopay.api_ur: unknown key (did you mean gopay.api_url?)" in proc.stderr
+    (tmp_path / "receiver.toml").write_text("[nothing_like_it]\nx = 1\n")
+    far = receiver("check-config", cwd=tmp_path)
+    assert far.returncode == 2 and "nothing_like_it: unknown key\n" in far.stderr

@@ -23,6 +23,7 @@ from receiver.gateways.gopay.notify import PROVIDER as GOPAY
 from receiver.notification import Status, parse_money
 from receiver.simulate.gateway import Event, Fault, GoPayClient, StandInGateway
 from receiver.simulate.keys import SimulatorKeys, config_snippet, load_or_create
+from receiver.simulate.sender import ATTEMPT_TIMEOUT_S
 from receiver.simulate.server import PAYMENTS_PATH, serving
 from receiver.simulate.signers import GoPaySimulator
 
@@ -69,6 +70,11 @@ def add_simulate_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -
     pay.add_argument("--notify-url", help="the receiver's notify URL; omitted: no notification")
     pay.add_argument("--lose", action="store_true", help="paid, but the notification is lost")
     pay.add_argument("--time-scale", type=float, default=1.0, help="0.001: 3 h of retries in 11 s")
+    pay.add_argument(
+        "--wait",
+        action="store_true",
+        help="print the receiver's reply to the first notification and what it means",
+    )
 
 
 def run_simulate(args: argparse.Namespace) -> int:
@@ -183,6 +189,7 @@ def _pay_request(args: argparse.Namespace) -> dict[str, Any]:
         "notify_url": args.notify_url,
         "lose": args.lose,
         "time_scale": args.time_scale,
+        "wait": args.wait,
     }
 
 
@@ -197,7 +204,8 @@ def _check_money(option: str, value: str) -> None:
 
 async def _pay(body: dict[str, Any], *, gateway: str) -> int:
     url = gateway + PAYMENTS_PATH
-    timeout = aiohttp.ClientTimeout(total=PAY_TIMEOUT_S)
+    # With --wait the stand-in answers after the receiver did (one attempt, ATTEMPT_TIMEOUT_S).
+    timeout = aiohttp.ClientTimeout(total=PAY_TIMEOUT_S + ATTEMPT_TIMEOUT_S)
     try:
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,
