@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -286,3 +287,94 @@ def test_an_unknown_config_key_suggests_the_likely_one(tmp_path: Path, gopay_key
     (tmp_path / "receiver.toml").write_text("[nothing_like_it]\nx = 1\n")
     far = receiver("check-config", cwd=tmp_path)
     assert far.returncode == 2 and "nothing_like_it: unknown key\n" in far.stderr
+
+
+# -- database_waiting: where, for how much longer, and not every second ---------------------------
+
+
+def test_serve_waiting_for_a_database_says_where_and_until_when_at_growing_intervals(
+    tmp_path: Path, gopay_key_file: Path
+):
+    config = tmp_path / "receiver.toml"
+    config.write_text("[metrics]\nport = 0\n" + merchants(gopay_key_file, secrets_from_env=False))
+    port = free_port()  # nobody listens: the database is "not up yet"
+    env = {"RECEIVER_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{port}/nowhere"}
+    svc = ServiceProcess(config, env=env)
+    with svc.start():
+        first = svc.wait_for_log(lambda e: e.get("event") == "database_waiting", timeout=30)
+        time.sleep(5.5)
+        waiting = [e for e in svc.logs() if e.get("event") == "database_waiting"]
+        svc.stop()
+    assert first["address"] == f"127.0.0.1:{port}"
+    assert 25 <= first["giving_up_in_s"] <= 30
+    assert first["message"] == f"giving up in {first['giving_up_in_s']} s"
+    assert 2 <= len(waiting) <= 3  # at once, after 2 s, after 6 s: not one a second
+    assert waiting[1]["giving_up_in_s"] < first["giving_up_in_s"]
+    assert "Traceback" not in "".join(svc.stderr_lines())
+
+
+# -- simulate pay --wait: the receiver's reply and what it means ----------------------------------
+
+
+@pytest.fixture
+def stand_in_process(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A real `receiver simulate serve`: its base URL and the configuration it printed."""
+    argv = [sys.executable, "-m", "receiver.cli", "simulate", "serve", "--port", "0"]
+    with subprocess.Popen(
+        [*argv, "--keys-dir", str(tmp_path / "keys")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    ) as proc:
+        assert proc.stdout is not None
+        try:
+            printed: list[str] = []
+            for line in proc.stdout:
+                if line.startswith("# listening on "):
+                    break
+                printed.append(line)
+            yield line.split()[3].rstrip(";"), "".join(printed)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+@pytest.mark.usefixtures("db")
+def test_simulate_pay_wait_prints_the_receivers_reply_and_outcome(
+    migrated: str, tmp_path: Path, stand_in_process: tuple[str, str]
+):
+    gateway, snippet = stand_in_process
+    config = tmp_path / "receiver.toml"
+    config.write_text("[metrics]\nport = 0\n" + snippet)
+    env = {"RECEIVER_DATABASE_URL": migrated}
+    svc = ServiceProcess(config, env=env)
+    key = ("--provider", "gopay", "--merchant", GOPAY_MCHID)
+    with svc.start():
+        svc.wait_ready(30)
+        added = receiver(
+            "orders",
+            "add",
+            *key,
+            "--out-trade-no",
+            "W-1",
+            "--amount",
+            "3.00",
+            env=env,
+            cwd=tmp_path,
+        )
+        assert added.returncode == 0, added.stderr
+        pay = ("simulate", "pay", "--gateway", gateway, *key, "--amount", "3.00", "--wait")
+        notify = ("--notify-url", f"{svc.base_url}/notify/gopay")
+        paid = json_lines(receiver(*pay, "--out-trade-no", "W-1", *notify, cwd=tmp_path))
+        unknown = json_lines(receiver(*pay, "--out-trade-no", "W-2", *notify, cwd=tmp_path))
+    assert paid[0]["first_attempt"] == {
+        "attempt": 1,
+        "status": 200,
+        "reply": '{"result_code":"OK","result_msg":"SUCCESS"}',
+        "acknowledged": True,
+        "outcome": "acknowledged",
+    }
+    refused = unknown[0]["first_attempt"]
+    assert (refused["status"], refused["acknowledged"]) == (404, False)
+    assert refused["outcome"] == "refused: the gateway will retry"
