@@ -76,7 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _order_key_args(osub.add_parser("show", help="print an order and its notifications"))
     demo = sub.add_parser("demo", help="the whole loop on one machine, with a summary")
-    demo.add_argument("--keep", action="store_true", help="keep the demo database directory")
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the demo's folder (configuration, log, database) and say how to look inside",
+    )
     _config_arg(
         sub.add_parser(
             "check-config",
