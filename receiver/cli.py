@@ -61,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="port to listen on, 0 for any free one (default: server.port, 8080)",
     )
     serve.add_argument(
-        "--workers", type=int, default=1, help="processes sharing the port (default: 1)"
+        "--workers",
+        type=int,
+        default=1,
+        help=f"processes sharing the port, 1 to {MAX_WORKERS} (default: 1)",
     )
     _config_arg(sub.add_parser("migrate", help="apply sql/ migrations"))
     orders = sub.add_parser("orders", help="create or inspect orders")
@@ -291,6 +294,10 @@ def _check_config(config: Config, *, explicit: str | None) -> int:
 def _check_workers(workers: int) -> None:
     if workers < 1:
         raise UsageError("--workers must be 1 or more")
+    if workers > MAX_WORKERS:
+        # Each worker holds database.pool_min connections and more: thousands of processes
+        # would take every connection the database has before failing one by one.
+        raise UsageError(f"--workers {workers} is out of range (at most {MAX_WORKERS})")
     if workers > 1 and not hasattr(socket, "SO_REUSEPORT"):
         raise UsageError("--workers above 1 needs SO_REUSEPORT, which this system lacks")
 
@@ -525,6 +532,7 @@ def _positive(text: str) -> int:
 
 
 MAX_BIGINT = 2**63 - 1
+MAX_WORKERS = 64
 
 
 def _order_ref(text: str) -> tuple[str, str, str]:

@@ -250,6 +250,14 @@ def test_out_of_range_arguments_exit_2_with_one_line(
     assert proc.stderr.startswith("receiver: usage: ") and words in proc.stderr
 
 
+def test_serve_refuses_more_workers_than_it_allows(tmp_path: Path, gopay_key_file: Path):
+    (tmp_path / "receiver.toml").write_text(merchants(gopay_key_file, secrets_from_env=False))
+    nowhere = {"RECEIVER_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/x"}
+    proc = receiver("serve", "--port", "0", "--workers", "65", env=nowhere, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    assert proc.stderr == "receiver: usage: --workers 65 is out of range (at most 64)\n"
+
+
 def test_the_largest_arguments_in_range_work(migrated: str, tmp_path: Path):
     env = {"RECEIVER_DATABASE_URL": migrated}
     biggest = ("--limit", str(2**63 - 1))
@@ -271,7 +279,7 @@ def test_serve_help_gives_every_option_a_text_and_its_default(tmp_path: Path):
     assert "--config F TOML configuration file (default: $RECEIVER_CONFIG" in text
     assert "--host HOST address to listen on (default: server.host" in text
     assert "--port PORT port to listen on, 0 for any free one (default: server.port, 8080)" in text
-    assert "--workers WORKERS processes sharing the port (default: 1)" in text
+    assert "--workers WORKERS processes sharing the port, 1 to 64 (default: 1)" in text
     listed = " ".join(receiver("orders", "list", "--help", cwd=tmp_path).stdout.split())
     assert "--limit LIMIT most lines (default: 1000)" in listed
 
