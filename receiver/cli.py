@@ -22,7 +22,7 @@ import aiohttp
 import asyncpg
 
 from receiver import database, ledger, ops, reconcile, replay
-from receiver.config import ALL_SECRETS, Config, load_config, require_merchants
+from receiver.config import Config, load_config, require_merchants
 from receiver.errors import ConfigError, DatabaseUnavailable, NoEmbeddedDatabase
 from receiver.gateways.queriers import build_queriers
 from receiver.logging import configure_logging
@@ -224,12 +224,12 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(args.config, secrets=_secrets_needed(args))
 
 
-def _secrets_needed(args: argparse.Namespace) -> frozenset[str]:
+def _secrets_needed(args: argparse.Namespace) -> frozenset[str] | None:
     if args.command == "serve":
-        return ALL_SECRETS
+        return None  # every secret
     if args.command == "reconcile":
         provider = args.order[0] if args.order else args.provider
-        return ALL_SECRETS if provider is None else frozenset({provider})
+        return frozenset(PROVIDERS if provider is None else {provider})
     if args.command == "replay":
         return VERIFYING_SECRETS & {args.provider} if args.provider else VERIFYING_SECRETS
     return frozenset()

@@ -121,9 +121,8 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     reconcile: ReconcileConfig = ReconcileConfig()
     source: str = "(defaults)"
-    # The gateways whose secrets (`*_env` variables) were read; the others' are left empty and
-    # named in `deferred`, so that a command that does not use them does not need them.
-    secrets: frozenset[str] = frozenset({"gopay", "baofoo"})
+    # The secrets (`*_env` variables) this command did not read, being of sections it does not
+    # use: left empty in the configuration, so that the command does not need them.
     deferred: tuple[DeferredSecret, ...] = ()
 
 
@@ -133,10 +132,6 @@ class DeferredSecret:
 
     variable: str
     named_by: str
-
-
-#: Every gateway's secrets: what serve needs (and load_config reads unless told otherwise).
-ALL_SECRETS = frozenset({"gopay", "baofoo"})
 
 
 DEFAULT_FILE = "receiver.toml"
@@ -159,10 +154,11 @@ def load_config(
     explicit: str | None = None,
     environ: Mapping[str, str] | None = None,
     *,
-    secrets: Collection[str] = ALL_SECRETS,
+    secrets: Collection[str] | None = None,
 ) -> Config:
-    """Read the configuration the way every command does; `secrets`: the gateways whose secrets
-    the command uses (the others' environment variables are not read, see Config.deferred)."""
+    """Read the configuration the way every command does; `secrets`: the sections whose secrets
+    the command uses (`gopay`, `baofoo`; None: every section's). The others' environment
+    variables are not read (see Config.deferred)."""
     env = os.environ if environ is None else environ
     path = find_config_file(explicit, env)
     if path is None:
@@ -205,10 +201,11 @@ def parse_config(
     source: str,
     base: Path,
     environ: Mapping[str, str],
-    secrets: Collection[str] = ALL_SECRETS,
+    secrets: Collection[str] | None = None,
 ) -> Config:
     """Build a Config from parsed TOML; relative paths are relative to `base`."""
-    r = _Reader(source=source, base=base, environ=environ, secrets=frozenset(secrets))
+    wanted = None if secrets is None else frozenset(secrets)
+    r = _Reader(source=source, base=base, environ=environ, secrets=wanted)
     r.only(
         data, "", {"server", "database", "log", "ledger", "gopay", "baofoo", "metrics", "reconcile"}
     )
@@ -222,7 +219,6 @@ def parse_config(
         metrics=r.metrics(r.table(data, "metrics")),
         reconcile=r.reconcile(r.table(data, "reconcile")),
         source=source,
-        secrets=r.secrets,
         deferred=tuple(r.deferred),
     )
 
@@ -234,7 +230,7 @@ class _Reader:
     source: str
     base: Path
     environ: Mapping[str, str]
-    secrets: frozenset[str] = ALL_SECRETS
+    secrets: frozenset[str] | None = None  # the sections whose secrets are read; None: all
     deferred: list[DeferredSecret] = field(default_factory=list)
 
     def fail(self, key: str, problem: str) -> ConfigError:
@@ -502,7 +498,7 @@ class _Reader:
         inline = self.get(t, f"{key}.{name}", str, "")
         if env_name and inline:
             raise self.fail(f"{key}.{name}", f"set {name} or {name}_env, not both")
-        if env_name and key.split(".", 1)[0] not in self.secrets:
+        if env_name and not self.reads_secrets_of(key):
             self.deferred.append(DeferredSecret(variable=env_name, named_by=f"{key}.{name}_env"))
             return ""
         if env_name:
@@ -512,6 +508,11 @@ class _Reader:
         if problem := _secret_problem(inline):
             raise self.fail(f"{key}.{name}", problem)
         return inline
+
+    def reads_secrets_of(self, key: str) -> bool:
+        """Whether this command reads the secrets of `key`'s section (gopay.merchants[0]: gopay)."""
+        section = key.split(".", 1)[0].split("[", 1)[0]
+        return self.secrets is None or section in self.secrets
 
     def secret_from_environment(self, variable: str, *, named_by: str) -> str:
         value = self.environ.get(variable, "")

@@ -12,12 +12,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
+from receiver.config import Config, DeferredSecret, parse_config
+from receiver.errors import ConfigError
 from tests.conftest import BAOFOO_MEMBER, BAOFOO_TERMINAL, GOPAY_MCHID
 from tests.service_process import ServiceProcess, free_port
 
@@ -449,3 +452,23 @@ def test_after_a_sigkill_of_serve_the_next_clean_exit_stops_the_embedded_databas
     while postmaster_pid(data_dir) is not None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert postmaster_pid(data_dir) is None
+
+
+def test_the_configuration_reads_only_the_secrets_of_the_sections_asked_for(
+    tmp_path: Path, gopay_key_file: Path
+):
+    data = tomllib.loads(merchants(gopay_key_file, secrets_from_env=True))
+    env = {"GOPAY_API_KEY": "g-key"}  # BAOFOO_MD5_KEY not set
+
+    def parse(secrets: set[str] | None) -> Config:
+        return parse_config(data, source="f.toml", base=tmp_path, environ=env, secrets=secrets)
+
+    gopay_only = parse({"gopay"})
+    assert gopay_only.gopay.merchants[0].api_key == "g-key"
+    assert gopay_only.baofoo.merchants[0].md5_key == ""
+    assert gopay_only.deferred == (
+        DeferredSecret(variable="BAOFOO_MD5_KEY", named_by="baofoo.merchants[0].md5_key_env"),
+    )
+    assert [d.variable for d in parse(set()).deferred] == ["GOPAY_API_KEY", "BAOFOO_MD5_KEY"]
+    with pytest.raises(ConfigError, match="environment variable BAOFOO_MD5_KEY: is not set"):
+        parse(None)  # every section's: serve's
