@@ -8,10 +8,11 @@ the environment (`RECEIVER_DATABASE_URL`, the variable a `*_env` key names) name
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -120,9 +121,21 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     reconcile: ReconcileConfig = ReconcileConfig()
     source: str = "(defaults)"
+    # The secrets (`*_env` variables) this command did not read, being of sections it does not
+    # use: left empty in the configuration, so that the command does not need them.
+    deferred: tuple[DeferredSecret, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DeferredSecret:
+    """A secret this command did not read: the variable and the key that names it."""
+
+    variable: str
+    named_by: str
 
 
 DEFAULT_FILE = "receiver.toml"
+DEFAULTS = "(defaults)"  # the source of a configuration read from no file
 DATABASE_URL_VARIABLE = "RECEIVER_DATABASE_URL"
 CONFIG_VARIABLE = "RECEIVER_CONFIG"
 
@@ -137,12 +150,19 @@ def find_config_file(explicit: str | None, environ: Mapping[str, str]) -> Path |
     return default if default.is_file() else None
 
 
-def load_config(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
-    """Read the configuration the way every command does."""
+def load_config(
+    explicit: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    secrets: Collection[str] | None = None,
+) -> Config:
+    """Read the configuration the way every command does; `secrets`: the sections whose secrets
+    the command uses (`gopay`, `baofoo`; None: every section's). The others' environment
+    variables are not read (see Config.deferred)."""
     env = os.environ if environ is None else environ
     path = find_config_file(explicit, env)
     if path is None:
-        return parse_config({}, source="(defaults)", base=Path.cwd(), environ=env)
+        return parse_config({}, source=DEFAULTS, base=Path.cwd(), environ=env, secrets=secrets)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -154,16 +174,38 @@ def load_config(explicit: str | None = None, environ: Mapping[str, str] | None =
         raise ConfigError(
             source=str(path), key="(file)", problem=f"not valid TOML: {exc}"
         ) from None
-    return parse_config(data, source=str(path), base=path.parent, environ=env)
+    return parse_config(data, source=str(path), base=path.parent, environ=env, secrets=secrets)
+
+
+def require_merchants(config: Config) -> None:
+    """Raise ConfigError, naming where the configuration was looked for, when no merchant of
+    any gateway is configured: a service without one could only refuse every notification."""
+    if config.gopay.merchants or config.baofoo.merchants:
+        return
+    problem = "no merchant configured: every notification would be refused as unknown_merchant"
+    if config.source == DEFAULTS:
+        looked = f"--config, ${CONFIG_VARIABLE}, {Path.cwd() / DEFAULT_FILE}"
+        problem = f"no configuration file found (looked at {looked}), so {problem}"
+    raise ConfigError(
+        source=config.source, key="[[gopay.merchants]], [[baofoo.merchants]]", problem=problem
+    )
 
 
 def _os_problem(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
-def parse_config(data: Table, *, source: str, base: Path, environ: Mapping[str, str]) -> Config:
+def parse_config(
+    data: Table,
+    *,
+    source: str,
+    base: Path,
+    environ: Mapping[str, str],
+    secrets: Collection[str] | None = None,
+) -> Config:
     """Build a Config from parsed TOML; relative paths are relative to `base`."""
-    r = _Reader(source=source, base=base, environ=environ)
+    wanted = None if secrets is None else frozenset(secrets)
+    r = _Reader(source=source, base=base, environ=environ, secrets=wanted)
     r.only(
         data, "", {"server", "database", "log", "ledger", "gopay", "baofoo", "metrics", "reconcile"}
     )
@@ -177,6 +219,7 @@ def parse_config(data: Table, *, source: str, base: Path, environ: Mapping[str, 
         metrics=r.metrics(r.table(data, "metrics")),
         reconcile=r.reconcile(r.table(data, "reconcile")),
         source=source,
+        deferred=tuple(r.deferred),
     )
 
 
@@ -187,6 +230,8 @@ class _Reader:
     source: str
     base: Path
     environ: Mapping[str, str]
+    secrets: frozenset[str] | None = None  # the sections whose secrets are read; None: all
+    deferred: list[DeferredSecret] = field(default_factory=list)
 
     def fail(self, key: str, problem: str) -> ConfigError:
         return ConfigError(source=self.source, key=key, problem=problem)
@@ -197,7 +242,7 @@ class _Reader:
     def only(self, table: Table, prefix: str, allowed: set[str]) -> None:
         for key in table:
             if key not in allowed:
-                raise self.fail(prefix + key, "unknown key")
+                raise self.fail(prefix + key, _unknown_key(key, allowed, prefix=prefix))
 
     def table(self, data: Table, key: str) -> Table:
         value = data.get(key, {})
@@ -453,6 +498,9 @@ class _Reader:
         inline = self.get(t, f"{key}.{name}", str, "")
         if env_name and inline:
             raise self.fail(f"{key}.{name}", f"set {name} or {name}_env, not both")
+        if env_name and not self.reads_secrets_of(key):
+            self.deferred.append(DeferredSecret(variable=env_name, named_by=f"{key}.{name}_env"))
+            return ""
         if env_name:
             return self.secret_from_environment(env_name, named_by=f"{key}.{name}_env")
         if required and not inline:
@@ -460,6 +508,11 @@ class _Reader:
         if problem := _secret_problem(inline):
             raise self.fail(f"{key}.{name}", problem)
         return inline
+
+    def reads_secrets_of(self, key: str) -> bool:
+        """Whether this command reads the secrets of `key`'s section (gopay.merchants[0]: gopay)."""
+        section = key.split(".", 1)[0].split("[", 1)[0]
+        return self.secrets is None or section in self.secrets
 
     def secret_from_environment(self, variable: str, *, named_by: str) -> str:
         value = self.environ.get(variable, "")
@@ -489,6 +542,12 @@ class _Reader:
     def unique(self, values: list[str], key: str, what: str) -> None:
         if len(set(values)) != len(values):
             raise self.fail(key, f"{what} appears twice")
+
+
+def _unknown_key(key: str, allowed: Collection[str], *, prefix: str) -> str:
+    """ "unknown key", with the likeliest key meant when one is close (a typo, a plural)."""
+    close = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.6)
+    return f"unknown key (did you mean {prefix}{close[0]}?)" if close else "unknown key"
 
 
 def _database_url_problem(url: str) -> str:

@@ -187,8 +187,12 @@ class LineWriter:
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 
 
-def configure_logging(*, fmt: str = "json", level: str = "info", cache: bool = True) -> None:
-    """Configure structlog for the process (call once, from the CLI)."""
+def configure_logging(
+    *, fmt: str = "json", level: str = "info", cache: bool = True, stream: TextIO | None = None
+) -> None:
+    """Configure structlog for the process (call once, from the CLI); `stream`: where the lines
+    go instead of stdout (the demo keeps the service's log in a file)."""
+    out = sys.stdout if stream is None else stream
     processors: list[Any] = [
         add_request_id,
         structlog.processors.add_log_level,
@@ -196,11 +200,11 @@ def configure_logging(*, fmt: str = "json", level: str = "info", cache: bool = T
     ]
     if fmt == "json":
         processors += [structlog.processors.format_exc_info, redact, render_json]
-        factory: Any = line_writer_factory(sys.stdout)
+        factory: Any = line_writer_factory(out)
     else:
         processors.append(redact)
-        processors.append(structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty()))
-        factory = structlog.PrintLoggerFactory(sys.stdout)
+        processors.append(structlog.dev.ConsoleRenderer(colors=out.isatty()))
+        factory = structlog.PrintLoggerFactory(out)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),

@@ -47,8 +47,10 @@ def test_check_config_prints_what_would_run_without_secrets(gopay_key_file: Path
     assert "warning" not in shown
 
 
-def test_check_config_warns_of_an_embedded_database(tmp_path: Path):
-    config = write_config(tmp_path / "receiver.toml", database={"data_dir": "pg"})
+def test_check_config_warns_of_an_embedded_database(tmp_path: Path, gopay_key_file: Path):
+    config = write_config(
+        tmp_path / "receiver.toml", gopay_key_file=gopay_key_file, database={"data_dir": "pg"}
+    )
     proc = run("check-config", "--config", str(config), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     shown = json.loads(proc.stdout)

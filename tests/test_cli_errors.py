@@ -22,7 +22,7 @@ from receiver.config import DatabaseConfig
 from receiver.errors import NoEmbeddedDatabase
 from receiver.store import database
 from tests.conftest import BAOFOO_MEMBER, BAOFOO_TERMINAL, GOPAY_MCHID
-from tests.support.cli import one_line, run, without_metrics_listener
+from tests.support.cli import one_line, run, with_a_merchant, without_metrics_listener
 from tests.support.service_process import free_port
 
 pytestmark = pytest.mark.usefixtures("db")
@@ -226,6 +226,7 @@ def test_serve_with_its_log_pipe_closed_keeps_serving_and_says_so_once(migrated,
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
     without_metrics_listener(tmp_path)
+    with_a_merchant(tmp_path)
     proc = subprocess.Popen(
         [sys.executable, "-m", "receiver.run.cli", "serve", "--port", str(port)],
         stdout=write_end,
@@ -308,7 +309,8 @@ def test_a_bad_env_secret_names_the_variable_and_the_key_not_the_file(
     tmp_path, toml, env, expected
 ):
     (tmp_path / "receiver.toml").write_text(toml)
-    line = expect(run("migrate", env=env, cwd=tmp_path), 2, "configuration error:", expected)
+    proc = run("serve", "--port", "0", env=env, cwd=tmp_path)  # serve reads every secret
+    line = expect(proc, 2, "configuration error:", expected)
     assert "names it)" in line and "receiver.toml" not in line and "secret" not in line
 
 

@@ -14,7 +14,7 @@ import aiohttp
 import asyncpg
 from aiohttp import HttpVersion11, hdrs, web
 
-from receiver.config import Config
+from receiver.config import Config, DatabaseConfig
 from receiver.errors import DatabaseRefused, DatabaseUnavailable
 from receiver.gateways import Gateway, OrderQuerier
 from receiver.gateways.queriers import build_queriers
@@ -32,7 +32,13 @@ from receiver.http.appkeys import (
     UNVERIFIED,
     InFlight,
 )
-from receiver.http.handlers import NOTIFY_PREFIX, NOTIFY_ROUTE, healthz, notify, unknown_gateway
+from receiver.http.handlers import (
+    NOTIFY_PREFIX,
+    NOTIFY_ROUTE,
+    healthz,
+    notify,
+    unknown_gateway,
+)
 from receiver.http.replies import SERVER_NAME, Refusal, refuse
 from receiver.http.unverified import UnverifiedLimiter
 from receiver.logging import bind_request_id, get_logger
@@ -180,19 +186,43 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def open_pool(url: str, *, min_size: int, max_size: int, patience_s: float) -> asyncpg.Pool:
-    """A pool on `url`, waiting up to `patience_s` for the database to answer."""
+    """A pool on `url`, waiting up to `patience_s` for the database to answer.
+
+    The wait is logged at once and then at doubling intervals (an outage of the whole patience
+    is a handful of lines, not one a second), each line saying where and for how much longer.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + patience_s
+    next_log_at, gap = loop.time(), WAITING_LOG_FIRST_GAP_S
     while True:
         try:
             return await database.create_pool(url, min_size=min_size, max_size=max_size)
         except DatabaseRefused:
             raise  # no such database or role: waiting will not make one
         except DatabaseUnavailable as exc:
-            if loop.time() >= deadline:
+            now = loop.time()
+            if now >= deadline:
                 raise
-            log.warning("database_waiting", reason=str(exc))
+            if now >= next_log_at:
+                _log_waiting(url, reason=str(exc), left_s=deadline - now)
+                next_log_at, gap = now + gap, gap * 2
             await asyncio.sleep(1.0)
+
+
+WAITING_LOG_FIRST_GAP_S = 2.0
+
+
+def _log_waiting(url: str, *, reason: str, left_s: float) -> None:
+    from receiver.run.observe import describe_database  # noqa: PLC0415 - observe imports this module
+
+    where = describe_database(DatabaseConfig(url=url))
+    log.warning(
+        "database_waiting",
+        address=f"{where['host']}:{where['port']}",
+        reason=reason,
+        giving_up_in_s=round(left_s),
+        message=f"giving up in {round(left_s)} s",
+    )
 
 
 CleanupContext = Callable[[web.Application], AsyncIterator[None]]

@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import aiohttp
 import asyncpg
 
-from receiver.config import Config, load_config
+from receiver.config import Config, load_config, require_merchants
 from receiver.core.notification import MAX_IDENTIFIER_LENGTH, Outcome, is_identifier, parse_money
 from receiver.errors import ConfigError, DatabaseUnavailable, NoEmbeddedDatabase
 from receiver.gateways.queriers import build_queriers
@@ -53,20 +53,38 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     serve = sub.add_parser("serve", help="run the service")
     _config_arg(serve)
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=_port)
-    serve.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    serve.add_argument(
+        "--host", help="address to listen on (default: server.host of the configuration, 127.0.0.1)"
+    )
+    serve.add_argument(
+        "--port",
+        type=_port,
+        help="port to listen on, 0 for any free one (default: server.port, 8080)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help=f"processes sharing the port, 1 to {MAX_WORKERS} (default: 1)",
+    )
     _config_arg(sub.add_parser("migrate", help="apply sql/ migrations"))
     orders = sub.add_parser("orders", help="create or inspect orders")
     osub = orders.add_subparsers(dest="orders_command", required=True, parser_class=_Parser)
     add = osub.add_parser("add", help="create a pending order and print it as JSON")
     _order_key_args(add)
     add.add_argument("--amount", required=True, help="decimal amount, e.g. 100.00")
-    add.add_argument("--currency", default="CNY")
-    add.add_argument("--channel")
+    add.add_argument("--currency", default="CNY", help="ISO 4217 code (default: CNY)")
+    add.add_argument(
+        "--channel",
+        help="the payment product: a GoPay channel or a Baofoo PayID (default: none)",
+    )
     _order_key_args(osub.add_parser("show", help="print an order and its notifications"))
     demo = sub.add_parser("demo", help="the whole loop on one machine, with a summary")
-    demo.add_argument("--keep", action="store_true", help="keep the demo database directory")
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the demo's folder (configuration, log, database) and say how to look inside",
+    )
     _config_arg(
         sub.add_parser(
             "check-config",
@@ -89,7 +107,12 @@ class _PrintVersion(argparse.Action):
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="TOML configuration file")
+    p.add_argument(
+        "--config",
+        metavar="F",
+        help="TOML configuration file (default: $RECEIVER_CONFIG, else ./receiver.toml if"
+        " present, else built-in defaults)",
+    )
 
 
 def _port(text: str) -> int:
@@ -105,9 +128,11 @@ def _port(text: str) -> int:
 
 def _order_key_args(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
-    p.add_argument("--provider", required=True, choices=PROVIDERS)
-    p.add_argument("--merchant", required=True)
-    p.add_argument("--out-trade-no", required=True)
+    p.add_argument("--provider", required=True, choices=PROVIDERS, help="the gateway")
+    p.add_argument(
+        "--merchant", required=True, help="GoPay mchid or Baofoo member_id, as configured"
+    )
+    p.add_argument("--out-trade-no", required=True, help="the merchant's order number")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -183,16 +208,54 @@ def _run(args: argparse.Namespace) -> int:
         from receiver.simulate.command import run_simulate  # noqa: PLC0415
 
         return run_simulate(args)
-    return _run_configured(args, load_config(args.config))
+    return _run_configured(args, _load(args))
+
+
+# What each command needs of the gateways' secrets (the `*_env` variables): serve all of them;
+# reconcile those of the gateways it queries; replay the keys that verify signatures (GoPay's
+# are public key files, Baofoo's is its MD5 key); replay --dry-run those that are available;
+# every other command none: it only reads or writes the database.
+VERIFYING_SECRETS = frozenset({"baofoo"})
+
+
+def _load(args: argparse.Namespace) -> Config:
+    """The configuration with the secrets this command uses, and only those."""
+    if args.command == "replay" and args.dry_run:
+        return load_config(args.config, secrets=_available_secrets(args.config))
+    return load_config(args.config, secrets=_secrets_needed(args))
+
+
+def _secrets_needed(args: argparse.Namespace) -> frozenset[str] | None:
+    if args.command == "serve":
+        return None  # every secret
+    if args.command == "reconcile":
+        provider = args.order[0] if args.order else args.provider
+        return frozenset(PROVIDERS if provider is None else {provider})
+    if args.command == "replay":
+        return VERIFYING_SECRETS & {args.provider} if args.provider else VERIFYING_SECRETS
+    return frozenset()
+
+
+def _available_secrets(explicit: str | None) -> frozenset[str]:
+    """The gateways whose secrets can be read here (their variables set and well formed)."""
+    available = set()
+    for provider in PROVIDERS:
+        try:
+            load_config(explicit, secrets={provider})
+        except ConfigError:
+            continue
+        available.add(provider)
+    return frozenset(available)
 
 
 def _run_configured(args: argparse.Namespace, config: Config) -> int:
     if args.command == "check-config":
-        return _check_config(config)
+        return _check_config(config, explicit=args.config)
     configure_logging(fmt=config.log.format, level=config.log.level)
     if args.command == "serve":
         from receiver.run.serve import serve  # noqa: PLC0415
 
+        require_merchants(config)
         _check_workers(args.workers)
         _check_listen(config, args)
         return serve(config, host=args.host, port=args.port, workers=args.workers)
@@ -201,24 +264,41 @@ def _run_configured(args: argparse.Namespace, config: Config) -> int:
     return asyncio.run(_command(args)(config, args))
 
 
-def _check_config(config: Config) -> int:
-    """Load every key file and the TLS pair as serve would; print what would run, no secret."""
+def _check_config(config: Config, *, explicit: str | None) -> int:
+    """Load every key file and the TLS pair as serve would; print what would run, no secret.
+
+    The secrets' variables are not required (the machine that checks a deployment seldom has
+    them): each is shown as set or not, and one that serve would refuse is a warning on stderr.
+    """
     from receiver.gateways.queriers import build_queriers  # noqa: PLC0415
     from receiver.gateways.registry import build_gateways  # noqa: PLC0415
     from receiver.run.observe import summary  # noqa: PLC0415
     from receiver.run.serve import tls_context  # noqa: PLC0415
 
+    require_merchants(config)
     build_gateways(config)
     build_queriers(config)  # the merchants' query keys
     tls = tls_context(config.server, source=config.source) is not None
     server = {"host": config.server.host, "port": config.server.port, "tls": tls}
-    print(json.dumps(summary(config) | {"server": server}, indent=2))
+    secrets = [
+        {"variable": d.variable, "named_by": d.named_by, "set": bool(os.environ.get(d.variable))}
+        for d in config.deferred
+    ]
+    print(json.dumps(summary(config) | {"server": server, "secrets": secrets}, indent=2))
+    try:
+        load_config(explicit)
+    except ConfigError as exc:
+        print(f"receiver: warning: serve would refuse to start: {exc}", file=sys.stderr)
     return 0
 
 
 def _check_workers(workers: int) -> None:
     if workers < 1:
         raise UsageError("--workers must be 1 or more")
+    if workers > MAX_WORKERS:
+        # Each worker holds database.pool_min connections and more: thousands of processes
+        # would take every connection the database has before failing one by one.
+        raise UsageError(f"--workers {workers} is out of range (at most {MAX_WORKERS})")
     if workers > 1 and not hasattr(socket, "SO_REUSEPORT"):
         raise UsageError("--workers above 1 needs SO_REUSEPORT, which this system lacks")
 
@@ -400,28 +480,32 @@ def _add_operations(
 
 def _orders_list_args(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
-    p.add_argument("--provider", choices=PROVIDERS)
-    p.add_argument("--status", choices=STATUSES)
-    p.add_argument("--needs-review", action="store_true")
+    p.add_argument("--provider", choices=PROVIDERS, help="one gateway's (default: both)")
+    p.add_argument("--status", choices=STATUSES, help="with this status (default: any)")
+    p.add_argument("--needs-review", action="store_true", help="only those with an open review")
     p.add_argument("--overdue", action="store_true", help="pending past reconcile.first_after_s")
     p.add_argument("--older-than", type=_duration, metavar="D", help="e.g. 90s, 15m, 3h, 2d")
-    p.add_argument("--limit", type=_positive, default=1000)
+    p.add_argument("--limit", type=_positive, default=1000, help="most lines (default: 1000)")
 
 
 def _notifications_list_args(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
-    p.add_argument("--provider", choices=PROVIDERS)
-    p.add_argument("--outcome", choices=OUTCOMES)
-    p.add_argument("--source", choices=ledger.SOURCES)
-    p.add_argument("--since", type=_duration, metavar="D", help="e.g. 90s, 15m, 3h, 2d")
-    p.add_argument("--limit", type=_positive, default=1000)
+    p.add_argument("--provider", choices=PROVIDERS, help="one gateway's (default: both)")
+    p.add_argument("--outcome", choices=OUTCOMES, help="with this outcome (default: any)")
+    p.add_argument("--source", choices=ledger.SOURCES, help="from this source (default: any)")
+    p.add_argument(
+        "--since", type=_duration, metavar="D", help="received within D, e.g. 90s, 15m, 3h, 2d"
+    )
+    p.add_argument("--limit", type=_positive, default=1000, help="most lines (default: 1000)")
 
 
 def _replay_args(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--id", type=_positive, nargs="+", action="extend", dest="ids")
-    which.add_argument("--outcome", choices=OUTCOMES)
+    which.add_argument(
+        "--id", type=_positive, nargs="+", action="extend", dest="ids", help="stored ids"
+    )
+    which.add_argument("--outcome", choices=OUTCOMES, help="every pushed one with this outcome")
     p.add_argument("--provider", choices=PROVIDERS, help="with --outcome")
     p.add_argument("--since", type=_duration, metavar="D", help="with --outcome")
     p.add_argument("--dry-run", action="store_true", help="say what would happen, store nothing")
@@ -429,8 +513,13 @@ def _replay_args(p: argparse.ArgumentParser) -> None:
 
 def _reconcile_args(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
-    p.add_argument("--provider", choices=PROVIDERS)
-    p.add_argument("--order", type=_order_ref, metavar="PROVIDER/MERCHANT/OUT_TRADE_NO")
+    p.add_argument("--provider", choices=PROVIDERS, help="one gateway's orders (default: both)")
+    p.add_argument(
+        "--order",
+        type=_order_ref,
+        metavar="PROVIDER/MERCHANT/OUT_TRADE_NO",
+        help="query this one order now, due or not",
+    )
 
 
 def _duration(text: str) -> Any:
@@ -443,7 +532,13 @@ def _duration(text: str) -> Any:
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above 0")
+    if int(text) > MAX_BIGINT:  # what PostgreSQL takes for an id or a LIMIT
+        raise argparse.ArgumentTypeError(f"{text} is out of range (at most {MAX_BIGINT})")
     return int(text)
+
+
+MAX_BIGINT = 2**63 - 1
+MAX_WORKERS = 64
 
 
 def _order_ref(text: str) -> tuple[str, str, str]:
@@ -542,10 +637,35 @@ async def _replay(config: Config, args: argparse.Namespace) -> int:
                 rows = await replay.select(conn, selection)
             except replay.NoSuchNotification as exc:
                 raise Failure(str(exc)) from None
+        unverifiable = _unverifiable(config)
         for row in rows:
+            if row["provider"] in unverifiable:
+                _print_line(_not_verified(row, why=unverifiable[row["provider"]]))
+                continue
             done = await replay.replay(row, gateways=gateways, ledger=book, dry_run=args.dry_run)
             _print_line(done.as_dict())
     return 0
+
+
+def _unverifiable(config: Config) -> dict[str, str]:
+    """The gateways whose signatures this command cannot verify, their keys not being read."""
+    missing: dict[str, list[str]] = {}
+    for deferred in config.deferred:
+        provider = deferred.named_by.split(".", 1)[0]
+        if provider in VERIFYING_SECRETS:
+            missing.setdefault(provider, []).append(f"{deferred.variable} ({deferred.named_by})")
+    return {p: f"not verified: {', '.join(v)} not available" for p, v in missing.items()}
+
+
+def _not_verified(row: asyncpg.Record, *, why: str) -> dict[str, Any]:
+    return replay.Replayed(
+        replay_of=row["id"],
+        provider=row["provider"],
+        was=row["outcome"],
+        outcome=None,
+        reason=why,
+        dry_run=True,
+    ).as_dict()
 
 
 async def _reconcile(config: Config, args: argparse.Namespace) -> int:
@@ -566,6 +686,9 @@ async def _reconcile(config: Config, args: argparse.Namespace) -> int:
             report=lambda report: _print_line(report.as_dict()),
         )
         reports = await _reconcile_pass(reconciler, args)
+    if not reports:  # a pass that queried nothing still says so, for cron logs and jq
+        summary = {"queried": 0, "providers": sorted(queriers), "detail": "no order is due"}
+        _print_line(summary)
     attempted = [r for r in reports if r.attempted]
     if attempted and not any(r.reached for r in attempted):
         raise Failure(f"no gateway could be reached ({len(attempted)} queries failed)")

@@ -10,11 +10,13 @@ recovered by the service's own background reconciler through an order query.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import aiohttp
 import asyncpg
@@ -36,9 +38,16 @@ from receiver.http.connections import Runner
 from receiver.logging import configure_logging
 from receiver.simulate import BaofooSimulator, GoPaySimulator
 from receiver.simulate.gateway import GoPayClient, StandInGateway
-from receiver.simulate.keys import MERCHANT_PRIVATE, PLATFORM_PUBLIC, SimulatorKeys, load_or_create
+from receiver.simulate.keys import (
+    MERCHANT_PRIVATE,
+    PLATFORM_PUBLIC,
+    SimulatorKeys,
+    config_snippet,
+    load_or_create,
+)
 from receiver.simulate.payments import GOPAY_DEFAULT_CHANNEL, Payment
 from receiver.simulate.server import BAOFOO_QUERY_PATH, serving
+from receiver.store.database import LIBRARY_LOG
 from receiver.store.ledger import NOTIFY, QUERY, NewOrder, create_order
 
 GOPAY_MCHID = "100001"
@@ -101,24 +110,41 @@ class Seen:
 
 
 def run_demo(*, keep: bool = False) -> int:
-    """Run the demo and print its summary; 0 when every step did what it should."""
+    """Run the demo and print its summary; 0 when every step did what it should.
+
+    With `keep`, the folder stays: the demo's configuration (receiver.toml, its embedded database
+    and keys), the service's log (receiver.log, JSON lines) and the embedded PostgreSQL's logs,
+    and the summary ends with the commands that look inside.
+    """
     workdir = Path(tempfile.mkdtemp(prefix="receiver-demo-"))
     try:
-        return asyncio.run(_demo(workdir))
-    finally:
+        with contextlib.ExitStack() as stack:
+            log = stack.enter_context((workdir / LOG_FILE).open("w")) if keep else None
+            code = asyncio.run(_demo(workdir, log=log))
         if keep:
-            print(f"\ndatabase and keys kept in {workdir}")
-        else:
+            _print_kept(workdir)
+        return code
+    finally:
+        if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-async def _demo(workdir: Path) -> int:
+CONFIG_FILE = "receiver.toml"
+LOG_FILE = "receiver.log"
+
+
+async def _demo(workdir: Path, *, log: TextIO | None = None) -> int:
     keys = load_or_create(workdir / "keys")
     gopay = GoPaySimulator(keys.platform)
     stand_in = _stand_in(keys, gopay)
-    configure_logging(fmt="console", level="error")
+    if log is None:
+        configure_logging(fmt="console", level="error")
+    else:
+        configure_logging(fmt="json", level="info", stream=log)
     print(f"Starting an embedded PostgreSQL under {workdir}, the receiver, a stand-in gateway ...")
     async with serving(stand_in) as gateway_url:
+        if log is not None:
+            _write_config(workdir, keys, gateway_url)
         runner = Runner(create_app(_config(workdir, keys, gateway_url)))
         await runner.setup()
         try:
@@ -128,6 +154,39 @@ async def _demo(workdir: Path) -> int:
     wrong = problems(seen, orders)
     _print_summary(seen, orders, wrong)
     return 1 if wrong else 0
+
+
+def _write_config(workdir: Path, keys: SimulatorKeys, gateway_url: str) -> None:
+    """The demo's configuration as a file, for the commands run on what the demo left."""
+    snippet = config_snippet(
+        keys,
+        base_url=gateway_url,
+        gopay_merchants=[GOPAY_MCHID],
+        baofoo_merchants=[(BAOFOO_MEMBER, BAOFOO_TERMINAL)],
+    )
+    head = (
+        "# receiver demo's configuration: its embedded database (here) and its merchants' keys.\n"
+        "# The stand-in gateway it names ran only while the demo did.\n"
+        '[database]\ndata_dir = "."\n\n[metrics]\nport = 0\n\n'
+    )
+    (workdir / CONFIG_FILE).write_text(head + snippet, encoding="utf-8")
+
+
+def _print_kept(workdir: Path) -> None:
+    config = workdir / CONFIG_FILE
+    order = f"--provider gopay --merchant {GOPAY_MCHID} --out-trade-no G-1001"
+    print(
+        f"\nKept in {workdir}:"
+        f"\n  {CONFIG_FILE:<22} the demo's configuration (its embedded database and keys)"
+        f"\n  {LOG_FILE:<22} the service's log, one JSON line per event"
+        f"\n  {LIBRARY_LOG:<22} what the embedded PostgreSQL's tools printed"
+        "\n  pgdata/log             the embedded PostgreSQL's own log"
+        "\nLook inside with:"
+        f"\n  receiver orders list --config {config}"
+        f"\n  receiver notifications list --config {config}"
+        f"\n  receiver orders show --config {config} {order}"
+        f"\nRemove it with: rm -rf {workdir}"
+    )
 
 
 async def _run(

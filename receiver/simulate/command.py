@@ -23,6 +23,7 @@ from receiver.gateways.baofoo.notify import PROVIDER as BAOFOO
 from receiver.gateways.gopay.notify import PROVIDER as GOPAY
 from receiver.simulate.gateway import Event, Fault, GoPayClient, StandInGateway
 from receiver.simulate.keys import SimulatorKeys, config_snippet, load_or_create
+from receiver.simulate.sender import ATTEMPT_TIMEOUT_S
 from receiver.simulate.server import PAYMENTS_PATH, serving
 from receiver.simulate.signers import GoPaySimulator
 
@@ -49,26 +50,61 @@ def add_simulate_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -
         dest="simulate_command", required=True, parser_class=parser_class
     )
     serve = ssub.add_parser("serve", help="answer order queries, send notifications")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT)
-    serve.add_argument("--keys-dir", default="simulate-keys", help="read or generate keys here")
-    serve.add_argument("--gopay-merchant", action="append", metavar="MCHID")
-    serve.add_argument("--baofoo-merchant", action="append", metavar="MEMBER/TERMINAL")
-    serve.add_argument("--fault", choices=[f.value for f in Fault], default=Fault.NONE.value)
+    serve.add_argument("--host", default="127.0.0.1", help="listen here (default: 127.0.0.1)")
+    serve.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"listen here (default: {DEFAULT_PORT})"
+    )
+    serve.add_argument(
+        "--keys-dir",
+        default="simulate-keys",
+        help="read or generate keys here (default: simulate-keys)",
+    )
+    serve.add_argument(
+        "--gopay-merchant",
+        action="append",
+        metavar="MCHID",
+        help=f"a GoPay merchant it serves, repeatable (default: {DEFAULT_GOPAY_MERCHANT})",
+    )
+    serve.add_argument(
+        "--baofoo-merchant",
+        action="append",
+        metavar="MEMBER/TERMINAL",
+        help=f"a Baofoo merchant it serves, repeatable (default: {DEFAULT_BAOFOO_MERCHANT})",
+    )
+    serve.add_argument(
+        "--fault",
+        choices=[f.value for f in Fault],
+        default=Fault.NONE.value,
+        help="misbehave this way when asked (default: none)",
+    )
     pay = ssub.add_parser("pay", help="hand a running stand-in gateway a payment")
-    pay.add_argument("--gateway", default=DEFAULT_GATEWAY, help="the running `simulate serve`")
+    pay.add_argument(
+        "--gateway",
+        default=DEFAULT_GATEWAY,
+        help=f"the running `simulate serve` (default: {DEFAULT_GATEWAY})",
+    )
     pay.add_argument("--provider", required=True, choices=PROVIDERS)
     pay.add_argument("--merchant", required=True, help="GoPay mchid or Baofoo MemberID")
     pay.add_argument("--terminal", help="Baofoo TerminalID (when the member has several)")
     pay.add_argument("--out-trade-no", required=True)
     pay.add_argument("--amount", required=True, help="the order amount, e.g. 100.00")
     pay.add_argument("--paid-amount", help="what was actually paid, when not the amount")
-    pay.add_argument("--currency", default="CNY")
-    pay.add_argument("--status", choices=[s.value for s in Status], default="paid")
+    pay.add_argument("--currency", default="CNY", help="(default: CNY)")
+    pay.add_argument(
+        "--status",
+        choices=[s.value for s in Status],
+        default="paid",
+        help="what the gateway says of the payment (default: paid)",
+    )
     pay.add_argument("--channel", help="GoPay channel (default gopay_banktransfer)")
     pay.add_argument("--notify-url", help="the receiver's notify URL; omitted: no notification")
     pay.add_argument("--lose", action="store_true", help="paid, but the notification is lost")
     pay.add_argument("--time-scale", type=float, default=1.0, help="0.001: 3 h of retries in 11 s")
+    pay.add_argument(
+        "--wait",
+        action="store_true",
+        help="print the receiver's reply to the first notification and what it means",
+    )
 
 
 def run_simulate(args: argparse.Namespace) -> int:
@@ -183,6 +219,7 @@ def _pay_request(args: argparse.Namespace) -> dict[str, Any]:
         "notify_url": args.notify_url,
         "lose": args.lose,
         "time_scale": args.time_scale,
+        "wait": args.wait,
     }
 
 
@@ -197,7 +234,8 @@ def _check_money(option: str, value: str) -> None:
 
 async def _pay(body: dict[str, Any], *, gateway: str) -> int:
     url = gateway + PAYMENTS_PATH
-    timeout = aiohttp.ClientTimeout(total=PAY_TIMEOUT_S)
+    # With --wait the stand-in answers after the receiver did (one attempt, ATTEMPT_TIMEOUT_S).
+    timeout = aiohttp.ClientTimeout(total=PAY_TIMEOUT_S + ATTEMPT_TIMEOUT_S)
     try:
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,

@@ -227,12 +227,14 @@ class StandInGateway:
         *,
         notify_url: str,
         time_scale: float = 1.0,
+        on_attempt: Callable[[Attempt], None] = lambda attempt: None,
     ) -> Delivery:
         """Notify `notify_url` of a final payment on the gateway's retry schedule."""
         gopay = payment.provider == "gopay"
 
         def report(attempt: Attempt) -> None:
             self.on_event({"event": "notification_sent", **_attempt_json(payment, attempt)})
+            on_attempt(attempt)
 
         delivery = await deliver(
             session,

