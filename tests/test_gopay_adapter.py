@@ -267,7 +267,8 @@ def test_raw_utf8_before_the_charge_gives_byte_offsets(
     gateway: GoPayGateway, signer: GoPaySigner
 ) -> None:
     charge = php_json_encode(CHARGE)
-    body = '{"result_code":"OK","result_msg":"成功 ✓ 😀","charge":'.encode() + charge + b"}"
+    body = '{"note":"成功 ✓ 😀","result_code":"OK","result_msg":"SUCCESS","charge":'.encode()
+    body += charge + b"}"
     assert span_text(body) == charge
     headers = signer.headers(charge, timestamp=str(NOW_MS))
     assert gateway.parse(inbound(body, headers)).out_trade_no == CHARGE["out_trade_no"]
@@ -277,7 +278,8 @@ def test_raw_utf8_inside_the_charge_is_signed_as_sent(
     gateway: GoPayGateway, signer: GoPaySigner
 ) -> None:
     charge = '{"out_trade_no":"Ü1","subject":"充值","amount":"1.00","currency":"CNY"}'.encode()
-    body = b'{"result_code":"OK","charge":' + charge + b',"note":"\xc3\xa9"}'
+    body = b'{"result_code":"OK","result_msg":"SUCCESS","charge":' + charge
+    body += b',"note":"\xc3\xa9"}'
     assert span_text(body) == charge
     headers = signer.headers(charge, timestamp=str(NOW_MS))
     assert gateway.parse(inbound(body, headers)).out_trade_no == "Ü1"
@@ -318,7 +320,8 @@ def test_php_body_verifies_although_reserialising_it_gives_other_bytes(
 def test_pretty_printed_body_verifies_over_its_raw_span(
     gateway: GoPayGateway, signer: GoPaySigner
 ) -> None:
-    body = json.dumps({"result_code": "OK", "charge": CHARGE}, indent=2).encode()
+    top = {"result_code": "OK", "result_msg": "SUCCESS", "charge": CHARGE}
+    body = json.dumps(top, indent=2).encode()
     headers = signed_body(signer, body)
     assert gateway.parse(inbound(body, headers)).out_trade_no == CHARGE["out_trade_no"]
 
@@ -860,7 +863,7 @@ def test_amounts_in_a_notification(
 
 def test_json_number_amount_keeps_its_spelling(gateway: GoPayGateway, signer: GoPaySigner) -> None:
     body = (
-        b'{"result_code":"OK",'
+        b'{"result_code":"OK","result_msg":"SUCCESS",'
         b'"charge":{"out_trade_no":"A1","amount":1.66,"pay_amount":1e2,"currency":"CNY"}}'
     )
     error = rejected(gateway, body, signed_body(signer, body))
@@ -1237,6 +1240,18 @@ def test_result_code_other_than_ok_is_malformed_after_verifying(
     error = rejected(gateway, body, headers)
     assert (error.outcome, error.reason) == (Outcome.MALFORMED, "result_code is not OK")
     assert (error.merchant_id, error.out_trade_no) == (MCHID, CHARGE["out_trade_no"])
+
+
+@pytest.mark.parametrize("result_msg", ["FAIL", "success", "", None, _NO_RESULT_CODE])
+def test_result_msg_other_than_success_is_malformed(
+    gateway: GoPayGateway, signer: GoPaySigner, result_msg: object
+) -> None:
+    top: dict[str, Any] = {"result_code": "OK", "result_msg": result_msg, "charge": CHARGE}
+    if result_msg is _NO_RESULT_CODE:
+        del top["result_msg"]
+    headers = signer.headers(php_json_encode(CHARGE), timestamp=str(NOW_MS))
+    error = rejected(gateway, php_json_encode(top), headers)
+    assert (error.outcome, error.reason) == (Outcome.MALFORMED, "result_msg is not SUCCESS")
 
 
 def test_result_code_is_checked_after_the_signature(

@@ -224,12 +224,15 @@ def test_unsigned_and_unusable_replies_are_answers_without_a_notification(
     assert answer.notification is None and answer.inbound is None
 
 
-def _signed_reply(charge: bytes, *, status: int = 200, result_code: str = "OK") -> HttpReply:
+def _signed_reply(
+    charge: bytes, *, status: int = 200, result_code: str = "OK", result_msg: str = "SUCCESS"
+) -> HttpReply:
     """A reply whose charge is signed by `PLATFORM_KEY`, the signature over its raw bytes."""
     nonce, timestamp = "1" * 32, "1795591510237"
     signature = sign_charge(PLATFORM_KEY, nonce=nonce, timestamp=timestamp, charge=charge)
     headers = {"x-ca-noncestr": nonce, "x-ca-timestamp": timestamp, "x-ca-signature": signature}
-    body = b'{"result_code":"' + result_code.encode() + b'","charge":' + charge + b"}"
+    protocol = f'{{"result_code":"{result_code}","result_msg":"{result_msg}","charge":'.encode()
+    body = protocol + charge + b"}"
     return HttpReply(
         status=status, headers=headers, body=body, content_type="application/json", charset=None
     )
@@ -268,17 +271,30 @@ def test_a_reply_that_verifies_with_no_platform_key_is_refused_with_that_reason(
     )
 
 
-@pytest.mark.parametrize(
-    ("status", "result_code"), [(500, "OK"), (200, "FAIL")], ids=["http-500", "result-fail"]
-)
-def test_a_signed_charge_is_applied_only_from_a_successful_query_result(
-    status: int, result_code: str
-) -> None:
-    answer = _read_signed(_signed_reply(VECTOR_CHARGE, status=status, result_code=result_code))
+def test_a_signed_charge_is_applied_only_from_a_successful_query_result() -> None:
+    answer = _read_signed(_signed_reply(VECTOR_CHARGE, status=500))
     assert answer == QueryAnswer(
-        result=QueryResult.ERROR,
-        reason=f"reply is not a successful query result (HTTP {status})",
+        result=QueryResult.ERROR, reason="reply is not a successful query result (HTTP 500)"
     )
+
+
+@pytest.mark.parametrize(
+    ("result_code", "result_msg", "reason"),
+    [
+        ("FAIL", "SUCCESS", "result_code is not OK"),
+        ("OK", "FAIL", "result_msg is not SUCCESS"),
+        ("OK", "success", "result_msg is not SUCCESS"),
+    ],
+)
+def test_a_signed_charge_without_ok_and_success_is_a_malformed_reply(
+    result_code: str, result_msg: str, reason: str
+) -> None:
+    # The seed: only result_code OK with result_msg SUCCESS carries a charge; stored, not applied.
+    reply = _signed_reply(VECTOR_CHARGE, result_code=result_code, result_msg=result_msg)
+    answer = _read_signed(reply)
+    assert answer.result is QueryResult.REFUSED and answer.rejected is not None
+    assert (answer.rejected.outcome, answer.rejected.reason) == (Outcome.MALFORMED, reason)
+    assert answer.notification is None
 
 
 @pytest.mark.parametrize(

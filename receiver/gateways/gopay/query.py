@@ -1,7 +1,7 @@
 """GoPay order queries (reconciliation): sign `POST {api_url}/pay/orderquery` with the merchant's
 private key, verify the reply over its raw `charge` bytes with the platform key.
 
-The reply goes through the notification side's rules (`read_charge`, `SignatureHeaders`,
+The reply goes through the notification side's rules (`read_envelope`, `SignatureHeaders`,
 `verify_signature`, `build_notification`): one set of rules for pushed and pulled truth. Only
 freshness and the nonce are not checked: we asked for this reply.
 """
@@ -22,10 +22,11 @@ from receiver.config import GoPayConfig, GoPayMerchant
 from receiver.errors import Rejected
 from receiver.gateways import OrderRef, QueryAnswer, QueryResult
 from receiver.gateways.asking import HttpReply, answered, error, exchange, refused
-from receiver.gateways.gopay.jsonspan import read_charge
+from receiver.gateways.gopay.jsonspan import read_envelope
 from receiver.gateways.gopay.notify import (
     PROVIDER,
     build_notification,
+    check_result_code,
     claimed_merchant,
     text_field,
 )
@@ -196,7 +197,7 @@ def read_reply(
         return error(f"reply is not a JSON object (HTTP {reply.status})")
     if "error_code" in parsed:
         return _error_code(parsed)
-    if reply.status != 200 or parsed.get("result_code") != "OK" or "charge" not in parsed:
+    if reply.status != 200 or "charge" not in parsed:
         return error(f"reply is not a successful query result (HTTP {reply.status})")
     inbound = reply.inbound(PROVIDER, keep=SIGNED_HEADERS)
     try:
@@ -210,14 +211,16 @@ def verified_notification(
     reply: HttpReply, *, order: OrderRef, platform_keys: tuple[RSAPublicKey, ...]
 ) -> Notification:
     """Verify the reply over its raw charge bytes, then read it as a notification; or Rejected."""
-    charge_bytes, charge = read_charge(reply.body)
+    envelope = read_envelope(reply.body)
+    charge = envelope.charge
     headers = SignatureHeaders.from_mapping(reply.headers)
-    variant = verify_signature(platform_keys, headers=headers, charge=charge_bytes)
+    variant = verify_signature(platform_keys, headers=headers, charge=envelope.charge_bytes)
     if variant is None:
         raise Rejected(
             Outcome.BAD_SIGNATURE,
             "reply signature does not verify with any of the merchant's platform keys",
         )
+    check_result_code(envelope.result_code, envelope.result_msg)
     _check_same_order(charge, order=order)
     return build_notification(
         charge,
