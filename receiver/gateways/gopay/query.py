@@ -48,6 +48,10 @@ from receiver.notification import Notification, Outcome
 
 QUERY_PATH = "/pay/orderquery"
 ORDER_NOT_FOUND = 200000  # the platform's error_code for "Order does not exist."
+# The seed's codes for "your credentials, signature, address or route are wrong" (400003 comes
+# with HTTP 400 or 403): asking again will not help until the configuration changes.
+MISCONFIGURED_CODES = frozenset({400003, 400006, 400008, 600000})
+RATE_LIMITED = 100003  # HTTP 403: more than 10 requests a second from one address
 _ERROR_MSG_MAX = 120
 SIGNED_HEADERS = (NONCE_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER)  # kept with a stored reply
 
@@ -255,4 +259,8 @@ def _error_code(parsed: Mapping[str, Any]) -> QueryAnswer:
     # Unsigned, so it is only believed as far as "nothing to apply": not found is asked again too.
     if code == ORDER_NOT_FOUND:
         return QueryAnswer(result=QueryResult.NOT_FOUND, reason=reason)
+    if code in MISCONFIGURED_CODES:
+        return QueryAnswer(result=QueryResult.MISCONFIGURED, reason=reason)
+    if code == RATE_LIMITED:
+        return QueryAnswer(result=QueryResult.LIMITED, reason=reason)
     return error(reason)
