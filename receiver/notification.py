@@ -185,13 +185,14 @@ class ReviewReason(enum.StrEnum):
     PAID_AMOUNT_DIFFERS = "paid_amount_differs"  #: a paid order reported paid with other money
 
 
-def held_unstated(n: Notification, *, held: bool) -> bool:
-    """True when `n` says paid without saying how much while the order's money is held.
+def held_back(n: Notification, *, held: bool) -> bool:
+    """True when `n` says paid for an order whose money is held for review.
 
-    GoPay's order query never carries `pay_amount`: its "paid" restates the order amount, so it
-    cannot settle an order for which a verified notification reported other money.
+    Nothing is credited that a person has not seen: once verified money that did not match is
+    held, no report settles the order (GoPay's order query, which never carries `pay_amount`,
+    restates the order amount) until the person has resolved the review.
     """
-    return held and n.target is Status.PAID and not n.paid_amount_stated
+    return held and n.target is Status.PAID
 
 
 def paid_amount_differs(n: Notification, *, recorded_minor: int | None) -> bool:

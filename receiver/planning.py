@@ -18,7 +18,7 @@ from receiver.notification import (
     Status,
     check_amount,
     decide_transition,
-    held_unstated,
+    held_back,
     money,
     paid_amount_differs,
 )
@@ -136,9 +136,9 @@ def _decide_one(
     if mismatch is not None:
         detail = _mismatch_detail(n, order)
         return Decision(mismatch, order.id, detail=detail, review=_held(n, order, mismatch))
-    if held_unstated(n, held=order.held):
-        held = _review(ReviewReason.AMOUNT_MISMATCH, n, order, HELD_UNSTATED)
-        return Decision(Outcome.AMOUNT_MISMATCH, order.id, detail=HELD_UNSTATED, review=held)
+    if held_back(n, held=order.held):
+        held = _review(ReviewReason.AMOUNT_MISMATCH, n, order, HELD_BACK)
+        return Decision(Outcome.AMOUNT_MISMATCH, order.id, detail=HELD_BACK, review=held)
     t = decide_transition(order.status, n.target)
     review: Review | None = None
     if t.outcome is Outcome.APPLIED_LATE:
@@ -149,7 +149,7 @@ def _decide_one(
     return Decision(t.outcome, order.id, order.status, t.new_status, review=review)
 
 
-HELD_UNSTATED = "says paid without a paid amount while this order's money is held for review"
+HELD_BACK = "says paid while money reported for this order is held for review"
 
 
 def _held(n: Notification, order: OrderState, mismatch: Outcome) -> Review:
