@@ -255,8 +255,7 @@ def test_a_second_payment_with_other_money_is_a_duplicate_with_a_review():
         ReviewReason.PAID_AMOUNT_DIFFERS,
         7000,
         "CNY",
-        "baofoo reported paid 70.00 CNY for an order of 100.00 CNY (paid): "
-        "recorded paid 30.00 CNY",
+        "baofoo reported paid 70.00 CNY for an order of 100.00 CNY (paid): recorded paid 30.00 CNY",
     )
 
 
