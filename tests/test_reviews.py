@@ -19,7 +19,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from receiver import ops
+from receiver import database, ops
 from receiver.config import Config, ReconcileConfig
 from receiver.database import create_pool
 from receiver.gateways.queriers import build_queriers
@@ -389,3 +389,45 @@ async def test_a_replay_of_a_held_notification_opens_no_second_review(
     assert replayed.returncode == 0, replayed.stderr
     assert "amount_mismatch" in replayed.stdout
     assert await reviews(db) == [("amount_mismatch", 5000, "CNY", True)]
+
+
+async def test_the_migration_moves_the_old_review_note_into_reviews(migrated):
+    """A database flagged and resolved orders the old way (orders.review_note, reviewed_at):
+    006 keeps each as a review, open or resolved, and drops the old columns."""
+    admin = await asyncpg.connect(migrated)
+    name = "receiver_reviews_migration"
+    await admin.execute(f"DROP DATABASE IF EXISTS {name}")
+    await admin.execute(f"CREATE DATABASE {name}")
+    conn = await asyncpg.connect(database="receiver_reviews_migration", dsn=migrated)
+    try:
+        await conn.execute(database.CREATE_MIGRATIONS_TABLE)
+        for m in database.migrations():
+            if m.version >= "006":
+                break
+            await conn.execute(m.sql)
+            await conn.execute(database.INSERT_APPLIED, m.version, m.checksum)
+        await conn.execute(
+            "INSERT INTO orders (provider, merchant_id, out_trade_no, amount_minor, status,"
+            " paid_amount_minor, needs_review, review_note, reviewed_at) VALUES"
+            " ('gopay', 'm', 'FLAGGED', 10000, 'paid', 10000, true, NULL, NULL),"
+            " ('gopay', 'm', 'RESOLVED', 10000, 'paid', 10000, false, 'refunded',"
+            "  '2024-03-01 12:00+00'),"
+            " ('gopay', 'm', 'PLAIN', 10000, 'paid', 10000, false, NULL, NULL)"
+        )
+        assert "006_reviews" in await database.migrate(conn)
+        rows = await conn.fetch(
+            "SELECT o.out_trade_no, r.reason, r.amount_minor, r.resolved_at IS NULL AS open,"
+            " r.note, o.needs_review FROM reviews r JOIN orders o ON o.id = r.order_id ORDER BY 1"
+        )
+        assert [tuple(r) for r in rows] == [
+            ("FLAGGED", "applied_late", 10000, True, None, True),
+            ("RESOLVED", "applied_late", 10000, False, "refunded", False),
+        ]
+        columns = await conn.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'orders'"
+        )
+        assert not {"review_note", "reviewed_at"} & {c["column_name"] for c in columns}
+    finally:
+        await conn.close()
+        await admin.execute(f"DROP DATABASE {name}")
+        await admin.close()
