@@ -326,3 +326,19 @@ def test_money_in_words():
         "no amount",
         "1.00",
     ]
+
+
+def test_a_failure_report_of_a_paid_order_is_not_compared_with_the_recorded_money():
+    order = pending(status=Status.PAID, paid_amount_minor=3000)
+    n = note(target=Status.FAILED, paid_amount_minor=7000, order_amount_minor=None)
+    decision = only(plan_batch([n], {KEY: order}, seen=set()))
+    assert (decision.outcome, decision.review) == (Outcome.STALE, None)
+
+
+def test_a_waiting_report_with_the_wrong_amount_is_reviewed_as_pending():
+    n = note(target=None, order_amount_minor=9000, paid_amount_minor=None)
+    decision = only(plan_batch([n], {KEY: pending()}, seen=set()))
+    assert decision.outcome is Outcome.AMOUNT_MISMATCH and decision.review is not None
+    assert decision.review.detail.startswith(
+        "gopay reported pending no amount for an order of 100.00 CNY (pending)"
+    )

@@ -209,6 +209,14 @@ def test_a_genuine_reply_about_another_order_is_refused() -> None:
     [
         (400, b'{"error_msg":"Order does not exist.","error_code":200000}', "not_found", "200000"),
         (400, b'{"error_msg":"Error .[x]","error_code":999999}', "error", "999999"),
+        (400, b'{"error_code":400003,"error_msg":"Auth Key"}', "misconfigured", "400003"),
+        (403, b'{"error_code":400003,"error_msg":"Sign Verify"}', "misconfigured", "400003"),
+        (400, b'{"error_code":400006,"error_msg":"channels"}', "misconfigured", "400006"),
+        (400, b'{"error_code":400008,"error_msg":"account"}', "misconfigured", "400008"),
+        (404, b'{"error_code":600000,"error_msg":"User"}', "misconfigured", "600000"),
+        (403, b'{"error_code":100003,"error_msg":"Flow Control"}', "limited", "100003"),
+        (400, b'{"error_code":400004,"error_msg":"other"}', "error", "400004"),
+        (400, b'{"error_code":"400003","error_msg":"text code"}', "error", "400003"),
         (502, b"<html>bad gateway</html>", "error", "not a JSON object"),
         (200, b'{"result_code":"FAIL","result_msg":"x"}', "error", "not a successful"),
         (200, b"[1,2]", "error", "not a JSON object"),
@@ -499,3 +507,18 @@ def test_the_baofoo_queriers_repr_holds_no_md5_key() -> None:
     )
     assert "secret-md5-key" not in repr(querier)
     assert "secret-md5-key" not in repr(querier._terminals)
+
+
+def test_query_results_are_spec_labels() -> None:
+    assert [r.value for r in QueryResult] == [
+        "paid",
+        "failed",
+        "closed",
+        "pending",
+        "not_found",
+        "held",
+        "refused",
+        "misconfigured",
+        "limited",
+        "error",
+    ]
