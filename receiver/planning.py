@@ -104,13 +104,17 @@ def plan_batch(
         if decision.outcome in _HOLDING:
             now[key] = now[key]._replace(held=True)
         if decision.to_status is not None:
-            paid = now[key].paid_amount_minor  # as WRITE_BATCH: only a payment records one
-            if decision.to_status is Status.PAID:
-                paid = n.paid_amount_minor
-            now[key] = now[key]._replace(status=decision.to_status, paid_amount_minor=paid)
+            now[key] = _moved(now[key], n, decision.to_status)
             _record_move(plan, n, decision)
     plan.claims = list(used)
     return plan
+
+
+def _moved(order: OrderState, n: Notification, status: Status) -> OrderState:
+    """The order after a move, as WRITE_BATCH leaves it: only a payment records an amount."""
+    if status is Status.PAID:
+        return order._replace(status=status, paid_amount_minor=n.paid_amount_minor)
+    return order._replace(status=status)
 
 
 def _decide_one(

@@ -221,6 +221,9 @@ def test_a_query_that_says_paid_without_pay_amount_never_settles_held_money():
         ReviewReason.AMOUNT_MISMATCH,
         10000,
     )
+    assert decision.review.detail == (
+        f"gopay reported paid 100.00 CNY for an order of 100.00 CNY (pending): {HELD_BACK}"
+    )
 
 
 def test_held_money_still_lets_the_order_fail_or_close():
