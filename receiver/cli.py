@@ -331,8 +331,8 @@ async def _orders_show(config: Config, args: argparse.Namespace) -> int:
         order, notes = await ledger.find_order(
             conn, provider=args.provider, merchant_id=args.merchant, out_trade_no=args.out_trade_no
         )
-        if order is not None:
-            reviews = await ops.reviews_of(conn, [order["id"]], open_only=False)
+        ids = [] if order is None else [order["id"]]
+        reviews = await ops.reviews_of(conn, ids, open_only=False)
     if order is None:
         raise Failure(f"no {args.provider} order {args.out_trade_no} for merchant {args.merchant}")
     shown = _jsonable(dict(order)) | {
