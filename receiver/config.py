@@ -108,6 +108,7 @@ class ReconcileConfig:
     give_up_after_s: int = 604800  # orders older than this are no longer queried
     timeout_s: float = 10.0  # one query
     concurrency: int = 8  # queries in flight at once, per process
+    max_per_second: float = 8.0  # queries a second per gateway, per process (GoPay refuses > 10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +134,10 @@ class DeferredSecret:
     variable: str
     named_by: str
 
+
+# Baofoo's published test MD5 key (the seed's examples sign with it): anyone can sign with it.
+BAOFOO_TEST_MD5_KEY = "abcdefg"
+TEST_KEY_PROBLEM = "is Baofoo's published test key: anyone can sign with it"
 
 DEFAULT_FILE = "receiver.toml"
 DEFAULTS = "(defaults)"  # the source of a configuration read from no file
@@ -362,6 +367,7 @@ class _Reader:
             give_up_after_s=self.positive(t, "reconcile.give_up_after_s", d.give_up_after_s),
             timeout_s=self.positive(t, "reconcile.timeout_s", d.timeout_s),
             concurrency=self.positive(t, "reconcile.concurrency", d.concurrency),
+            max_per_second=self.positive(t, "reconcile.max_per_second", d.max_per_second),
         )
 
     def database(self, t: Table) -> DatabaseConfig:
@@ -486,11 +492,13 @@ class _Reader:
         self.only(t, key + ".", {"member_id", "terminal_id", "md5_key", "md5_key_env"})
         member_id = self.required_str(t, key, "member_id")
         terminal_id = self.required_str(t, key, "terminal_id")
-        return BaofooMerchant(
-            member_id=member_id,
-            terminal_id=terminal_id,
-            md5_key=self.secret(t, key, "md5_key", required=True),
-        )
+        md5_key = self.secret(t, key, "md5_key", required=True)
+        if md5_key == BAOFOO_TEST_MD5_KEY:
+            variable = self.get(t, f"{key}.md5_key_env", str, "")
+            if variable:
+                raise self.environment_fail(variable, f"{TEST_KEY_PROBLEM} ({key}.md5_key_env)")
+            raise self.fail(f"{key}.md5_key", TEST_KEY_PROBLEM)
+        return BaofooMerchant(member_id=member_id, terminal_id=terminal_id, md5_key=md5_key)
 
     def secret(self, t: Table, key: str, name: str, *, required: bool) -> str:
         """`name` inline or from the environment variable `{name}_env` names."""

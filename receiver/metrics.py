@@ -81,6 +81,8 @@ RECONCILE_QUERIES = Counter(
 # Served only by the process that serves /metrics (OrdersWatch): no worker holds a copy.
 ORDERS_OVERDUE = "receiver_orders_overdue"
 ORDERS_NEEDS_REVIEW = "receiver_orders_needs_review"
+REVIEWS_OPEN = "receiver_reviews_open"
+REVIEW_REASONS = ("applied_late", "amount_mismatch", "currency_mismatch", "paid_amount_differs")
 BUILD_INFO = "receiver_build_info"
 
 # Label children looked up once: `labels()` takes a lock and builds a key on every call.
@@ -147,12 +149,19 @@ GROUP BY provider
 """
 
 
+# Open reviews by reason (the partial unique index on open reviews serves it).
+COUNT_OPEN_REVIEWS = """
+SELECT reason, count(*) AS open FROM reviews WHERE resolved_at IS NULL GROUP BY reason
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class OrderCounts:
     """What the last refresh found; None before the first one worked."""
 
     overdue: dict[str, int]
     needs_review: int
+    reviews_open: dict[str, int] = field(default_factory=dict)
 
 
 class OrdersWatch(Collector):
@@ -168,7 +177,10 @@ class OrdersWatch(Collector):
         overdue = dict.fromkeys(PROVIDERS, 0)
         for r in rows:
             overdue[r["provider"]] += r["overdue"]
-        self.counts = OrderCounts(overdue, sum(r["needs_review"] for r in rows))
+        reviews = dict.fromkeys(REVIEW_REASONS, 0)
+        for r in await conn.fetch(COUNT_OPEN_REVIEWS):
+            reviews[r["reason"]] = r["open"]
+        self.counts = OrderCounts(overdue, sum(r["needs_review"] for r in rows), reviews)
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         info = GaugeMetricFamily(BUILD_INFO, "The running version.", labels=["version"])
@@ -188,6 +200,12 @@ class OrdersWatch(Collector):
         yield GaugeMetricFamily(
             ORDERS_NEEDS_REVIEW, "Orders flagged needs_review.", value=counts.needs_review
         )
+        reviews = GaugeMetricFamily(
+            REVIEWS_OPEN, "Reviews open (money held for a person), by reason.", labels=["reason"]
+        )
+        for reason, n in sorted(counts.reviews_open.items()):
+            reviews.add_metric([reason], n)
+        yield reviews
 
 
 # Sample names per metric type, as the text exposition writes them.

@@ -11,10 +11,10 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient
 
 from receiver.http.app import create_app
 from tests.support.baofoo_signer import baofoo_fields, encode_form, sign_baofoo
+from tests.support.gateways import post_form as post
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -25,18 +25,6 @@ def sign(baofoo_md5_key):
         return sign_baofoo(baofoo_fields(TransID=trans_id, **overrides), baofoo_md5_key)
 
     return signed
-
-
-async def post(
-    client: TestClient[Any, Any], fields: dict[str, str], *, charset: str = "utf-8", **headers: str
-) -> tuple[int, bytes]:
-    content_type = FORM if charset == "utf-8" else f"{FORM}; charset={charset}"
-    resp = await client.post(
-        "/notify/baofoo",
-        data=encode_form(fields, charset=charset),
-        headers={"Content-Type": content_type, **headers},
-    )
-    return resp.status, await resp.read()
 
 
 async def order_row(db: asyncpg.Connection, trans_id: str) -> asyncpg.Record:

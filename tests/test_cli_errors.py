@@ -374,7 +374,7 @@ def test_orders_add_takes_the_longest_key_the_notify_path_takes(migrated, tmp_pa
         ("orders", "add", *ORDER_KEY, "--amount", "1.00"),
         ("orders", "show", *ORDER_KEY),
         ("orders", "list"),
-        ("orders", "resolve", *ORDER_KEY, "--note", "checked"),
+        ("orders", "resolve", "--review", "1", "--note", "checked"),
         ("notifications", "list"),
         ("replay", "--outcome", "bad_signature"),
     ],

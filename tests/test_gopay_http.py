@@ -202,7 +202,9 @@ async def test_mismatch_is_422_and_order_untouched(
 ):
     order = await make_order("X1")
     assert await post(client, signer, charge("X1", **fields)) == (422, FAIL)
-    assert await order_row(db, "X1") == order
+    # The order keeps its status and money; a person is asked to look (one review).
+    assert dict(await order_row(db, "X1")) == dict(order) | {"needs_review": True}
+    assert await db.fetchval("SELECT array_agg(reason) FROM reviews") == [expected]
     assert await outcomes(db) == [expected]
     assert await db.fetchval("SELECT count(*) FROM order_events") == 0
 

@@ -103,11 +103,19 @@ async def test_unknown_order_and_mismatch_do_not_disturb_the_batch(db, pool, mak
     ledger = Ledger(pool, batch_concurrency=1)
     notes = [note("S3"), note("NONE"), note("S4", paid_amount_minor=1), note("S4")]
     results = await apply_all(ledger, notes)
+    # S4's money is held once a mismatch is seen: the later "paid" is not credited either.
     assert [r.outcome for r in results] == [
         Outcome.APPLIED,
         Outcome.UNKNOWN_ORDER,
         Outcome.AMOUNT_MISMATCH,
-        Outcome.APPLIED,
+        Outcome.AMOUNT_MISMATCH,
+    ]
+    statuses = await db.fetch("SELECT out_trade_no, status, needs_review FROM orders ORDER BY 1")
+    assert [tuple(r) for r in statuses] == [("S3", "paid", False), ("S4", "pending", True)]
+    reviews = await db.fetch("SELECT amount_minor, notification_id FROM reviews ORDER BY id")
+    assert [tuple(r) for r in reviews] == [
+        (1, results[2].notification_id),
+        (10000, results[3].notification_id),
     ]
 
 

@@ -20,7 +20,7 @@ import aiohttp
 import asyncpg
 import pytest
 import structlog
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from receiver import metrics
@@ -45,6 +45,7 @@ SPEC_METRICS = {
     "receiver_orders_overdue": ("gauge", {"provider"}),
     "receiver_orders_needs_review": ("gauge", set()),
     "receiver_build_info": ("gauge", {"version"}),
+    "receiver_reviews_open": ("gauge", {"reason"}),
 }
 
 
@@ -101,7 +102,10 @@ async def test_one_scrape_of_two_workers_agrees_with_the_notifications_table(
     await db.execute(
         "UPDATE orders SET created_at = now() - interval '1 hour' WHERE out_trade_no = 'OLD-1'"
     )
-    await db.execute("UPDATE orders SET needs_review = true WHERE out_trade_no = 'M00'")
+    await db.execute(
+        "INSERT INTO reviews (order_id, reason) SELECT id, 'applied_late' FROM orders"
+        " WHERE out_trade_no = 'M00'"
+    )
     svc = metrics_service(workers=2, reconcile={"first_after_s": 600})
     replies = await deliver_mix(svc, signer, orders)
     assert replies == {200: 40, 401: 20, 405: 3}
@@ -225,12 +229,26 @@ async def test_overdue_counts_pending_orders_past_first_after_s(db: asyncpg.Conn
         "UPDATE orders SET created_at = now() - interval '10 minutes' "
         "WHERE out_trade_no IN ('OLD', 'LATE')"
     )
+    await db.execute("UPDATE orders SET status = 'paid' WHERE out_trade_no = 'LATE'")
+    for reason in ("applied_late", "paid_amount_differs", "paid_amount_differs"):
+        await db.execute(
+            "INSERT INTO reviews (order_id, reason, amount_minor, detail)"
+            " SELECT id, $1, (SELECT count(*) FROM reviews), '' FROM orders"
+            " WHERE out_trade_no = 'LATE'",
+            reason,
+        )
     await db.execute(
-        "UPDATE orders SET status = 'paid', needs_review = true WHERE out_trade_no = 'LATE'"
+        "UPDATE reviews SET resolved_at = now(), note = 'done' WHERE reason = 'applied_late'"
     )
     watch = metrics.OrdersWatch(build_version="t")
     await watch.refresh(db, overdue_after_s=300)
-    assert watch.counts == metrics.OrderCounts({"gopay": 0, "baofoo": 1}, 1)
+    reviews = {"applied_late": 0, "amount_mismatch": 0, "currency_mismatch": 0}
+    reviews["paid_amount_differs"] = 2
+    assert watch.counts == metrics.OrderCounts({"gopay": 0, "baofoo": 1}, 1, reviews)
+    registry = CollectorRegistry()
+    registry.register(watch)
+    exposed = samples(generate_latest(registry).decode(), "receiver_reviews_open")
+    assert {labels["reason"]: value for labels, value in exposed} == reviews
 
 
 async def test_an_outage_is_logged_once_each_way_and_database_up_follows(
@@ -292,7 +310,10 @@ def test_order_queries_are_counted_under_spec_result_names():
         "closed",
         "pending",
         "not_found",
+        "held",
         "refused",
+        "misconfigured",
+        "limited",
         "error",
     ]
     before = value("receiver_reconcile_queries_total", provider="gopay", result="not_found")

@@ -13,47 +13,15 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.conftest import BAOFOO_MEMBER, BAOFOO_TERMINAL, GOPAY_MCHID
-from tests.support.cli import one_line, run
+from tests.conftest import GOPAY_MCHID
+from tests.support.cli import config_file, one_line, run
 from tests.support.gateways import charge, post
-from tests.support.stand_in import API_KEY, StandIn, merchant_key_file, start_stand_in
+from tests.support.stand_in import StandIn, start_stand_in
 
 
 def lines(proc: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
     assert proc.returncode == 0, proc.stderr
     return [json.loads(line) for line in proc.stdout.splitlines()]
-
-
-def config_file(
-    tmp_path: Path, url: str, key_file: Path, md5_key: str, *, gateway_url: str = ""
-) -> Path:
-    """A configuration like an operator's: one merchant per gateway, first query after 60 s,
-    order queries to `gateway_url` when given."""
-    path = tmp_path / "receiver.toml"
-    path.write_text(
-        f"""
-[database]
-url = "{url}"
-[reconcile]
-first_after_s = 60
-timeout_s = 2
-[gopay]
-api_url = "{gateway_url}"
-[[gopay.merchants]]
-mchid = "{GOPAY_MCHID}"
-platform_public_keys = ["{key_file}"]
-private_key = "{merchant_key_file(tmp_path)}"
-api_key = "{API_KEY}"
-default_channel = "gopay_banktransfer"
-[baofoo]
-query_url = "{gateway_url and gateway_url + "/order/query"}"
-[[baofoo.merchants]]
-member_id = "{BAOFOO_MEMBER}"
-terminal_id = "{BAOFOO_TERMINAL}"
-md5_key = "{md5_key}"
-"""
-    )
-    return path
 
 
 @pytest.fixture
@@ -80,12 +48,19 @@ async def test_orders_list_filters_and_prints_json_lines(db, make_order, cli):
     await make_order("L3")
     await aged(db, "L1", 120)  # pending past reconcile.first_after_s (60)
     await aged(db, "L2", 7200)
+    await db.execute("UPDATE orders SET status = 'paid' WHERE out_trade_no = 'L2'")
     await db.execute(
-        "UPDATE orders SET status = 'paid', needs_review = true WHERE out_trade_no = 'L2'"
+        "INSERT INTO reviews (order_id, reason, detail)"
+        " SELECT id, 'applied_late', 'late' FROM orders WHERE out_trade_no = 'L2'"
     )
     everything = lines(cli("orders", "list"))
     assert [o["out_trade_no"] for o in everything] == ["L3", "L2", "L1"]  # newest first
-    assert {"review_note", "reviewed_at", "created_at"} <= everything[0].keys()
+    assert {"needs_review", "created_at"} <= everything[0].keys()
+    assert "open_reviews" not in everything[0]
+    [flagged] = lines(cli("orders", "list", "--needs-review"))
+    assert [(r["reason"], r["detail"], r["resolved_at"]) for r in flagged["open_reviews"]] == [
+        ("applied_late", "late", None)
+    ]
 
     def numbers(*args: str) -> list[str]:
         return [o["out_trade_no"] for o in lines(cli("orders", "list", *args))]
@@ -98,19 +73,28 @@ async def test_orders_list_filters_and_prints_json_lines(db, make_order, cli):
     assert numbers("--limit", "1") == ["L3"]
 
 
-async def test_orders_resolve_clears_the_flag_and_keeps_the_note_and_when(db, make_order, cli):
+async def test_orders_resolve_closes_the_named_review_and_keeps_the_note_and_when(
+    db, make_order, cli
+):
     await make_order("V1")
-    await db.execute("UPDATE orders SET needs_review = true")
-    key = ("--provider", "gopay", "--merchant", GOPAY_MCHID, "--out-trade-no", "V1")
-    [order] = lines(cli("orders", "resolve", *key, "--note", "refunded the late payment"))
-    assert (order["needs_review"], order["review_note"]) == (False, "refunded the late payment")
-    row = await db.fetchrow("SELECT needs_review, review_note, reviewed_at FROM orders")
-    assert (row["needs_review"], row["review_note"]) == (False, "refunded the late payment")
-    assert row["reviewed_at"] is not None
-    missing = cli("orders", "resolve", *key[:-1], "NONE", "--note", "x")
-    assert missing.returncode == 1 and "no gopay order NONE" in one_line(missing)
-    empty = cli("orders", "resolve", *key, "--note", " ")
+    review_id = await db.fetchval(
+        "INSERT INTO reviews (order_id, reason, detail) SELECT id, 'applied_late', 'x'"
+        " FROM orders RETURNING id"
+    )
+    assert await db.fetchval("SELECT needs_review FROM orders") is True
+    [closed] = lines(cli("orders", "resolve", "--review", str(review_id), "--note", "refunded"))
+    assert (closed["id"], closed["note"]) == (review_id, "refunded")
+    row = await db.fetchrow("SELECT needs_review FROM orders")
+    assert row["needs_review"] is False
+    review = await db.fetchrow("SELECT note, resolved_at FROM reviews")
+    assert review["note"] == "refunded" and review["resolved_at"] is not None
+    again = cli("orders", "resolve", "--review", str(review_id), "--note", "again")
+    assert again.returncode == 1 and f"review {review_id} is not open" in one_line(again)
+    missing = cli("orders", "resolve", "--review", "999", "--note", "x")
+    assert missing.returncode == 1 and "no review 999" in one_line(missing)
+    empty = cli("orders", "resolve", "--review", str(review_id), "--note", " ")
     assert empty.returncode == 2 and "--note" in one_line(empty)
+    assert await db.fetchval("SELECT note FROM reviews") == "refunded"
 
 
 async def test_notifications_list_filters_without_bodies(client, db, signer, make_order, cli):

@@ -238,7 +238,7 @@ async def test_a_query_signed_with_the_wrong_merchant_key_gets_the_gateways_erro
 ) -> None:
     rig.gateway.gopay_clients[GOPAY_MCHID] = GoPayClient(new_rsa_key().public_key(), API_KEY)
     answer = await rig.ask(order_ref("gopay", "whatever"))
-    assert answer.result is QueryResult.ERROR
+    assert answer.result is QueryResult.MISCONFIGURED
     assert "400003" in answer.reason and "Sign Verify Failure" in answer.reason
 
 
@@ -246,7 +246,7 @@ async def test_a_wrong_api_key_gets_the_gateways_error_code(rig: Rig) -> None:
     client = rig.gateway.gopay_clients[GOPAY_MCHID]
     rig.gateway.gopay_clients[GOPAY_MCHID] = GoPayClient(client.public_key, "another")
     answer = await rig.ask(order_ref("gopay", "whatever"))
-    assert answer.result is QueryResult.ERROR and "Auth Key" in answer.reason
+    assert answer.result is QueryResult.MISCONFIGURED and "Auth Key" in answer.reason
 
 
 async def test_a_baofoo_query_with_the_wrong_md5_key_is_refused_by_the_gateway(rig: Rig) -> None:

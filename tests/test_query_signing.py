@@ -151,6 +151,14 @@ def test_a_genuine_reply_about_another_order_is_refused() -> None:
     [
         (400, b'{"error_msg":"Order does not exist.","error_code":200000}', "not_found", "200000"),
         (400, b'{"error_msg":"Error .[x]","error_code":999999}', "error", "999999"),
+        (400, b'{"error_code":400003,"error_msg":"Auth Key"}', "misconfigured", "400003"),
+        (403, b'{"error_code":400003,"error_msg":"Sign Verify"}', "misconfigured", "400003"),
+        (400, b'{"error_code":400006,"error_msg":"channels"}', "misconfigured", "400006"),
+        (400, b'{"error_code":400008,"error_msg":"account"}', "misconfigured", "400008"),
+        (404, b'{"error_code":600000,"error_msg":"User"}', "misconfigured", "600000"),
+        (403, b'{"error_code":100003,"error_msg":"Flow Control"}', "limited", "100003"),
+        (400, b'{"error_code":400004,"error_msg":"other"}', "error", "400004"),
+        (400, b'{"error_code":"400003","error_msg":"text code"}', "error", "400003"),
         (502, b"<html>bad gateway</html>", "error", "not a JSON object"),
         (200, b'{"result_code":"FAIL","result_msg":"x"}', "error", "not a successful"),
         (200, b"[1,2]", "error", "not a JSON object"),
@@ -166,12 +174,15 @@ def test_unsigned_and_unusable_replies_are_answers_without_a_notification(
     assert answer.notification is None and answer.inbound is None
 
 
-def _signed_reply(charge: bytes, *, status: int = 200, result_code: str = "OK") -> HttpReply:
+def _signed_reply(
+    charge: bytes, *, status: int = 200, result_code: str = "OK", result_msg: str = "SUCCESS"
+) -> HttpReply:
     """A reply whose charge is signed by `PLATFORM_KEY`, the signature over its raw bytes."""
     nonce, timestamp = "1" * 32, "1795591510237"
     signature = sign_charge(PLATFORM_KEY, nonce=nonce, timestamp=timestamp, charge=charge)
     headers = {"x-ca-noncestr": nonce, "x-ca-timestamp": timestamp, "x-ca-signature": signature}
-    body = b'{"result_code":"' + result_code.encode() + b'","charge":' + charge + b"}"
+    protocol = f'{{"result_code":"{result_code}","result_msg":"{result_msg}","charge":'.encode()
+    body = protocol + charge + b"}"
     return HttpReply(
         status=status, headers=headers, body=body, content_type="application/json", charset=None
     )
@@ -210,17 +221,30 @@ def test_a_reply_that_verifies_with_no_platform_key_is_refused_with_that_reason(
     )
 
 
-@pytest.mark.parametrize(
-    ("status", "result_code"), [(500, "OK"), (200, "FAIL")], ids=["http-500", "result-fail"]
-)
-def test_a_signed_charge_is_applied_only_from_a_successful_query_result(
-    status: int, result_code: str
-) -> None:
-    answer = _read_signed(_signed_reply(VECTOR_CHARGE, status=status, result_code=result_code))
+def test_a_signed_charge_is_applied_only_from_a_successful_query_result() -> None:
+    answer = _read_signed(_signed_reply(VECTOR_CHARGE, status=500))
     assert answer == QueryAnswer(
-        result=QueryResult.ERROR,
-        reason=f"reply is not a successful query result (HTTP {status})",
+        result=QueryResult.ERROR, reason="reply is not a successful query result (HTTP 500)"
     )
+
+
+@pytest.mark.parametrize(
+    ("result_code", "result_msg", "reason"),
+    [
+        ("FAIL", "SUCCESS", "result_code is not OK"),
+        ("OK", "FAIL", "result_msg is not SUCCESS"),
+        ("OK", "success", "result_msg is not SUCCESS"),
+    ],
+)
+def test_a_signed_charge_without_ok_and_success_is_a_malformed_reply(
+    result_code: str, result_msg: str, reason: str
+) -> None:
+    # The seed: only result_code OK with result_msg SUCCESS carries a charge; stored, not applied.
+    reply = _signed_reply(VECTOR_CHARGE, result_code=result_code, result_msg=result_msg)
+    answer = _read_signed(reply)
+    assert answer.result is QueryResult.REFUSED and answer.rejected is not None
+    assert (answer.rejected.outcome, answer.rejected.reason) == (Outcome.MALFORMED, reason)
+    assert answer.notification is None
 
 
 @pytest.mark.parametrize(
@@ -425,3 +449,18 @@ def test_the_baofoo_queriers_repr_holds_no_md5_key() -> None:
     )
     assert "secret-md5-key" not in repr(querier)
     assert "secret-md5-key" not in repr(querier._terminals)
+
+
+def test_query_results_are_spec_labels() -> None:
+    assert [r.value for r in QueryResult] == [
+        "paid",
+        "failed",
+        "closed",
+        "pending",
+        "not_found",
+        "held",
+        "refused",
+        "misconfigured",
+        "limited",
+        "error",
+    ]

@@ -130,7 +130,7 @@ async def test_wrong_amount_in_a_verified_answer_is_stored_and_changes_nothing(
     await aged(db, await make_order("R3"), 301)
     answer = gopay_answer(gopay, signer, "paid", amount="1.000", pay_amount="1.000")
     [report] = await reconciler(pool, session, FakeQuerier("gopay", answer)).run_pass()
-    assert (report.result, report.outcome) == ("paid", "amount_mismatch")
+    assert (report.result, report.outcome) == ("held", "amount_mismatch")
     assert await status(db, "R3") == "pending"
     assert await db.fetchval("SELECT count(*) FROM order_events") == 0
 

@@ -133,6 +133,9 @@ class Notification(NamedTuple):
     signed_headers: Mapping[str, str] = MappingProxyType({})
     payout: bool = False
     detail: str = ""
+    #: False when the gateway did not say what was paid (GoPay without `pay_amount`, as its
+    #: order query always is): `paid_amount_minor` is then the order amount it states.
+    paid_amount_stated: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +174,41 @@ def check_amount(
     if channel is not None and channel in n.underpay_channels:
         return None if 0 < paid <= amount_minor else Outcome.AMOUNT_MISMATCH
     return None if paid == amount_minor else Outcome.AMOUNT_MISMATCH
+
+
+class ReviewReason(enum.StrEnum):
+    """Why a person must look at an order; stored in `reviews.reason`."""
+
+    APPLIED_LATE = "applied_late"  #: paid after failed or closed
+    AMOUNT_MISMATCH = "amount_mismatch"  #: verified money that does not match the order
+    CURRENCY_MISMATCH = "currency_mismatch"  #: verified money in another currency
+    PAID_AMOUNT_DIFFERS = "paid_amount_differs"  #: a paid order reported paid with other money
+
+
+def held_back(n: Notification, *, held: bool) -> bool:
+    """True when `n` says paid for an order whose money is held for review.
+
+    Nothing is credited that a person has not seen: once verified money that did not match is
+    held, no report settles the order (GoPay's order query, which never carries `pay_amount`,
+    restates the order amount) until the person has resolved the review.
+    """
+    return held and n.target is Status.PAID
+
+
+def paid_amount_differs(n: Notification, *, recorded_minor: int | None) -> bool:
+    """True when `n` states a paid amount other than the one recorded on the (paid) order."""
+    if recorded_minor is None or n.target is not Status.PAID or not n.paid_amount_stated:
+        return False
+    return n.paid_amount_minor != recorded_minor
+
+
+def money(minor: int | None, currency: str | None) -> str:
+    """An amount in words for a person: `50.00 CNY` (minor units as a decimal)."""
+    if minor is None:
+        return "no amount"
+    sign = "-" if minor < 0 else ""
+    whole, cents = divmod(abs(minor), 100)
+    return f"{sign}{whole}.{cents:02d} {currency or ''}".rstrip()
 
 
 _MONEY = re.compile(r"^(0|[1-9][0-9]{0,14})(?:\.([0-9]{1,3}))?$")

@@ -14,9 +14,13 @@ from typing import NamedTuple
 from receiver.core.notification import (
     Notification,
     Outcome,
+    ReviewReason,
     Status,
     check_amount,
     decide_transition,
+    held_back,
+    money,
+    paid_amount_differs,
 )
 
 OrderKey = tuple[str, str, str]  # provider, merchant_id, out_trade_no
@@ -33,6 +37,17 @@ class OrderState(NamedTuple):
     amount_minor: int
     currency: str
     channel: str | None
+    paid_amount_minor: int | None = None  # as recorded when the order was paid
+    held: bool = False  # an amount or currency mismatch of this order is open for review
+
+
+class Review(NamedTuple):
+    """A review to open on the decided order: what came, for a person to look at."""
+
+    reason: ReviewReason
+    amount_minor: int | None
+    currency: str
+    detail: str
 
 
 class Decision(NamedTuple):
@@ -43,6 +58,7 @@ class Decision(NamedTuple):
     from_status: Status | None = None
     to_status: Status | None = None
     detail: str = ""
+    review: Review | None = None
 
 
 @dataclass(slots=True)
@@ -65,6 +81,9 @@ class Plan:
     claims: list[str] = field(default_factory=list)  # nonces this batch uses first
 
 
+_HOLDING = frozenset({Outcome.AMOUNT_MISMATCH, Outcome.CURRENCY_MISMATCH})
+
+
 def order_key(n: Notification) -> OrderKey:
     """The unique key of the order a notification names."""
     return (n.provider, n.merchant_id, n.out_trade_no)
@@ -75,22 +94,32 @@ def plan_batch(
 ) -> Plan:
     """Decide a batch in arrival order, as if each notification were written alone."""
     plan = Plan()
-    status = {key: order.status for key, order in orders.items()}
+    # Each order as the batch so far has left it: status, recorded paid amount, money held.
+    now = dict(orders)
     used: set[str] = set()
     for n in notes:
-        decision = _decide_one(n, orders, status, seen=seen, used=used)
+        decision = _decide_one(n, now, seen=seen, used=used)
         plan.decisions.append(decision)
+        key = order_key(n)
+        if decision.outcome in _HOLDING:
+            now[key] = now[key]._replace(held=True)
         if decision.to_status is not None:
-            status[order_key(n)] = decision.to_status
+            now[key] = _moved(now[key], n, decision.to_status)
             _record_move(plan, n, decision)
     plan.claims = list(used)
     return plan
 
 
+def _moved(order: OrderState, n: Notification, status: Status) -> OrderState:
+    """The order after a move, as WRITE_BATCH leaves it: only a payment records an amount."""
+    if status is Status.PAID:
+        return order._replace(status=status, paid_amount_minor=n.paid_amount_minor)
+    return order._replace(status=status)
+
+
 def _decide_one(
     n: Notification,
     orders: Mapping[OrderKey, OrderState],
-    status: Mapping[OrderKey, Status],
     *,
     seen: set[str],
     used: set[str],
@@ -109,10 +138,38 @@ def _decide_one(
         n, amount_minor=order.amount_minor, currency=order.currency, channel=order.channel
     )
     if mismatch is not None:
-        return Decision(mismatch, order.id, detail=_mismatch_detail(n, order))
-    current = status[order_key(n)]
-    t = decide_transition(current, n.target)
-    return Decision(t.outcome, order.id, current, t.new_status)
+        detail = _mismatch_detail(n, order)
+        return Decision(mismatch, order.id, detail=detail, review=_held(n, order, mismatch))
+    if held_back(n, held=order.held):
+        held = _review(ReviewReason.AMOUNT_MISMATCH, n, order, HELD_BACK)
+        return Decision(Outcome.AMOUNT_MISMATCH, order.id, detail=HELD_BACK, review=held)
+    t = decide_transition(order.status, n.target)
+    review: Review | None = None
+    if t.outcome is Outcome.APPLIED_LATE:
+        review = _review(ReviewReason.APPLIED_LATE, n, order, f"paid after {order.status}")
+    elif paid_amount_differs(n, recorded_minor=order.paid_amount_minor):
+        recorded = money(order.paid_amount_minor, order.currency)
+        review = _review(ReviewReason.PAID_AMOUNT_DIFFERS, n, order, f"recorded paid {recorded}")
+    return Decision(t.outcome, order.id, order.status, t.new_status, review=review)
+
+
+HELD_BACK = "says paid while money reported for this order is held for review"
+
+
+def _held(n: Notification, order: OrderState, mismatch: Outcome) -> Review:
+    reason = ReviewReason(mismatch.value)  # amount_mismatch and currency_mismatch share names
+    gateway_amount = money(n.order_amount_minor, n.currency or order.currency)
+    return _review(reason, n, order, f"the gateway's order amount {gateway_amount}")
+
+
+def _review(reason: ReviewReason, n: Notification, order: OrderState, why: str) -> Review:
+    """A review saying what came (paid amount with currency) against the order."""
+    currency = n.currency or order.currency
+    words = (
+        f"{n.provider} reported {n.target or 'pending'} {money(n.paid_amount_minor, currency)} "
+        f"for an order of {money(order.amount_minor, order.currency)} ({order.status}): {why}"
+    )
+    return Review(reason, n.paid_amount_minor, currency, words)
 
 
 def _record_move(plan: Plan, n: Notification, d: Decision) -> None:

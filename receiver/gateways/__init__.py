@@ -71,10 +71,16 @@ class QueryResult(enum.StrEnum):
     CLOSED = "closed"  #: a verified reply says the order was closed
     PENDING = "pending"  #: a verified reply says the gateway still waits for the payment
     NOT_FOUND = "not_found"  #: a verified reply says the gateway has no such order
+    #: the reply's money does not match the order: not credited, a review is open
+    HELD = "held"
     REFUSED = (
         "refused"  #: a reply came but failed verification or parsing (stored, changes nothing)
     )
-    ERROR = "error"  #: no usable reply: timeout, connection or TLS error, error_code, garbage
+    #: the gateway says our credentials, signature, address or route are wrong: retrying will
+    #: not help until someone changes the configuration
+    MISCONFIGURED = "misconfigured"
+    LIMITED = "limited"  #: the gateway says we ask too often: the reconciler slows down
+    ERROR = "error"  #: no usable reply: timeout, connection or TLS error, a redirect, garbage
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,7 +1,9 @@
 """The HTTP half of every order query: one POST, its reply read under a size cap and a deadline.
 
-Every way the exchange can fail (timeout, refused connection, TLS, a reply too large) becomes
-`QueryFailed` with a reason fit for a log line, which the queriers turn into an ERROR answer.
+Every way the exchange can fail (timeout, refused connection, TLS, a reply too large, a
+redirect) becomes `QueryFailed` with a reason fit for a log line, which the queriers turn into an
+ERROR answer. A redirect is never followed: the request carries the merchant's API key and
+signature, which go to the configured URL's origin and nowhere else.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import aiohttp
+from yarl import URL
 
-from receiver.core.notification import Inbound, Notification, Status
+from receiver.core.notification import Inbound, Notification, Outcome, Status
 from receiver.errors import Rejected
 from receiver.gateways import OrderRef, QueryAnswer, QueryResult
 
@@ -69,7 +72,11 @@ async def post(
     """POST `data` and read the whole reply within `timeout_s`; QueryFailed otherwise."""
     try:
         async with asyncio.timeout(timeout_s):
-            async with session.post(url, data=data, headers=dict(headers)) as resp:
+            async with session.post(
+                url, data=data, headers=dict(headers), allow_redirects=False
+            ) as resp:
+                if 300 <= resp.status < 400:
+                    raise QueryFailed(redirect_reason(resp.status, resp.headers.get("Location")))
                 body = await _read_capped(resp, max_bytes=max_bytes)
                 return HttpReply(
                     status=resp.status,
@@ -85,6 +92,21 @@ async def post(
     except (aiohttp.ClientError, OSError, ValueError) as exc:
         # ClientConnectorError (refused, unknown host), ServerDisconnectedError, InvalidURL, ...
         raise QueryFailed(_short(f"{type(exc).__name__}: {exc}")) from None
+
+
+def redirect_reason(status: int, location: str | None) -> str:
+    """Why a redirect is an error, naming its status and the host it points to (no path: it
+    may carry tokens)."""
+    host = None if location is None else _host(location)
+    target = f"to {host}" if host else "without a usable Location"
+    return f"HTTP {status} redirect {target} not followed"
+
+
+def _host(location: str) -> str | None:
+    try:
+        return URL(location).host
+    except ValueError:
+        return None
 
 
 async def exchange(
@@ -137,6 +159,15 @@ def error(reason: str) -> QueryAnswer:
 def answered(inbound: Inbound, n: Notification) -> QueryAnswer:
     """A verified reply: its result is the status it asks for (None: still pending)."""
     return QueryAnswer(result=_RESULTS[n.target], reason=n.detail, inbound=inbound, notification=n)
+
+
+_HELD = frozenset({Outcome.AMOUNT_MISMATCH, Outcome.CURRENCY_MISMATCH})
+
+
+def classified(result: QueryResult, outcome: Outcome | None) -> QueryResult:
+    """The operators' label for an answer once the ledger has decided it: a verified reply
+    whose money does not match the order is `held` (a review is open), not what it said."""
+    return QueryResult.HELD if outcome in _HELD else result
 
 
 def refused(inbound: Inbound, rejected: Rejected, *, order: OrderRef) -> QueryAnswer:

@@ -412,9 +412,14 @@ async def _orders_show(config: Config, args: argparse.Namespace) -> int:
         order, notes = await ledger.find_order(
             conn, provider=args.provider, merchant_id=args.merchant, out_trade_no=args.out_trade_no
         )
+        ids = [] if order is None else [order["id"]]
+        reviews = await ops.reviews_of(conn, ids, open_only=False)
     if order is None:
         raise Failure(f"no {args.provider} order {args.out_trade_no} for merchant {args.merchant}")
-    shown = _jsonable(dict(order)) | {"notifications": [_note(n) for n in notes]}
+    shown = _jsonable(dict(order)) | {
+        "notifications": [_note(n) for n in notes],
+        "reviews": [_jsonable(r) for r in reviews[order["id"]]],
+    }
     print(json.dumps(shown, indent=2, ensure_ascii=False))
     return 0
 
@@ -464,8 +469,17 @@ def _add_operations(
 ) -> None:
     """The operators' commands: JSON lines on stdout, for jq."""
     _orders_list_args(osub.add_parser("list", help="orders as JSON lines, newest first"))
-    resolve = osub.add_parser("resolve", help="clear needs_review, keeping a note and when")
-    _order_key_args(resolve)
+    resolve = osub.add_parser("resolve", help="close the named reviews, keeping a note and when")
+    _config_arg(resolve)
+    resolve.add_argument(
+        "--review",
+        type=_positive,
+        action="append",
+        required=True,
+        dest="reviews",
+        metavar="ID",
+        help="a review id, as orders show or orders list --needs-review print it; repeatable",
+    )
     resolve.add_argument("--note", required=True, help="what was done about it")
     notes = sub.add_parser("notifications", help="inspect stored notifications")
     nsub = notes.add_subparsers(dest="notifications_command", required=True, parser_class=_Parser)
@@ -565,8 +579,17 @@ async def _orders_list(config: Config, args: argparse.Namespace) -> int:
         older_than=args.older_than,
         limit=args.limit,
     )
-    for row in await _read(config, lambda conn: ops.list_orders(conn, found)):
-        _print_line(dict(row))
+    async with _connect(config) as conn:
+        await database.migrate(conn)
+        rows = await ops.list_orders(conn, found)
+        if args.needs_review:
+            ids = [row["id"] for row in rows]
+            open_reviews = await ops.reviews_of(conn, ids, open_only=True)
+    for row in rows:
+        line = dict(row)
+        if args.needs_review:
+            line["open_reviews"] = [_jsonable(r) for r in open_reviews[row["id"]]]
+        _print_line(line)
     return 0
 
 
@@ -575,16 +598,12 @@ async def _orders_resolve(config: Config, args: argparse.Namespace) -> int:
         raise UsageError("--note must say what was done")
     async with _connect(config) as conn:
         await database.migrate(conn)
-        row = await ops.resolve_order(
-            conn,
-            provider=args.provider,
-            merchant_id=args.merchant,
-            out_trade_no=args.out_trade_no,
-            note=args.note,
-        )
-    if row is None:
-        raise Failure(f"no {args.provider} order {args.out_trade_no} for merchant {args.merchant}")
-    _print_line(dict(row))
+        try:
+            closed = await ops.resolve_reviews(conn, review_ids=args.reviews, note=args.note)
+        except ops.NotOpen as exc:
+            raise Failure(str(exc)) from None
+    for row in closed:
+        _print_line(dict(row))
     return 0
 
 

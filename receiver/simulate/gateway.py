@@ -29,6 +29,7 @@ from receiver.simulate.payments import (
     baofoo_reply_parts,
     china_time,
     gopay_charge,
+    gopay_query_charge,
 )
 from receiver.simulate.sender import (
     BAOFOO_RETRY_S,
@@ -162,7 +163,7 @@ class StandInGateway:
         return mchid, out_trade_no
 
     def _gopay_charge_answer(self, payment: Payment) -> Answer:
-        charge = gopay_charge(payment)
+        charge = gopay_query_charge(payment)
         body = php_json_encode({"result_code": "OK", "result_msg": "SUCCESS", "charge": charge})
         signer = GoPaySimulator.generate() if self.fault is Fault.FORGED else self.platform
         headers = signer.headers(php_json_encode(charge))

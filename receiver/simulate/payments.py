@@ -91,6 +91,14 @@ def gopay_charge(p: Payment) -> dict[str, Any]:
     return charge
 
 
+def gopay_query_charge(p: Payment) -> dict[str, Any]:
+    """The charge of GoPay's order-query reply: as notified, but never with `pay_amount` (the
+    seed's reply has none), so that a client sees what production sends."""
+    charge = gopay_charge(p)
+    charge.pop("pay_amount", None)
+    return charge
+
+
 def china_time(at: datetime) -> str:
     """Baofoo's SuccTime: `YYYYMMDDhhmmss` in China time."""
     return at.astimezone(CHINA_TIME).strftime("%Y%m%d%H%M%S")

@@ -28,8 +28,10 @@ from receiver.config import ReconcileConfig
 from receiver.core.schedule import is_due, min_gap_s, next_query_at, poll_interval_s
 from receiver.errors import DatabaseUnavailable
 from receiver.gateways import OrderQuerier, OrderRef, QueryAnswer, QueryResult
+from receiver.gateways.asking import classified
 from receiver.logging import get_logger
 from receiver.sources.intake import Received, record
+from receiver.sources.pacing import Pacer
 from receiver.store.database import CONNECTION_ERRORS, Health
 from receiver.store.ledger import QUERY, Ledger
 
@@ -199,6 +201,9 @@ class Reconciler:
         share = max(1, config.concurrency // max(1, len(self.queriers)))
         self._slots = {provider: asyncio.Semaphore(share) for provider in self.queriers}
         self._claim_batch = share * CLAIM_PER_SLOT
+        self._pacers = {provider: Pacer(config.max_per_second) for provider in self.queriers}
+        # (provider, merchant) whose `misconfigured` answer was logged in the current pass
+        self._told: set[tuple[str, str]] = set()
 
     async def run_pass(self, provider: str | None = None) -> list[Report]:
         """Query every order due now (of `provider`, else of every provider), each once."""
@@ -210,6 +215,7 @@ class Reconciler:
         """Claim and query `provider`'s due orders until none is left for this pass."""
         reports: list[Report] = []
         seen: list[int] = []
+        self._told = {told for told in self._told if told[0] != provider}  # a new pass
         while True:
             looked_at, claimed = await self._claim(provider, exclude=seen)
             if not looked_at:
@@ -285,10 +291,14 @@ class Reconciler:
         if reason is not None:
             report = _report(order, NOT_QUERYABLE, reason=reason)
         else:
+            pacer = self._pacers[order.provider]
             async with self._slots[order.provider]:
+                await pacer.wait()
                 answer = await self._ask(querier, order)
-            metrics.reconcile_query_answered(order.provider, answer.result)
+            pacer.answered(answer.result)
             report = await self._apply(order, answer)
+            metrics.reconcile_query_answered(order.provider, QueryResult(report.result))
+            self._tell_misconfigured(order, report)
             await self._record(order, report.result)
         self._report(report)
         return report
@@ -321,12 +331,24 @@ class Reconciler:
             received = Received(unavailable=True, note=str(exc))
         if received.unavailable:
             # Not stored, so asked again at its next due time; one order must not sink a pass.
-            return _report(
-                order, answer.result, reason=f"{answer.reason}; not stored: {received.note}"
-            )
+            reason = f"{answer.reason}; not stored: {received.note}"
+            return _report(order, answer.result, reason=reason)
         fields = received.fields()
-        return _report(
-            order, answer.result, reason=answer.reason or fields["reason"], stored=fields
+        label = classified(answer.result, received.outcome)
+        return _report(order, label, reason=answer.reason or fields["reason"], stored=fields)
+
+    def _tell_misconfigured(self, order: OrderRef, report: Report) -> None:
+        """Once per gateway and merchant per pass: what the gateway said is wrong with us."""
+        told = (order.provider, order.merchant_id)
+        if report.result != QueryResult.MISCONFIGURED or told in self._told:
+            return
+        self._told.add(told)
+        log.error(
+            "gateway_misconfigured",
+            provider=order.provider,
+            merchant_id=order.merchant_id,
+            out_trade_no=order.out_trade_no,
+            reason=report.reason,
         )
 
     async def _record(self, order: OrderRef, result: str) -> None:
@@ -354,7 +376,10 @@ def _report(
     )
 
 
+_WARNED = frozenset({QueryResult.ERROR, QueryResult.MISCONFIGURED, QueryResult.LIMITED})
+
+
 def log_report(report: Report) -> None:
     """serve's log line for one order queried."""
-    level = "warning" if report.result == QueryResult.ERROR else "info"
+    level = "warning" if report.result in _WARNED else "info"
     getattr(log, level)("order_query", **report.as_dict())

@@ -53,13 +53,18 @@ PRUNE_NONCES = "DELETE FROM gopay_nonces WHERE seen_at < now() - $1::interval"
 # What a batch is decided against: its orders, and those of its nonces seen within the window.
 READ_BATCH = """
 SELECT o.id, o.provider, o.merchant_id, o.out_trade_no, o.status, o.amount_minor, o.currency,
-       o.channel, NULL AS nonce
+       o.channel, o.paid_amount_minor,
+       o.needs_review AND EXISTS (
+           SELECT 1 FROM reviews r
+           WHERE r.order_id = o.id AND r.resolved_at IS NULL
+             AND r.reason IN ('amount_mismatch', 'currency_mismatch')) AS held,
+       NULL AS nonce
 FROM orders o
 JOIN unnest($1::text::text[], $2::text::text[], $3::text::text[])
      AS k (provider, merchant_id, out_trade_no)
   USING (provider, merchant_id, out_trade_no)
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, n.nonce
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, n.nonce
 FROM gopay_nonces n
 WHERE n.nonce = ANY($4::text::text[]) AND n.seen_at >= now() - $5::interval
 """
@@ -113,6 +118,18 @@ claimed AS (
     ON CONFLICT (nonce) DO UPDATE SET seen_at = now()
         WHERE gopay_nonces.seen_at < now() - $22::interval
     RETURNING nonce
+),
+-- One open review per order, reason and amount (a partial unique index): a gateway's retry
+-- opens none. The trigger on reviews sets orders.needs_review; orders are locked in id order.
+reviewed AS (
+    INSERT INTO reviews (order_id, reason, amount_minor, currency, detail, notification_id)
+    SELECT r.order_id, r.reason, r.amount_minor, r.currency, r.detail, i.nid
+    FROM unnest($23::text::bigint[], $24::text::bigint[], $25::text::text[],
+                $26::text::bigint[], $27::text::text[], $28::text::text[])
+         AS r (ord, order_id, reason, amount_minor, currency, detail)
+    JOIN input i ON i.ord = r.ord
+    ORDER BY r.order_id, r.ord
+    ON CONFLICT DO NOTHING
 )
 SELECT array_agg(nid ORDER BY ord) AS nids,
        receiver_check_batch((SELECT count(*) FROM moved), cardinality($14::text::bigint[]),
@@ -265,11 +282,15 @@ class Ledger:
             amount,
             currency,
             channel,
+            paid,
+            held,
             nonce,
         ) in rows:
             if nonce is None:
                 key = (provider, merchant_id, trade_no)
-                orders[key] = OrderState(order_id, STATUSES[status], amount, currency, channel)
+                orders[key] = OrderState(
+                    order_id, STATUSES[status], amount, currency, channel, paid, held
+                )
             else:
                 seen.add(nonce)
         return orders, seen
@@ -279,12 +300,18 @@ class Ledger:
     ) -> list[int]:
         rows = [_notification_row(item, d) for item, d in zip(batch, plan.decisions, strict=True)]
         moves = [_move_row(m) for m in plan.moves.values()]
+        reviews = [
+            _review_row(ord_, d)
+            for ord_, d in enumerate(plan.decisions, start=1)
+            if d.review is not None
+        ]
         record = await conn.fetchrow(
             WRITE_BATCH,
             *_columns(rows, NOTIFICATION_COLUMNS),
             *_columns(moves, MOVE_COLUMNS),
             _text_array(plan.claims),
             self._nonce_window,
+            *_columns(reviews, REVIEW_COLUMNS),
         )
         return list(record["nids"])
 
@@ -412,6 +439,13 @@ def _move_row(m: Move) -> tuple[object, ...]:
     )
 
 
+def _review_row(ord_: int, d: Decision) -> tuple[object, ...]:
+    """A review to open, with the batch position of the notification that opened it."""
+    assert d.review is not None
+    review = d.review
+    return (ord_, d.order_id, review.reason, review.amount_minor, review.currency, review.detail)
+
+
 def _text_array(values: Iterable[str | None]) -> str:
     """A text[] literal (`{"a","b\\"c",NULL}`) for a `$n::text::text[]` parameter.
 
@@ -464,6 +498,15 @@ MOVE_COLUMNS: tuple[Column, ...] = (
     _int_array,  # paid_amount_minor
     list,  # paid_at
     _text_array,  # provider_trade_no
+)
+
+REVIEW_COLUMNS: tuple[Column, ...] = (
+    _int_array,  # ord: the notification's position in the batch
+    _int_array,  # order_id
+    _text_array,  # reason
+    _int_array,  # amount_minor
+    _text_array,  # currency
+    _text_array,  # detail (our own words: amounts, statuses, the provider's name)
 )
 
 

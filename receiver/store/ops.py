@@ -1,6 +1,6 @@
-"""Operators' queries: stuck and flagged orders, resolving a flag, stored notifications.
+"""Operators' queries: stuck and flagged orders, resolving reviews, stored notifications.
 
-Read-only except `resolve_order`, which clears `needs_review` and keeps the note and when.
+Read-only except `resolve_reviews`, which closes the named reviews and keeps the note and when.
 Newest first; the command line prints each row as one JSON line.
 """
 
@@ -16,7 +16,7 @@ import asyncpg
 SELECT_ORDERS = """
 SELECT id, provider, merchant_id, out_trade_no, amount_minor, currency, status,
        paid_amount_minor, provider_trade_no, paid_at, needs_review, channel, created_at,
-       updated_at, review_note, reviewed_at
+       updated_at
 FROM orders
 WHERE ($1::text IS NULL OR provider = $1)
   AND ($2::text IS NULL OR status = $2)
@@ -27,14 +27,26 @@ ORDER BY id DESC
 LIMIT $6
 """
 
-RESOLVE_ORDER = """
-UPDATE orders
-SET needs_review = false, review_note = $4, reviewed_at = now(), updated_at = now()
-WHERE provider = $1 AND merchant_id = $2 AND out_trade_no = $3
-RETURNING id, provider, merchant_id, out_trade_no, amount_minor, currency, status,
-          paid_amount_minor, provider_trade_no, paid_at, needs_review, channel, created_at,
-          updated_at, review_note, reviewed_at
+# Every review of the orders named, oldest first; $2: open ones only.
+SELECT_REVIEWS = """
+SELECT id, order_id, reason, detail, notification_id, opened_at, resolved_at, note
+FROM reviews
+WHERE order_id = ANY($1::bigint[]) AND (NOT $2::boolean OR resolved_at IS NULL)
+ORDER BY order_id, id
 """
+
+# Closes exactly the named reviews that are still open; the trigger on reviews recomputes
+# orders.needs_review in the same transaction, seeing any review opened meanwhile.
+RESOLVE_REVIEWS = """
+UPDATE reviews
+SET resolved_at = now(), note = $2
+WHERE id = ANY($1::bigint[]) AND resolved_at IS NULL
+RETURNING id, order_id, reason, detail, notification_id, opened_at, resolved_at, note
+"""
+
+SELECT_REVIEW_STATES = "SELECT id, resolved_at FROM reviews WHERE id = ANY($1::bigint[])"
+
+REVIEW_FIELDS = ("id", "reason", "detail", "notification_id", "opened_at", "resolved_at", "note")
 
 SELECT_NOTIFICATIONS = """
 SELECT id, provider, received_at, remote_addr, headers, merchant_id, out_trade_no, outcome,
@@ -105,14 +117,42 @@ async def list_orders(conn: asyncpg.Connection, f: OrderFilter) -> list[asyncpg.
     )
 
 
-async def resolve_order(
-    conn: asyncpg.Connection, *, provider: str, merchant_id: str, out_trade_no: str, note: str
-) -> asyncpg.Record | None:
-    """Clear an order's `needs_review`, keeping the note and the time; None: no such order."""
-    row: asyncpg.Record | None = await conn.fetchrow(
-        RESOLVE_ORDER, provider, merchant_id, out_trade_no, note
-    )
-    return row
+class NotOpen(Exception):
+    """Some named reviews are not open (resolved already, or no such review): nothing changed."""
+
+
+async def reviews_of(
+    conn: asyncpg.Connection, order_ids: list[int], *, open_only: bool
+) -> dict[int, list[dict[str, object]]]:
+    """The orders' reviews (or only the open ones) by order id, each as `REVIEW_FIELDS`."""
+    found: dict[int, list[dict[str, object]]] = {order_id: [] for order_id in order_ids}
+    for row in await conn.fetch(SELECT_REVIEWS, order_ids, open_only):
+        found[row["order_id"]].append({name: row[name] for name in REVIEW_FIELDS})
+    return found
+
+
+async def resolve_reviews(
+    conn: asyncpg.Connection, *, review_ids: list[int], note: str
+) -> list[asyncpg.Record]:
+    """Close exactly the named reviews, all or none; NotOpen when one is not open."""
+    wanted = sorted(set(review_ids))
+    async with conn.transaction():
+        closed = await conn.fetch(RESOLVE_REVIEWS, wanted, note)
+        if len(closed) != len(wanted):
+            raise NotOpen(await _why_not_open(conn, wanted, {r["id"] for r in closed}))
+    return list(closed)
+
+
+async def _why_not_open(conn: asyncpg.Connection, wanted: list[int], closed: set[int]) -> str:
+    states = {r["id"]: r["resolved_at"] for r in await conn.fetch(SELECT_REVIEW_STATES, wanted)}
+    missing = [str(i) for i in wanted if i not in states]
+    resolved = [str(i) for i in wanted if i in states and i not in closed]
+    parts = []
+    if missing:
+        parts.append(f"no review {', '.join(missing)}")
+    if resolved:
+        parts.append(f"review {', '.join(resolved)} is not open (resolved already)")
+    return "; ".join(parts) + ": nothing changed"
 
 
 async def list_notifications(

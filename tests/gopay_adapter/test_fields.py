@@ -122,7 +122,7 @@ def test_amounts_in_a_notification(
 
 def test_json_number_amount_keeps_its_spelling(gateway: GoPayGateway, signer: GoPaySigner) -> None:
     body = (
-        b'{"result_code":"OK",'
+        b'{"result_code":"OK","result_msg":"SUCCESS",'
         b'"charge":{"out_trade_no":"A1","amount":1.66,"pay_amount":1e2,"currency":"CNY"}}'
     )
     error = rejected(gateway, body, signed_body(signer, body))
@@ -322,6 +322,18 @@ def test_result_code_other_than_ok_is_malformed_after_verifying(
     error = rejected(gateway, body, headers)
     assert (error.outcome, error.reason) == (Outcome.MALFORMED, "result_code is not OK")
     assert (error.merchant_id, error.out_trade_no) == (MCHID, CHARGE["out_trade_no"])
+
+
+@pytest.mark.parametrize("result_msg", ["FAIL", "success", "", None, _NO_RESULT_CODE])
+def test_result_msg_other_than_success_is_malformed(
+    gateway: GoPayGateway, signer: GoPaySigner, result_msg: object
+) -> None:
+    top: dict[str, Any] = {"result_code": "OK", "result_msg": result_msg, "charge": CHARGE}
+    if result_msg is _NO_RESULT_CODE:
+        del top["result_msg"]
+    headers = signer.headers(php_json_encode(CHARGE), timestamp=str(NOW_MS))
+    error = rejected(gateway, php_json_encode(top), headers)
+    assert (error.outcome, error.reason) == (Outcome.MALFORMED, "result_msg is not SUCCESS")
 
 
 def test_result_code_is_checked_after_the_signature(

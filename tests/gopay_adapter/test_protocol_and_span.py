@@ -130,7 +130,8 @@ def test_raw_utf8_before_the_charge_gives_byte_offsets(
     gateway: GoPayGateway, signer: GoPaySigner
 ) -> None:
     charge = php_json_encode(CHARGE)
-    body = '{"result_code":"OK","result_msg":"成功 ✓ 😀","charge":'.encode() + charge + b"}"
+    body = '{"note":"成功 ✓ 😀","result_code":"OK","result_msg":"SUCCESS","charge":'.encode()
+    body += charge + b"}"
     assert span_text(body) == charge
     headers = signer.headers(charge, timestamp=str(NOW_MS))
     assert gateway.parse(inbound(body, headers)).out_trade_no == CHARGE["out_trade_no"]
@@ -140,7 +141,8 @@ def test_raw_utf8_inside_the_charge_is_signed_as_sent(
     gateway: GoPayGateway, signer: GoPaySigner
 ) -> None:
     charge = '{"out_trade_no":"Ü1","subject":"充值","amount":"1.00","currency":"CNY"}'.encode()
-    body = b'{"result_code":"OK","charge":' + charge + b',"note":"\xc3\xa9"}'
+    body = b'{"result_code":"OK","result_msg":"SUCCESS","charge":' + charge
+    body += b',"note":"\xc3\xa9"}'
     assert span_text(body) == charge
     headers = signer.headers(charge, timestamp=str(NOW_MS))
     assert gateway.parse(inbound(body, headers)).out_trade_no == "Ü1"

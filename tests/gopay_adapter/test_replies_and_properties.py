@@ -224,6 +224,7 @@ def notification_of(charge: Mapping[str, Any], headers: Mapping[str, str]) -> No
         signed_headers={k.lower(): v for k, v in headers.items() if k.lower().startswith("x-ca")},
         payout=charge.get("channel") == "gopay_payout",
         detail="signature=base64",
+        paid_amount_stated="pay_amount" in charge,
     )
 
 

@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import BAOFOO_MEMBER, BAOFOO_TERMINAL, GOPAY_MCHID
+from tests.support.stand_in import API_KEY, merchant_key_file
+
 
 def run(
     *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
@@ -53,3 +56,35 @@ def one_line(proc: subprocess.CompletedProcess[str]) -> str:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     return lines[0]
+
+
+def config_file(
+    tmp_path: Path, url: str, key_file: Path, md5_key: str, *, gateway_url: str = ""
+) -> Path:
+    """A configuration like an operator's: one merchant per gateway, first query after 60 s,
+    order queries to `gateway_url` when given."""
+    path = tmp_path / "receiver.toml"
+    path.write_text(
+        f"""
+[database]
+url = "{url}"
+[reconcile]
+first_after_s = 60
+timeout_s = 2
+[gopay]
+api_url = "{gateway_url}"
+[[gopay.merchants]]
+mchid = "{GOPAY_MCHID}"
+platform_public_keys = ["{key_file}"]
+private_key = "{merchant_key_file(tmp_path)}"
+api_key = "{API_KEY}"
+default_channel = "gopay_banktransfer"
+[baofoo]
+query_url = "{gateway_url and gateway_url + "/order/query"}"
+[[baofoo.merchants]]
+member_id = "{BAOFOO_MEMBER}"
+terminal_id = "{BAOFOO_TERMINAL}"
+md5_key = "{md5_key}"
+"""
+    )
+    return path

@@ -65,8 +65,7 @@ def gopay_answer(gateway: GoPayGateway, signer: GoPaySigner, status: str, **char
             "out_trade_no": order.out_trade_no,
             "in_trade_no": "Q" + order.out_trade_no,
             "channel": order.channel or "gopay_banktransfer",
-            "amount": amount,
-            "pay_amount": amount,
+            "amount": amount,  # no pay_amount: GoPay's order query never carries one
             "currency": order.currency,
             "status": _GOPAY_STATUS[status],
         } | charge

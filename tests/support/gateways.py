@@ -43,6 +43,19 @@ async def post(
     return resp.status, await resp.read()
 
 
+async def post_form(
+    client: TestClient[Any, Any], fields: dict[str, str], *, charset: str = "utf-8", **headers: str
+) -> tuple[int, bytes]:
+    """POST a Baofoo form to /notify/baofoo as Baofoo does: (status, body)."""
+    content_type = FORM if charset == "utf-8" else f"{FORM}; charset={charset}"
+    resp = await client.post(
+        "/notify/baofoo",
+        data=encode_form(fields, charset=charset),
+        headers={"Content-Type": content_type, **headers},
+    )
+    return resp.status, await resp.read()
+
+
 @dataclass
 class GoPayClient:
     """GoPay's platform, pointed at the application under test."""
@@ -74,13 +87,7 @@ class BaofooClient:
         self, fields: dict[str, str], *, charset: str = "utf-8", **headers: str
     ) -> tuple[int, bytes]:
         """POST a form as Baofoo does: (status, body)."""
-        content_type = FORM if charset == "utf-8" else f"{FORM}; charset={charset}"
-        resp = await self.client.post(
-            "/notify/baofoo",
-            data=encode_form(fields, charset=charset),
-            headers={"Content-Type": content_type, **headers},
-        )
-        return resp.status, await resp.read()
+        return await post_form(self.client, fields, charset=charset, **headers)
 
     async def pay(self, trans_id: str, **overrides: str) -> tuple[int, bytes]:
         """Deliver a signed paid notification for `trans_id`."""

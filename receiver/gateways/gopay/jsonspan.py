@@ -16,7 +16,8 @@ from typing import Any, NoReturn
 from receiver.core.notification import Outcome
 from receiver.errors import Rejected
 
-RESULT_CODE = "result_code"  # the protocol field: "OK" on every notification
+RESULT_CODE = "result_code"  # the protocol fields: "OK" and "SUCCESS" on every charge
+RESULT_MSG = "result_msg"
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,14 +27,15 @@ class Envelope:
     charge_bytes: bytes
     charge: dict[str, Any]
     result_code: object = None  # None when absent
+    result_msg: object = None
 
 
 def read_envelope(body: bytes) -> Envelope:
     """The raw charge bytes, the charge parsed from exactly those bytes and the protocol field."""
     text = _json_text(body)
-    (start, end), charge, result_code = _scan(text)
+    (start, end), charge, protocol = _scan(text)
     charge_bytes = body[_byte_offset(text, start) : _byte_offset(text, end)]
-    return Envelope(charge_bytes, charge, result_code)
+    return Envelope(charge_bytes, charge, protocol.get(RESULT_CODE), protocol.get(RESULT_MSG))
 
 
 def read_charge(body: bytes) -> tuple[bytes, dict[str, Any]]:
@@ -81,14 +83,14 @@ def _byte_offset(text: str, index: int) -> int:
     return index if text.isascii() else len(text[:index].encode("utf-8"))
 
 
-def _scan(text: str) -> tuple[tuple[int, int], dict[str, Any], object]:
-    """The character span of the top-level `charge` object, its value and `result_code`."""
+def _scan(text: str) -> tuple[tuple[int, int], dict[str, Any], dict[str, object]]:
+    """The character span of the top-level `charge` object, its value and the protocol fields."""
     found: tuple[tuple[int, int], dict[str, Any]] | None = None
-    result_code: object = None
+    protocol: dict[str, object] = {}
     try:
         for key, start, end, value in _top_level_members(text):
-            if key == RESULT_CODE:
-                result_code = value
+            if key in _PROTOCOL:
+                protocol[key] = value
             elif key == "charge":
                 if not isinstance(value, dict):
                     raise malformed("charge is not an object")
@@ -97,7 +99,10 @@ def _scan(text: str) -> tuple[tuple[int, int], dict[str, Any], object]:
         raise malformed("body is not valid JSON") from None
     if found is None:
         raise malformed("charge is missing")
-    return found[0], found[1], result_code
+    return found[0], found[1], protocol
+
+
+_PROTOCOL = frozenset({RESULT_CODE, RESULT_MSG})
 
 
 def _top_level_members(text: str) -> Iterator[tuple[str, int, int, Any]]:

@@ -130,7 +130,7 @@ class GoPayGateway:
         fresh_checked = fresh and self.timestamp_tolerance_s > 0
         if fresh_checked:
             self._check_fresh(headers.timestamp)
-        check_result_code(envelope.result_code)
+        check_result_code(envelope.result_code, envelope.result_msg)
         return build_notification(
             envelope.charge,
             merchant_id=mchid,
@@ -235,10 +235,13 @@ def check_content_type(inbound: Inbound) -> None:
         raise Rejected(Outcome.MALFORMED, "charset must be UTF-8", media_type=True)
 
 
-def check_result_code(value: object) -> None:
-    """The protocol field before the business fields: a notification says `result_code` OK."""
-    if value != "OK":
+def check_result_code(code: object, message: object) -> None:
+    """The protocol fields before the business fields: only `result_code` OK with `result_msg`
+    SUCCESS carries a charge (a notification and an order-query reply alike)."""
+    if code != "OK":
         raise _malformed("result_code is not OK")
+    if message != "SUCCESS":
+        raise _malformed("result_msg is not SUCCESS")
 
 
 # --- business fields --------------------------------------------------------------------------
@@ -259,7 +262,8 @@ def build_notification(
     if not is_identifier(out_trade_no):
         raise _malformed("out_trade_no is too long or not printable")
     amount = amount_field(charge, "amount")
-    paid = amount if "pay_amount" not in charge else amount_field(charge, "pay_amount")
+    stated = "pay_amount" in charge
+    paid = amount_field(charge, "pay_amount") if stated else amount
     return Notification(
         provider=PROVIDER,
         merchant_id=merchant_id,
@@ -273,6 +277,7 @@ def build_notification(
         nonce=nonce,
         payout=text_field(charge, "channel") == PAYOUT_CHANNEL,
         detail=detail,
+        paid_amount_stated=stated,
     )
 
 

@@ -1,7 +1,7 @@
 """GoPay order queries (reconciliation): sign `POST {api_url}/pay/orderquery` with the merchant's
 private key, verify the reply over its raw `charge` bytes with the platform key.
 
-The reply goes through the notification side's rules (`read_charge`, `SignatureHeaders`,
+The reply goes through the notification side's rules (`read_envelope`, `SignatureHeaders`,
 `verify_signature`, `build_notification`): one set of rules for pushed and pulled truth. Only
 freshness and the nonce are not checked: we asked for this reply.
 """
@@ -23,10 +23,11 @@ from receiver.core.notification import Notification, Outcome
 from receiver.errors import Rejected
 from receiver.gateways import OrderRef, QueryAnswer, QueryResult
 from receiver.gateways.asking import HttpReply, answered, error, exchange, refused
-from receiver.gateways.gopay.jsonspan import read_charge
+from receiver.gateways.gopay.jsonspan import read_envelope
 from receiver.gateways.gopay.notify import (
     PROVIDER,
     build_notification,
+    check_result_code,
     claimed_merchant,
     text_field,
 )
@@ -47,6 +48,10 @@ from receiver.gateways.gopay.signing import (
 
 QUERY_PATH = "/pay/orderquery"
 ORDER_NOT_FOUND = 200000  # the platform's error_code for "Order does not exist."
+# The seed's codes for "your credentials, signature, address or route are wrong" (400003 comes
+# with HTTP 400 or 403): asking again will not help until the configuration changes.
+MISCONFIGURED_CODES = frozenset({400003, 400006, 400008, 600000})
+RATE_LIMITED = 100003  # HTTP 403: more than 10 requests a second from one address
 _ERROR_MSG_MAX = 120
 SIGNED_HEADERS = (NONCE_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER)  # kept with a stored reply
 
@@ -196,7 +201,7 @@ def read_reply(
         return error(f"reply is not a JSON object (HTTP {reply.status})")
     if "error_code" in parsed:
         return _error_code(parsed)
-    if reply.status != 200 or parsed.get("result_code") != "OK" or "charge" not in parsed:
+    if reply.status != 200 or "charge" not in parsed:
         return error(f"reply is not a successful query result (HTTP {reply.status})")
     inbound = reply.inbound(PROVIDER, keep=SIGNED_HEADERS)
     try:
@@ -210,14 +215,16 @@ def verified_notification(
     reply: HttpReply, *, order: OrderRef, platform_keys: tuple[RSAPublicKey, ...]
 ) -> Notification:
     """Verify the reply over its raw charge bytes, then read it as a notification; or Rejected."""
-    charge_bytes, charge = read_charge(reply.body)
+    envelope = read_envelope(reply.body)
+    charge = envelope.charge
     headers = SignatureHeaders.from_mapping(reply.headers)
-    variant = verify_signature(platform_keys, headers=headers, charge=charge_bytes)
+    variant = verify_signature(platform_keys, headers=headers, charge=envelope.charge_bytes)
     if variant is None:
         raise Rejected(
             Outcome.BAD_SIGNATURE,
             "reply signature does not verify with any of the merchant's platform keys",
         )
+    check_result_code(envelope.result_code, envelope.result_msg)
     _check_same_order(charge, order=order)
     return build_notification(
         charge,
@@ -252,4 +259,8 @@ def _error_code(parsed: Mapping[str, Any]) -> QueryAnswer:
     # Unsigned, so it is only believed as far as "nothing to apply": not found is asked again too.
     if code == ORDER_NOT_FOUND:
         return QueryAnswer(result=QueryResult.NOT_FOUND, reason=reason)
+    if code in MISCONFIGURED_CODES:
+        return QueryAnswer(result=QueryResult.MISCONFIGURED, reason=reason)
+    if code == RATE_LIMITED:
+        return QueryAnswer(result=QueryResult.LIMITED, reason=reason)
     return error(reason)
