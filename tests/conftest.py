@@ -37,7 +37,7 @@ GOPAY_MCHID = "100001"
 BAOFOO_MEMBER = "100000178"
 BAOFOO_TERMINAL = "10000001"
 
-TABLES = "order_events, notifications, orders, gopay_nonces"
+TABLES = "deliveries, forward_cursors, order_events, notifications, orders, gopay_nonces"
 
 
 @pytest.fixture(scope="session")
