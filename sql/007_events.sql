@@ -9,6 +9,22 @@ ALTER TABLE order_events
     ADD COLUMN xid xid8 NOT NULL DEFAULT pg_current_xact_id();
 CREATE INDEX order_events_cursor_idx ON order_events (xid, id);
 
+-- The feed's horizon: pg_snapshot_xmin(pg_current_snapshot()), except that transactions of
+-- other databases on the same server (which cannot write these tables) do not hold it back.
+-- A running transaction counts as another database's only when pg_locks shows its owner
+-- there; one that ended since the snapshot counts as ours, which only delays the reader.
+-- STABLE, so it sees the calling statement's snapshot (a VOLATILE one would take its own).
+CREATE FUNCTION receiver_event_horizon() RETURNS xid8
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(
+        (SELECT min(x) FROM pg_snapshot_xip(pg_current_snapshot()) AS x
+         WHERE x::xid NOT IN (
+             SELECT l.transactionid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted
+               AND a.datname IS DISTINCT FROM current_database())),
+        pg_snapshot_xmax(pg_current_snapshot()))
+$$;
+
 -- Forwarding: one row per event and destination that wants it. `next_at` is when it is due; a
 -- process claims a due row by moving `next_at` past the attempt's timeout (a lease), so a
 -- process killed mid-attempt leaves it due again, and `attempts` fences a late finisher.

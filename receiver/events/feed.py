@@ -3,9 +3,10 @@
 An event's id is drawn before its transaction commits, so ids commit out of order and
 `WHERE id > last_id` can pass over an event whose transaction was still open. Each event also
 keeps its writing transaction's id (`xid`, a `xid8`); the feed is ordered by (xid, id) and read
-only below `pg_snapshot_xmin(pg_current_snapshot())`, the oldest transaction still running. Every
-transaction below it has ended, so nothing can appear later behind the cursor: a long
-transaction anywhere delays readers, it never makes them skip.
+only below `receiver_event_horizon()`: `pg_snapshot_xmin(pg_current_snapshot())`, the oldest
+transaction still running, not counting those of other databases on the server (see
+sql/007_events.sql). Every transaction of this database below it has ended, so nothing can
+appear later behind the cursor: a long transaction delays readers, it never makes them skip.
 
 The cursor is written `XID:ID` (the last event read); `0:0` is the beginning.
 """
@@ -20,21 +21,26 @@ from typing import Any
 
 import asyncpg
 
+# What an event carries (event_body), from order_events e, orders o and notifications n.
+EVENT_COLUMNS = """
+e.id, e.xid::text AS xid, e.order_id, e.from_status, e.to_status, e.notification_id,
+e.created_at, o.provider, o.merchant_id, o.out_trade_no, o.amount_minor, o.paid_amount_minor,
+o.currency, o.needs_review, o.provider_trade_no, n.source
+"""
+
 # $1, $2: the cursor; $3 provider or NULL; $4 to_status or NULL; $5 how many at most.
-READ_EVENTS = """
-SELECT e.id, e.xid::text AS xid, e.order_id, e.from_status, e.to_status, e.notification_id,
-       e.created_at, o.provider, o.merchant_id, o.out_trade_no, o.amount_minor,
-       o.paid_amount_minor, o.currency, o.needs_review, o.provider_trade_no, n.source
+READ_EVENTS = f"""
+SELECT {EVENT_COLUMNS}
 FROM order_events e
 JOIN orders o ON o.id = e.order_id
 LEFT JOIN notifications n ON n.id = e.notification_id
 WHERE (e.xid, e.id) > ($1::text::xid8, $2::bigint)
-  AND e.xid < pg_snapshot_xmin(pg_current_snapshot())
+  AND e.xid < receiver_event_horizon()
   AND ($3::text IS NULL OR o.provider = $3)
   AND ($4::text IS NULL OR e.to_status = $4)
 ORDER BY e.xid, e.id
 LIMIT $5
-"""
+"""  # noqa: S608 - a constant column list, no value
 
 TYPES = ("order.paid", "order.failed", "order.closed")
 _CURSOR = re.compile(r"([0-9]{1,20}):([0-9]{1,19})")
