@@ -69,6 +69,8 @@ class Follower:
             try:
                 if await self._session(conn, stop):
                     return
+            except BrokenPipeError:
+                raise  # the reader went away: an OSError, but no database outage
             except database.CONNECTION_ERRORS as exc:
                 outage = self._outage(outage, exc)
             finally:
