@@ -48,6 +48,22 @@ async def downstream() -> AsyncIterator[Downstream]:
     await server.close()
 
 
+Forward = Callable[..., Awaitable[tuple[Any, ForwardDestination]]]
+
+
+@pytest.fixture
+def forward(
+    db: asyncpg.Connection, config: Config, serve_app: Serve, downstream: Downstream
+) -> Forward:
+    """Serve the receiver forwarding to `downstream` (destination "shop", options `kw`)."""
+
+    async def start(**kw: Any) -> tuple[Any, ForwardDestination]:
+        dest = destination(downstream, **kw)
+        return await serve_app(replace(config, forward=(dest,))), dest
+
+    return start
+
+
 async def deliveries(db: asyncpg.Connection) -> list[asyncpg.Record]:
     return list(await db.fetch("SELECT * FROM deliveries ORDER BY event_id"))
 
@@ -63,14 +79,12 @@ async def wait_rows(db: asyncpg.Connection, sql: str, *args: Any, wait_s: float 
 
 async def test_an_event_is_forwarded_signed_as_standard_webhooks(
     db: asyncpg.Connection,
-    config: Config,
-    serve_app: Serve,
+    forward: Forward,
     signer: GoPaySigner,
     make_order: MakeOrder,
     downstream: Downstream,
 ) -> None:
-    dest = destination(downstream)
-    client = await serve_app(replace(config, forward=(dest,)))
+    client, dest = await forward()
     await make_order("F1")
     assert (await post(client, signer, charge("F1", pay_amount="100.000")))[0] == 200
     (got,) = await downstream.wait_for(1)
@@ -113,13 +127,12 @@ async def failing_once(kind: str, downstream: Downstream) -> Callable[[Received]
 async def test_an_attempt_that_fails_is_retried_with_the_same_webhook_id(
     kind: str,
     db: asyncpg.Connection,
-    config: Config,
-    serve_app: Serve,
+    forward: Forward,
     make_order: MakeOrder,
     downstream: Downstream,
 ) -> None:
     downstream.answer = await failing_once(kind, downstream)
-    await serve_app(replace(config, forward=(destination(downstream, timeout_s=1.0),)))
+    await forward(timeout_s=1.0)
     order = await make_order("R1")
     await write_event(db, order["id"])
     first, second = await downstream.wait_for(2)
@@ -134,11 +147,7 @@ async def test_an_attempt_that_fails_is_retried_with_the_same_webhook_id(
 
 
 async def test_events_of_one_order_arrive_in_order_while_other_orders_flow(
-    db: asyncpg.Connection,
-    config: Config,
-    serve_app: Serve,
-    make_order: MakeOrder,
-    downstream: Downstream,
+    db: asyncpg.Connection, forward: Forward, make_order: MakeOrder, downstream: Downstream
 ) -> None:
     stuck, flowing = await make_order("A"), await make_order("B")
     refusals = 0
@@ -151,7 +160,7 @@ async def test_events_of_one_order_arrive_in_order_while_other_orders_flow(
         return web.Response(text="ok")
 
     downstream.answer = answer
-    await serve_app(replace(config, forward=(destination(downstream, retry_s=(0.5,)),)))
+    await forward(retry_s=(0.5,))
     first = await write_event(db, stuck["id"], to_status="failed")
     second = await write_event(db, stuck["id"], from_status="failed", to_status="paid")
     other = await write_event(db, flowing["id"])
@@ -165,12 +174,11 @@ async def test_events_of_one_order_arrive_in_order_while_other_orders_flow(
 async def test_a_held_transaction_delays_forwarding_and_skips_nothing(
     db: asyncpg.Connection,
     migrated: str,
-    config: Config,
-    serve_app: Serve,
+    forward: Forward,
     make_order: MakeOrder,
     downstream: Downstream,
 ) -> None:
-    await serve_app(replace(config, forward=(destination(downstream),)))
+    await forward()
     held_order, later_order = await make_order("H1"), await make_order("H2")
     writer = await asyncpg.connect(migrated)
     try:
@@ -188,17 +196,13 @@ async def test_a_held_transaction_delays_forwarding_and_skips_nothing(
 
 
 async def test_a_delivery_given_up_is_failed_until_retried(
-    db: asyncpg.Connection,
-    config: Config,
-    serve_app: Serve,
-    make_order: MakeOrder,
-    downstream: Downstream,
+    db: asyncpg.Connection, forward: Forward, make_order: MakeOrder, downstream: Downstream
 ) -> None:
     async def refuse(_received: Received) -> web.StreamResponse:
         return web.Response(status=500)
 
     downstream.answer = refuse
-    await serve_app(replace(config, forward=(destination(downstream, give_up_after_s=1),)))
+    await forward(give_up_after_s=1)
     order = await make_order("G1")
     event_id = await write_event(db, order["id"])
     await wait_rows(db, "SELECT count(*) FROM deliveries WHERE state = 'failed'")
@@ -213,3 +217,36 @@ async def test_a_delivery_given_up_is_failed_until_retried(
     assert [r["event_id"] for r in await retry(db, event_ids=[], failed=True)] == [event_id]
     await wait_rows(db, "SELECT count(*) FROM deliveries WHERE state = 'delivered'")
     assert downstream.ids()[-1] == str(event_id)
+
+
+async def test_a_hanging_destination_slows_no_notification_and_no_other_destination(
+    db: asyncpg.Connection,
+    config: Config,
+    serve_app: Serve,
+    signer: GoPaySigner,
+    make_order: MakeOrder,
+    downstream: Downstream,
+) -> None:
+    hanging = await Downstream(answer=never_answer).start()
+    try:
+        dests = (
+            destination(downstream),
+            replace(destination(hanging, timeout_s=30.0), name="hanging"),
+        )
+        client = await serve_app(replace(config, forward=dests))
+        slowest = 0.0
+        for i in range(24):  # more than one process attempts at once per destination
+            await make_order(f"S{i}")
+            started = time.monotonic()
+            assert (await post(client, signer, charge(f"S{i}")))[0] == 200
+            slowest = max(slowest, time.monotonic() - started)
+        await downstream.wait_for(24, wait_s=20.0)
+        assert len(hanging.received) >= 16  # its attempts are all hanging meanwhile
+        assert slowest < 1.0, f"a notification took {slowest:.3f} s"
+    finally:
+        await hanging.close()
+
+
+async def never_answer(_received: Received) -> web.StreamResponse:
+    await asyncio.sleep(3600)
+    return web.Response()
