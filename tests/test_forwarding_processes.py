@@ -38,6 +38,23 @@ async def downstream() -> AsyncIterator[Downstream]:
     await server.close()
 
 
+@pytest.fixture
+def services(
+    db: asyncpg.Connection,
+    migrated: str,
+    tmp_path: Path,
+    gopay_key_file: Path,
+    downstream: Downstream,
+) -> Callable[..., ServiceProcess]:
+    """`services(**destination)`: a `receiver serve` forwarding to `downstream`, not started."""
+
+    def service(**dest: Any) -> ServiceProcess:
+        config = forwarding_config(tmp_path / "r.toml", gopay_key_file, downstream, **dest)
+        return ServiceProcess(config, env={"RECEIVER_DATABASE_URL": migrated})
+
+    return service
+
+
 async def started(svc: ServiceProcess) -> ServiceProcess:
     svc.start()
     await asyncio.to_thread(svc.wait_ready, 60)
@@ -53,21 +70,14 @@ async def delivered(db: asyncpg.Connection, count: int, wait_s: float = 60.0) ->
 
 
 async def test_two_serve_processes_deliver_each_event_once(
-    db: asyncpg.Connection,
-    migrated: str,
-    tmp_path: Path,
-    gopay_key_file: Path,
-    make_order: MakeOrder,
-    downstream: Downstream,
+    db: asyncpg.Connection, services: Any, make_order: MakeOrder, downstream: Downstream
 ) -> None:
     async def slowish(_received: Received) -> web.StreamResponse:
         await asyncio.sleep(0.05)  # attempts overlap between the processes
         return web.Response(text="ok")
 
     downstream.answer = slowish
-    config = forwarding_config(tmp_path / "r.toml", gopay_key_file, downstream)
-    env = {"RECEIVER_DATABASE_URL": migrated}
-    with ServiceProcess(config, env=env) as one, ServiceProcess(config, env=env) as two:
+    with services() as one, services() as two:
         await started(one)
         await started(two)
         orders = [await make_order(f"T{i}") for i in range(40)]
@@ -82,12 +92,7 @@ async def test_two_serve_processes_deliver_each_event_once(
 
 
 async def test_a_process_killed_mid_delivery_loses_nothing(
-    db: asyncpg.Connection,
-    migrated: str,
-    tmp_path: Path,
-    gopay_key_file: Path,
-    make_order: MakeOrder,
-    downstream: Downstream,
+    db: asyncpg.Connection, services: Any, make_order: MakeOrder, downstream: Downstream
 ) -> None:
     release = asyncio.Event()
 
@@ -97,17 +102,15 @@ async def test_a_process_killed_mid_delivery_loses_nothing(
         return web.Response(text="ok")
 
     downstream.answer = hold_the_first
-    config = forwarding_config(tmp_path / "r.toml", gopay_key_file, downstream, timeout_s=2)
-    env = {"RECEIVER_DATABASE_URL": migrated}
     order = await make_order("K1")
-    with ServiceProcess(config, env=env) as first:
+    with services(timeout_s=2) as first:
         await started(first)
         event_id = await write_event(db, order["id"])
         await downstream.wait_for(1)
         first.signal(signal.SIGKILL)
         await asyncio.to_thread(first.wait, 10)
     release.set()
-    with ServiceProcess(config, env=env) as second:
+    with services(timeout_s=2) as second:
         await started(second)
         await delivered(db, 1, wait_s=30)
     assert downstream.ids() == [str(event_id), str(event_id)]
