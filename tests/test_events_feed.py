@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -73,3 +74,17 @@ async def test_the_event_body_carries_amounts_as_decimal_strings_and_its_cursor(
 def test_a_malformed_cursor_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match="is not a cursor"):
         Cursor.parse(text)
+
+
+async def test_the_query_users_are_given_reads_the_feed_as_the_receiver_does(
+    db: asyncpg.Connection, make_order: MakeOrder
+) -> None:
+    docs = (Path(__file__).parent.parent / "docs" / "events.md").read_text()
+    query = docs.split("```sql\n", 1)[1].split("```", 1)[0]
+    orders = [await make_order(f"Q{i}") for i in range(3)]
+    ids = [await write_event(db, o["id"]) for o in orders]
+    rows = await read_visible(db, BEGINNING, count=3)
+    assert [r["id"] for r in rows] == ids
+    first = cursor_of(rows[0])
+    given = await db.fetch(query, str(first.xid), first.event_id)
+    assert [r["id"] for r in given] == ids[1:]
