@@ -20,7 +20,9 @@ from typing import Any
 import asyncpg
 import pytest
 import standardwebhooks
+import structlog
 from aiohttp import web
+from prometheus_client import REGISTRY
 
 from receiver.config import Config, ForwardDestination
 from tests.downstream import Downstream, Received, ok
@@ -62,6 +64,13 @@ def forward(
         return await serve_app(replace(config, forward=(dest,))), dest
 
     return start
+
+
+def counted(destination: str, result: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "receiver_deliveries_total", {"destination": destination, "result": result}
+    )
+    return value or 0.0
 
 
 async def deliveries(db: asyncpg.Connection) -> list[asyncpg.Record]:
@@ -132,14 +141,22 @@ async def test_an_attempt_that_fails_is_retried_with_the_same_webhook_id(
     downstream: Downstream,
 ) -> None:
     downstream.answer = await failing_once(kind, downstream)
+    before = {r: counted("shop", r) for r in ("delivered", "retried")}
     await forward(timeout_s=1.0)
     order = await make_order("R1")
-    await write_event(db, order["id"])
-    first, second = await downstream.wait_for(2)
+    with structlog.testing.capture_logs() as logs:
+        await write_event(db, order["id"])
+        first, second = await downstream.wait_for(2)
+        await wait_rows(db, "SELECT count(*) FROM deliveries WHERE state = 'delivered'")
     assert first.webhook_id == second.webhook_id and first.body == second.body
-    await wait_rows(db, "SELECT count(*) FROM deliveries WHERE state = 'delivered'")
     (row,) = await deliveries(db)
     assert row["attempts"] == 2
+    ours = [e for e in logs if e.get("destination") == "shop"]
+    assert [(e["event"], e["log_level"]) for e in ours if e["log_level"] != "debug"] == [
+        ("delivery_retried", "warning")
+    ]
+    assert ours[0]["error"] and ours[0]["attempts"] == 1
+    assert {r: counted("shop", r) - before[r] for r in before} == {"delivered": 1, "retried": 1}
     assert all(
         r.headers.get("Host", "").endswith(str(downstream.port)) for r in downstream.received
     )
@@ -208,6 +225,7 @@ async def test_a_delivery_given_up_is_failed_until_retried(
     await wait_rows(db, "SELECT count(*) FROM deliveries WHERE state = 'failed'")
     (row,) = await deliveries(db)
     assert row["last_status"] == 500 and row["last_error"] == "HTTP 500"
+    assert counted("shop", "failed") >= 1
     tried = len(downstream.received)
     await asyncio.sleep(1.0)
     assert len(downstream.received) == tried  # failed: no more attempts
@@ -250,3 +268,24 @@ async def test_a_hanging_destination_slows_no_notification_and_no_other_destinat
 async def never_answer(_received: Received) -> web.StreamResponse:
     await asyncio.sleep(3600)
     return web.Response()
+
+
+async def test_the_lag_gauge_shows_the_oldest_undelivered_event(
+    db: asyncpg.Connection, forward: Forward, make_order: MakeOrder, downstream: Downstream
+) -> None:
+    async def refuse(_received: Received) -> web.StreamResponse:
+        return web.Response(status=502)
+
+    downstream.answer = refuse
+    await forward(retry_s=(60,))
+    await write_event(db, (await make_order("LAG1"))["id"])
+    await downstream.wait_for(1)
+    deadline = time.monotonic() + 15
+    while not (lag := REGISTRY.get_sample_value(LAG, {"destination": "shop"}) or 0.0):
+        assert time.monotonic() < deadline, "the lag stayed 0"
+        await asyncio.sleep(0.2)
+    age = await db.fetchval("SELECT extract(epoch FROM now() - created_at) FROM order_events")
+    assert 0 < lag <= float(age) + 0.5
+
+
+LAG = "receiver_delivery_lag_seconds"

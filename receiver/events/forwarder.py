@@ -162,12 +162,16 @@ def retry_delay(schedule: Sequence[float], attempts: int) -> float:
     return schedule[min(attempts, len(schedule)) - 1]
 
 
+def public_url(url: str) -> str:
+    """`url` without credentials or query string, which may carry secrets."""
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
+
+
 def request_summary(url: str, *, msg_id: str, size: int) -> str:
     """The request as kept in `deliveries`: no query string, no credentials, no signature."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"POST {parts.scheme}://{host}{port}{parts.path} webhook-id={msg_id} {size} bytes"
+    return f"POST {public_url(url)} webhook-id={msg_id} {size} bytes"
 
 
 async def attempt(
