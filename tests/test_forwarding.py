@@ -215,9 +215,6 @@ async def test_a_held_transaction_delays_forwarding_and_skips_nothing(
 async def test_a_delivery_given_up_is_failed_until_retried(
     db: asyncpg.Connection, forward: Forward, make_order: MakeOrder, downstream: Downstream
 ) -> None:
-    async def refuse(_received: Received) -> web.StreamResponse:
-        return web.Response(status=500)
-
     downstream.answer = refuse
     await forward(give_up_after_s=1)
     order = await make_order("G1")
@@ -265,6 +262,10 @@ async def test_a_hanging_destination_slows_no_notification_and_no_other_destinat
         await hanging.close()
 
 
+async def refuse(_received: Received) -> web.StreamResponse:
+    return web.Response(status=500)
+
+
 async def never_answer(_received: Received) -> web.StreamResponse:
     await asyncio.sleep(3600)
     return web.Response()
@@ -273,9 +274,6 @@ async def never_answer(_received: Received) -> web.StreamResponse:
 async def test_the_lag_gauge_shows_the_oldest_undelivered_event(
     db: asyncpg.Connection, forward: Forward, make_order: MakeOrder, downstream: Downstream
 ) -> None:
-    async def refuse(_received: Received) -> web.StreamResponse:
-        return web.Response(status=502)
-
     downstream.answer = refuse
     await forward(retry_s=(60,))
     await write_event(db, (await make_order("LAG1"))["id"])
