@@ -42,8 +42,9 @@ from receiver.logging import get_logger
 log = get_logger(__name__)
 
 SCAN_BATCH = 500
-MAX_IN_FLIGHT = 16  # attempts at once, per destination and process
+MAX_IN_FLIGHT = 64  # attempts at once, per destination and process
 POLL_S = 0.25  # how often an idle loop looks for new events and due deliveries
+GATHER_S = 0.005  # after a wake-up, let other attempts finish too: one statement records them
 LEASE_MARGIN_S = 5.0  # a claim lasts the attempt's timeout and this much more
 LAG_REFRESH_S = 5.0
 REPLY_KEPT = 200  # bytes of a reply kept in `deliveries.last_reply`
@@ -121,11 +122,16 @@ JOIN orders o ON o.id = e.order_id
 LEFT JOIN notifications n ON n.id = e.notification_id
 """  # noqa: S608 - a constant column list, no value
 
+# Deliveries that succeeded since the last step, recorded together: $1 destination, then per
+# delivery its event, its attempt (the fence), the status, the request and the reply's head.
 DELIVERED = """
-UPDATE deliveries
-SET state = 'delivered', last_status = $4, last_error = NULL, last_request = $5,
-    last_reply = $6, delivered_at = now(), updated_at = now()
-WHERE event_id = $1 AND destination = $2 AND attempts = $3 AND state = 'pending'
+UPDATE deliveries d
+SET state = 'delivered', last_status = u.status, last_error = NULL, last_request = u.request,
+    last_reply = u.reply, delivered_at = now(), updated_at = now()
+FROM unnest($2::bigint[], $3::int[], $4::int[], $5::text[], $6::text[])
+     AS u (event_id, attempts, status, request, reply)
+WHERE d.destination = $1 AND d.event_id = u.event_id AND d.attempts = u.attempts
+  AND d.state = 'pending'
 """
 
 # Not delivered: due again after $7, never later than its give-up time; at or past that, failed.
@@ -214,6 +220,7 @@ class DestinationLoop:
         self.pool = pool
         self.dest = dest
         self.in_flight: set[asyncio.Task[None]] = set()
+        self.delivered: list[tuple[int, int, int, str, str]] = []  # not yet recorded
         self.wake = asyncio.Event()
         self.lease = timedelta(seconds=dest.timeout_s + LEASE_MARGIN_S)
         self.give_up = timedelta(seconds=dest.give_up_after_s)
@@ -226,13 +233,17 @@ class DestinationLoop:
                     self.wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.wake.wait(), POLL_S)
+                    await asyncio.sleep(GATHER_S)
             finally:
                 for task in self.in_flight:
                     task.cancel()  # each claim's lease runs out: due again, never lost
                 await asyncio.gather(*self.in_flight, return_exceptions=True)
+                with contextlib.suppress(*DATABASE_ERRORS):
+                    await asyncio.shield(self.record_delivered())
 
     async def step(self, session: aiohttp.ClientSession) -> None:
         try:
+            await self.record_delivered()
             await self.scan()
             rows = await self.claim(MAX_IN_FLIGHT - len(self.in_flight))
         except DATABASE_ERRORS as exc:
@@ -275,11 +286,8 @@ class DestinationLoop:
     async def record(self, row: asyncpg.Record, reply: Reply, summary: str) -> None:
         d, event_id, attempts = self.dest, row["id"], row["attempts"]
         if reply.delivered:
-            await self.pool.execute(
-                DELIVERED, event_id, d.name, attempts, reply.status, summary, reply.head
-            )
-            metrics.delivery_finished(d.name, "delivered")
-            log.debug("delivered", destination=d.name, event_id=event_id, attempts=attempts)
+            assert reply.status is not None
+            self.delivered.append((event_id, attempts, reply.status, summary, reply.head))
             return
         delay = timedelta(seconds=retry_delay(d.retry_s, attempts))
         done = await self.pool.fetchrow(
@@ -296,6 +304,20 @@ class DestinationLoop:
         if done is None:
             return  # another process took it over after our lease ran out
         _report_failure(d.name, event_id=event_id, attempts=attempts, reply=reply, done=done)
+
+    async def record_delivered(self) -> None:
+        """Record the deliveries that succeeded since the last step, in one statement."""
+        done, self.delivered = self.delivered, []
+        if not done:
+            return
+        try:
+            await self.pool.execute(DELIVERED, self.dest.name, *map(list, zip(*done, strict=True)))
+        except BaseException:
+            self.delivered[:0] = done  # recorded at the next step (or attempted again)
+            raise
+        for event_id, attempts, *_ in done:
+            metrics.delivery_finished(self.dest.name, "delivered")
+            log.debug("delivered", destination=self.dest.name, event_id=event_id, attempts=attempts)
 
     async def refresh_lag(self) -> None:
         metrics.delivery_lag(self.dest.name, await self.pool.fetchval(LAG, self.dest.name))
