@@ -1,4 +1,8 @@
-"""`receiver events follow`, `receiver deliveries list|retry` on the command line."""
+"""`receiver events follow`, `receiver deliveries list|retry` on the command line.
+
+Errors are reported here (`run`): under `python -m receiver.cli` this module's import of
+receiver.cli is a second copy, whose exception classes main() would not catch.
+"""
 
 from __future__ import annotations
 
@@ -45,6 +49,10 @@ def add_parsers(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     retry.add_argument("--destination")
 
 
+class Failed(Exception):
+    """The command could not do its work (exit 1)."""
+
+
 def _cursor(text: str) -> Cursor:
     try:
         return Cursor.parse(text)
@@ -61,7 +69,7 @@ async def events_follow(config: Config, args: argparse.Namespace) -> int:
     try:
         await follow(config, cursor=args.after, wanted=wanted, once=args.once, say=_say)
     except SchemaBehind as exc:
-        raise cli.Failure(str(exc)) from None
+        raise Failed(str(exc)) from None
     except BrokenPipeError:
         cli._discard_stdout()
     return 0
@@ -83,7 +91,7 @@ async def deliveries_retry(config: Config, args: argparse.Namespace) -> int:
         await _check_schema(conn)
         async with conn.transaction():
             if args.events and (missing := await _missing(conn, args)):
-                raise cli.Failure(f"no delivery of event {missing}{_to(args.destination)}")
+                raise Failed(f"no delivery of event {missing}{_to(args.destination)}")
             rows = await deliveries.retry(
                 conn, event_ids=args.events or [], failed=args.failed, destination=args.destination
             )
@@ -103,7 +111,7 @@ def _to(destination: str | None) -> str:
 
 async def _check_schema(conn: Any) -> None:
     if not await database.schema_is_current(conn):
-        raise cli.Failure("the database schema is older than this receiver: run receiver migrate")
+        raise Failed("the database schema is older than this receiver: run receiver migrate")
 
 
 COMMANDS = {
@@ -114,5 +122,10 @@ COMMANDS = {
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
+    """Run the command; one stderr line and exit 1 when it fails."""
     command = COMMANDS[(args.command, getattr(args, f"{args.command}_command"))]
-    return asyncio.run(command(config, args))
+    try:
+        return asyncio.run(command(config, args))
+    except Failed as exc:
+        _say(str(exc))
+        return 1
