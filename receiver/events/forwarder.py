@@ -226,10 +226,11 @@ class DestinationLoop:
         self.give_up = timedelta(seconds=dest.give_up_after_s)
 
     async def run(self) -> None:
-        async with aiohttp.ClientSession() as session:
+        # No cookie jar: what one reply sets is never sent back with another event.
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
             try:
                 while True:
-                    await self.step(session)
+                    await self.guarded_step(session)
                     self.wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.wake.wait(), POLL_S)
@@ -240,6 +241,14 @@ class DestinationLoop:
                 await asyncio.gather(*self.in_flight, return_exceptions=True)
                 with contextlib.suppress(*DATABASE_ERRORS):
                     await asyncio.shield(self.record_delivered())
+
+    async def guarded_step(self, session: aiohttp.ClientSession) -> None:
+        """A step; a bug in it is logged and the loop goes on (forwarding never stops quietly)."""
+        try:
+            await self.step(session)
+        except Exception:
+            log.exception("forwarding_error", destination=self.dest.name)
+            await asyncio.sleep(1.0)
 
     async def step(self, session: aiohttp.ClientSession) -> None:
         try:
