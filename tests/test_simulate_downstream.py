@@ -4,7 +4,10 @@ receiver forwards, and refuses on purpose when asked to."""
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 import time
+import tomllib
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
@@ -13,6 +16,7 @@ import aiohttp
 import asyncpg
 
 from receiver.config import Config, ForwardDestination
+from receiver.events.signing import secret_key, signed_headers
 from receiver.simulate.downstream import StandInDownstream, new_secret, serving_downstream
 from tests.events_support import write_event
 
@@ -48,3 +52,37 @@ async def test_the_stand_in_verifies_forwarded_events_and_refuses_on_purpose(
     assert reports[1]["data"]["out_trade_no"] == "D1"
     assert reports[-1] == {"webhook_id": "1", "verified": False, "answered": 401}
     assert stand_in.refused == 1
+
+
+async def test_simulate_downstream_prints_its_forward_table_and_each_request() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "receiver.cli", "simulate", "downstream", "--port", "0",
+        "--fail-first", "1",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        head = ""
+        while "listening on" not in head:
+            head += (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        table = tomllib.loads("\n".join(x for x in head.splitlines() if not x.startswith("#")))
+        url, secret = table["forward"][0]["url"], table["forward"][0]["secret"]
+        body = b'{"type": "order.paid", "id": "7", "data": {}}'
+        headers = signed_headers(
+            secret_key(secret), msg_id="7", timestamp=int(time.time()), body=body
+        )
+        async with aiohttp.ClientSession() as http:
+            statuses = []
+            for _ in range(2):
+                async with http.post(url, data=body, headers=headers) as resp:
+                    statuses.append(resp.status)
+        assert statuses == [500, 200]
+        lines = [json.loads(await proc.stdout.readline()) for _ in range(2)]
+        assert [(x["attempt"], x["answered"], x["verified"]) for x in lines] == [
+            (1, 500, True),
+            (2, 200, True),
+        ]
+    finally:
+        proc.terminate()
+        await proc.wait()
