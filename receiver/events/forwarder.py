@@ -42,9 +42,9 @@ from receiver.logging import get_logger
 log = get_logger(__name__)
 
 SCAN_BATCH = 500
-MAX_IN_FLIGHT = 64  # attempts at once, per destination and process
+MAX_IN_FLIGHT = 128  # attempts at once, per destination and process
 POLL_S = 0.25  # how often an idle loop looks for new events and due deliveries
-GATHER_S = 0.05  # after a wake-up, let other attempts finish too: one statement records them
+GATHER_S = 0.02  # after a wake-up, let other attempts finish too: one statement records them
 LEASE_MARGIN_S = 5.0  # a claim lasts the attempt's timeout and this much more
 LAG_REFRESH_S = 5.0
 REPLY_KEPT = 200  # bytes of a reply kept in `deliveries.last_reply`
@@ -227,7 +227,10 @@ class DestinationLoop:
 
     async def run(self) -> None:
         # No cookie jar: what one reply sets is never sent back with another event.
-        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=MAX_IN_FLIGHT),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        ) as session:
             try:
                 while True:
                     await self.guarded_step(session)
