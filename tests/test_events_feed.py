@@ -88,3 +88,20 @@ async def test_the_query_users_are_given_reads_the_feed_as_the_receiver_does(
     first = cursor_of(rows[0])
     given = await db.fetch(query, str(first.xid), first.event_id)
     assert [r["id"] for r in given] == ids[1:]
+
+
+async def test_a_transaction_of_another_database_does_not_hold_the_feed_back(
+    db: asyncpg.Connection, migrated: str, make_order: MakeOrder
+) -> None:
+    other = await asyncpg.connect(migrated.rsplit("/", 1)[0] + "/postgres")
+    try:
+        await other.execute("CREATE TEMP TABLE busy (x int)")
+        held = other.transaction()
+        await held.start()
+        await other.execute("INSERT INTO busy VALUES (1)")  # holds a transaction id
+        event_id = await write_event(db, (await make_order("OTHER-DB"))["id"])
+        rows = await read_visible(db, BEGINNING, count=1, wait_s=10.0)
+        assert [r["id"] for r in rows] == [event_id]
+        await held.rollback()
+    finally:
+        await other.close()
