@@ -35,7 +35,7 @@ FROM order_events e
 JOIN orders o ON o.id = e.order_id
 LEFT JOIN notifications n ON n.id = e.notification_id
 WHERE (e.xid, e.id) > ($1::text::xid8, $2::bigint)
-  AND e.xid < receiver_event_horizon()
+  AND e.xid < (SELECT receiver_event_horizon())
   AND ($3::text IS NULL OR o.provider = $3)
   AND ($4::text IS NULL OR e.to_status = $4)
 ORDER BY e.xid, e.id

@@ -64,15 +64,16 @@ ON CONFLICT (destination) DO NOTHING
 """
 
 # $1 destination, $2 types wanted ({} = all), $3 providers wanted, $4 give-up age, $5 batch.
+# The cursor and the horizon are scalar subqueries: evaluated once, and the index's bounds.
 SCAN = """
-WITH cur AS (
+WITH cur AS MATERIALIZED (
     SELECT xid, event_id FROM forward_cursors WHERE destination = $1 FOR UPDATE SKIP LOCKED
 ),
 batch AS (
     SELECT e.id, e.xid, e.order_id, e.created_at, e.to_status, o.provider
-    FROM cur, order_events e JOIN orders o ON o.id = e.order_id
-    WHERE (e.xid, e.id) > (cur.xid, cur.event_id)
-      AND e.xid < receiver_event_horizon()
+    FROM order_events e JOIN orders o ON o.id = e.order_id
+    WHERE (e.xid, e.id) > ((SELECT xid FROM cur), (SELECT event_id FROM cur))
+      AND e.xid < (SELECT receiver_event_horizon())
     ORDER BY e.xid, e.id
     LIMIT $5
 ),
