@@ -26,7 +26,7 @@ from typing import Any
 
 import asyncpg
 
-from bench import pg, procs, profile, service, stalls
+from bench import forward, pg, procs, profile, service, stalls
 from bench.loadgen import LoadResult, OpenLoop, PythonLoad, Wrk, find_wrk
 from bench.pg import BenchError, PgbenchResult
 from bench.workload import RequestSet, create_orders, write_request_set
@@ -69,6 +69,7 @@ class Phase:
     slowest_seconds: str = ""  # the service's own slowest notifications, by second
     others_cpu_s: float = 0.0  # CPU used meanwhile by processes outside the benchmark
     outcomes: dict[str, int] = field(default_factory=dict)
+    forwarding: forward.Drained | None = None  # with --forward: what forwarding did and cost
 
     def per_request_us(self, seconds: float) -> float:
         return seconds / self.load.sent * 1e6 if self.load.sent else math.nan
@@ -126,6 +127,11 @@ def parse_args(argv: list[str] | None) -> Options:
         metavar="SHARE",
         help="open-loop phase at SHARE x the run's closed-loop throughput (0: none)",
     )
+    p.add_argument(
+        "--forward",
+        action="store_true",
+        help="forward every event to a local endpoint answering at once ([[forward]])",
+    )
     p.add_argument("--json", type=Path, help="write the figures to this file")
     p.add_argument(
         "--keep",
@@ -166,6 +172,7 @@ def parse_args(argv: list[str] | None) -> Options:
             batch_max=a.batch_max,
             batch_concurrency=a.batch_concurrency,
             log_level=a.log_level,
+            forward=a.forward,
         ),
     )
 
@@ -379,7 +386,9 @@ async def _service_phase(
     name: str = "service",
 ) -> Phase:
     o = ctx.options
-    await conn.execute("TRUNCATE order_events, notifications, order_queries, orders, gopay_nonces")
+    await conn.execute(
+        "TRUNCATE deliveries, order_events, notifications, order_queries, orders, gopay_nonces"
+    )
     await create_orders(conn, warm.out_trade_nos + measured.out_trade_nos)
     await conn.execute("ANALYZE orders")
     await conn.execute("CHECKPOINT")
@@ -401,7 +410,9 @@ async def _service_phase(
         gen_cpu = _children_cpu_s() - gen0  # before py-spy, also a child, is reaped
         await pg.wait_until_recorded(conn, expected=sum(p.sent for p in phases) + load.sent)
     busy, own = stalls.machine_busy_s() - busy0, _self_cpu_s() - self0
+    drained = await forward.drain(conn, svc_pid=svc.pid, cpu0=svc0) if o.tuning.forward else None
     phase = Phase(
+        forwarding=drained,
         load=load,
         server_cpu_s=procs.cpu_seconds(svc.pid) - svc0,
         generator_cpu_s=gen_cpu,
@@ -501,6 +512,8 @@ def _report_phase(name: str, p: Phase) -> None:
         )
     if p.slowest_seconds:
         _say(f"            the service's slowest seconds (handler time): {p.slowest_seconds}")
+    if p.forwarding is not None:
+        _say(f"            {p.forwarding.describe(p.load.sent)}")
     if p.pg_cpu_s and p.load.duration_s:  # measured in the service's phases
         _say(
             f"            processes outside the benchmark used {p.others_cpu_s:.1f} CPU-s"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import aiohttp
 
+from bench.forward import forward_table
 from bench.pg import BenchError
 from bench.procs import PROJECT, project_env
 from bench.workload import MCHID
@@ -73,16 +74,24 @@ class Tuning:
     batch_max: int = 64
     batch_concurrency: int = 1
     log_level: str = "info"
+    forward: bool = False  # every event forwarded to a local endpoint answering at once
 
     def describe(self) -> str:
         return (
             f"workers={self.workers} batch_max={self.batch_max} "
             f"batch_concurrency={self.batch_concurrency} log={self.log_level}"
+            f" forward={'on' if self.forward else 'off'}"
         )
 
 
 def write_config(
-    directory: Path, *, port: int, platform_key_pem: str, tolerance_s: int, tuning: Tuning
+    directory: Path,
+    *,
+    port: int,
+    platform_key_pem: str,
+    tolerance_s: int,
+    tuning: Tuning,
+    forward_url: str = "",
 ) -> Path:
     """The service's TOML configuration with one GoPay merchant and the bench's platform key."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -97,6 +106,7 @@ def write_config(
             batch_max=tuning.batch_max,
             batch_concurrency=tuning.batch_concurrency,
         )
+        + (forward_table(forward_url) if forward_url else "")
     )
     return path
 
@@ -105,20 +115,26 @@ def write_config(
 async def receiver(
     workdir: Path, *, database_url: str, platform_key_pem: str, tolerance_s: int, tuning: Tuning
 ) -> AsyncIterator[Running]:
-    """`receiver serve` as a subprocess, ready (its /readyz says 200) until the context ends."""
-    port = free_port()
-    config = write_config(
-        workdir,
-        port=port,
-        platform_key_pem=platform_key_pem,
-        tolerance_s=tolerance_s,
-        tuning=tuning,
-    )
-    command = [sys.executable, "-m", "receiver.run.cli", "serve", "--config", str(config)]
-    command += ["--host", "127.0.0.1", "--workers", str(tuning.workers)]
-    env = {**project_env(), "RECEIVER_DATABASE_URL": database_url}
-    async with _process("service", command, env, workdir, port) as running:
-        yield running
+    """`receiver serve` as a subprocess, ready (its /readyz says 200) until the context ends;
+    with `tuning.forward`, forwarding to a bare endpoint of its own."""
+    async with contextlib.AsyncExitStack() as stack:
+        forward_url = ""
+        if tuning.forward:
+            sink = await stack.enter_async_context(bare(workdir / "forward-sink"))
+            forward_url = sink.base_url + "/notify/forwarded"
+        config = write_config(
+            workdir,
+            port=(port := free_port()),
+            platform_key_pem=platform_key_pem,
+            tolerance_s=tolerance_s,
+            tuning=tuning,
+            forward_url=forward_url,
+        )
+        command = [sys.executable, "-m", "receiver.run.cli", "serve", "--config", str(config)]
+        command += ["--host", "127.0.0.1", "--workers", str(tuning.workers)]
+        env = {**project_env(), "RECEIVER_DATABASE_URL": database_url}
+        async with _process("service", command, env, workdir, port) as running:
+            yield running
 
 
 @asynccontextmanager

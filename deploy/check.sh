@@ -210,14 +210,7 @@ env = {
 
 
 def parse(data, source):
-    try:
-        return parse_config(data, source=source, base=deploy, environ=env)
-    except ConfigError as exc:
-        if exc.key != "forward":
-            raise
-        # A receiver that predates forwarding: everything else must still parse.
-        rest = {k: v for k, v in data.items() if k != "forward"}
-        return parse_config(rest, source=source, base=deploy, environ=env)
+    return parse_config(data, source=source, base=deploy, environ=env)
 
 
 def check_whole_product(data, config, where):

@@ -8,9 +8,12 @@ the environment (`RECEIVER_DATABASE_URL`, the variable a `*_env` key names) name
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -112,6 +115,20 @@ class ReconcileConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ForwardDestination:
+    """A `[[forward]]` destination: order events are POSTed to `url`, signed with `secret`."""
+
+    name: str
+    url: str
+    secret: str = field(repr=False)  # "whsec_" + base64 (Standard Webhooks)
+    types: tuple[str, ...] = ()  # empty: every type
+    providers: tuple[str, ...] = ()  # empty: every gateway
+    timeout_s: float = 10.0
+    give_up_after_s: int = 259200
+    retry_s: tuple[float, ...] = (5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = ServerConfig()
     database: DatabaseConfig = DatabaseConfig()
@@ -121,6 +138,7 @@ class Config:
     baofoo: BaofooConfig = BaofooConfig()
     metrics: MetricsConfig = MetricsConfig()
     reconcile: ReconcileConfig = ReconcileConfig()
+    forward: tuple[ForwardDestination, ...] = ()
     source: str = "(defaults)"
     # The secrets (`*_env` variables) this command did not read, being of sections it does not
     # use: left empty in the configuration, so that the command does not need them.
@@ -212,7 +230,19 @@ def parse_config(
     wanted = None if secrets is None else frozenset(secrets)
     r = _Reader(source=source, base=base, environ=environ, secrets=wanted)
     r.only(
-        data, "", {"server", "database", "log", "ledger", "gopay", "baofoo", "metrics", "reconcile"}
+        data,
+        "",
+        {
+            "server",
+            "database",
+            "log",
+            "ledger",
+            "gopay",
+            "baofoo",
+            "metrics",
+            "reconcile",
+            "forward",
+        },
     )
     return Config(
         server=r.server(r.table(data, "server")),
@@ -223,6 +253,7 @@ def parse_config(
         baofoo=r.baofoo(r.table(data, "baofoo")),
         metrics=r.metrics(r.table(data, "metrics")),
         reconcile=r.reconcile(r.table(data, "reconcile")),
+        forward=r.forward(data),
         source=source,
         deferred=tuple(r.deferred),
     )
@@ -369,6 +400,50 @@ class _Reader:
             concurrency=self.positive(t, "reconcile.concurrency", d.concurrency),
             max_per_second=self.positive(t, "reconcile.max_per_second", d.max_per_second),
         )
+
+    def forward(self, data: Table) -> tuple[ForwardDestination, ...]:
+        destinations = tuple(
+            self.destination(t, f"forward[{i}]") for i, t in enumerate(self.tables(data, "forward"))
+        )
+        self.unique([d.name for d in destinations], "forward", "name")
+        return destinations
+
+    def destination(self, t: Table, key: str) -> ForwardDestination:
+        self.only(t, key + ".", {*ForwardDestination.__dataclass_fields__, "secret_env"})
+        d = ForwardDestination(name="", url="", secret="")
+        name = self.required_str(t, key, "name")
+        if not _DESTINATION_NAME.fullmatch(name):
+            raise self.fail(f"{key}.name", "must be letters, digits, '.', '_' or '-' (1-64)")
+        url = self.url(t, f"{key}.url")
+        if not url:
+            raise self.fail(f"{key}.url", "missing (an http:// or https:// URL)")
+        secret = self.secret(t, key, "secret", required=True)
+        if self.reads_secrets_of(key) and not _is_webhook_secret(secret):
+            raise self.fail(f"{key}.secret", 'must be "whsec_" followed by base64')
+        return ForwardDestination(
+            name=name,
+            url=url,
+            secret=secret,
+            types=self.choices(t, f"{key}.types", _EVENT_TYPES),
+            providers=self.choices(t, f"{key}.providers", ("gopay", "baofoo")),
+            timeout_s=self.positive(t, f"{key}.timeout_s", d.timeout_s),
+            give_up_after_s=self.positive(t, f"{key}.give_up_after_s", d.give_up_after_s),
+            retry_s=self.seconds_list(t, f"{key}.retry_s", d.retry_s),
+        )
+
+    def choices(self, t: Table, key: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+        items = self.get(t, key, list, [])
+        if not all(isinstance(i, str) and i in allowed for i in items):
+            raise self.fail(key, f"must list some of {', '.join(allowed)}")
+        return tuple(items)
+
+    def seconds_list(self, t: Table, key: str, default: tuple[float, ...]) -> tuple[float, ...]:
+        items = self.get(t, key, list, list(default))
+        if not items or not all(
+            isinstance(i, int | float) and not isinstance(i, bool) and i > 0 for i in items
+        ):
+            raise self.fail(key, "must be a non-empty list of seconds > 0")
+        return tuple(float(i) for i in items)
 
     def database(self, t: Table) -> DatabaseConfig:
         self.only(t, "database.", {"url", "data_dir", "pool_min", "pool_max"})
@@ -570,6 +645,20 @@ def _database_url_problem(url: str) -> str:
     except ValueError:
         return "is not a valid URL (look at its host and port)"
     return ""
+
+
+_DESTINATION_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_EVENT_TYPES = ("order.paid", "order.failed", "order.closed")
+
+
+def _is_webhook_secret(value: str) -> bool:
+    """A Standard Webhooks secret: "whsec_" and the key in base64."""
+    if not value.startswith("whsec_"):
+        return False
+    try:
+        return bool(base64.b64decode(value.removeprefix("whsec_"), validate=True))
+    except binascii.Error:
+        return False
 
 
 def _secret_problem(value: str) -> str:

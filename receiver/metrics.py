@@ -78,6 +78,18 @@ RECONCILE_QUERIES = Counter(
     "Order queries sent to the gateways, by what they answered.",
     ["provider", "result"],
 )
+DELIVERIES = Counter(
+    "receiver_deliveries",
+    "Forwarding attempts to a destination, by what came of them.",
+    ["destination", "result"],
+)
+# With workers: every worker reads the same figure from the database; the highest is shown.
+DELIVERY_LAG = Gauge(
+    "receiver_delivery_lag_seconds",
+    "Age of the oldest event not yet delivered to the destination (0 when none).",
+    ["destination"],
+    multiprocess_mode="livemax",
+)
 # Served only by the process that serves /metrics (OrdersWatch): no worker holds a copy.
 ORDERS_OVERDUE = "receiver_orders_overdue"
 ORDERS_NEEDS_REVIEW = "receiver_orders_needs_review"
@@ -115,6 +127,23 @@ def http_refused(provider: str, status: int) -> None:
 def reconcile_query_answered(provider: str, result: QueryResult) -> None:
     """Count one order query sent, by what came of it."""
     RECONCILE_QUERIES.labels(provider, result.value).inc()
+
+
+def delivery_finished(destination: str, result: str) -> None:
+    """Count one forwarding attempt: `delivered`, `retried` or `failed` (given up)."""
+    DELIVERIES.labels(destination, result).inc()
+
+
+def delivery_lag(destination: str, seconds: float) -> None:
+    """Set the age of the oldest event not yet delivered to `destination`."""
+    DELIVERY_LAG.labels(destination).set(seconds)
+
+
+def zero_deliveries(destination: str) -> None:
+    """The destination's series at 0, so that increase() sees the first failure."""
+    for result in ("delivered", "retried", "failed"):
+        DELIVERIES.labels(destination, result)
+    DELIVERY_LAG.labels(destination).set(0)
 
 
 def batch_written(size: int) -> None:

@@ -38,7 +38,7 @@ GOPAY_MCHID = "100001"
 BAOFOO_MEMBER = "100000178"
 BAOFOO_TERMINAL = "10000001"
 
-TABLES = "reviews, order_events, notifications, orders, gopay_nonces"
+TABLES = "deliveries, forward_cursors, reviews, order_events, notifications, orders, gopay_nonces"
 
 
 @pytest.fixture(scope="session")

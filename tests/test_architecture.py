@@ -15,9 +15,9 @@ ALLOWED = {
     "gateways": {"core"},
     "store": {"core", "gateways"},
     "sources": {"core", "gateways", "store"},
-    "http": {"core", "gateways", "store", "sources"},
+    "http": {"core", "gateways", "store", "sources", "events"},
     "events": {"core", "store"},
-    "simulate": {"core", "gateways", "store"},
+    "simulate": {"core", "gateways", "store", "events"},
     "run": {"core", "gateways", "store", "sources", "http", "events", "simulate"},
 }
 

@@ -150,5 +150,11 @@ def test_demo_runs_the_whole_loop_and_recovers_lost_notifications(tmp_path):
         r"^\s+\w+\s+([GB]-\d+)\s+[\d.]+\s+paid\s+[\d.]+\s+1$", proc.stdout, re.MULTILINE
     )
     assert paid_once == ["G-1001", "G-1003", "B-2001", "B-2003"]
+    forwarded = re.findall(
+        r"^\s+\d+\s+order\.paid\s+\w+\s+([GB]-\d+)\s+[\d.]+\s+2\s+verified$",
+        proc.stdout,
+        re.MULTILINE,
+    )
+    assert sorted(forwarded) == ["B-2001", "B-2003", "G-1001", "G-1003"]  # refused once, then taken
     assert "Not as it should be" not in proc.stdout
     assert not list(tmp_path.iterdir())  # the demo leaves nothing behind

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from receiver.config import Config, parse_config
-from receiver.errors import ConfigError
 from receiver.http.connections import RESERVED_DESCRIPTORS
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -27,14 +26,8 @@ except ImportError:  # pragma: no cover - PyYAML is optional
 
 
 def parse_deploy_config(data: dict[str, Any], *, source: str, environ: dict[str, str]) -> Config:
-    """parse_config on a deploy file; a receiver that predates forwarding parses the rest."""
-    try:
-        return parse_config(data, source=source, base=DEPLOY, environ=environ)
-    except ConfigError as exc:
-        if exc.key != "forward":
-            raise
-    rest = {k: v for k, v in data.items() if k != "forward"}
-    return parse_config(rest, source=source, base=DEPLOY, environ=environ)
+    """parse_config on a deploy file, as the service reads it."""
+    return parse_config(data, source=source, base=DEPLOY, environ=environ)
 
 
 def example_config(environ: dict[str, str] = ENV) -> Config:

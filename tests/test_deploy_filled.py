@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 import yaml
 
-from receiver.config import Config
 from tests.support.stand_in import API_KEY, merchant_key_file, start_stand_in
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -42,13 +41,6 @@ def _cron_container() -> dict[str, Any]:
     return container
 
 
-def _without_forward_if_unknown(text: str) -> str:
-    """A receiver that predates forwarding refuses [[forward]]; the rest is what reconcile runs."""
-    if "forward" in Config.__dataclass_fields__:
-        return text
-    return text.split("[[forward]]", 1)[0]
-
-
 async def test_the_cronjob_command_reconciles_against_a_stand_in_gateway(
     aiohttp_server, db, make_order, gopay_key, gopay_key_file, baofoo_md5_key, migrated, tmp_path
 ):
@@ -63,7 +55,7 @@ async def test_the_cronjob_command_reconciles_against_a_stand_in_gateway(
     )
     assert "CHANGE-ME" not in text
     config_file = tmp_path / "receiver.toml"
-    config_file.write_text(_without_forward_if_unknown(text), encoding="utf-8")
+    config_file.write_text(text, encoding="utf-8")
     config = tomllib.loads(config_file.read_text(encoding="utf-8"))
     assert config["gopay"]["merchants"][0]["mchid"] == "100001"  # the test merchants' ids
 

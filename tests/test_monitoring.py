@@ -59,6 +59,8 @@ def test_exposed_names_are_the_sample_names_of_spec_metrics():
         "receiver_orders_overdue",
         "receiver_orders_needs_review",
         "receiver_build_info",
+        "receiver_deliveries_total",
+        "receiver_delivery_lag_seconds",
     } <= names
     assert "receiver_notifications" not in names
 
@@ -74,6 +76,8 @@ def test_the_alerts_cover_what_an_operator_must_hear_of():
     assert "receiver_database_up" in exprs["ReceiverDatabaseDown"]
     assert "receiver_reconcile_queries_total" in exprs["ReceiverReconcileErrors"]
     assert "receiver_orders_needs_review" in exprs["ReceiverOrdersNeedReview"]
+    assert "receiver_delivery_lag_seconds" in exprs["ReceiverDeliveryLagging"]
+    assert 'result="failed"' in exprs["ReceiverDeliveryFailed"]
 
 
 def test_the_dashboard_queries_prometheus_through_a_datasource_variable():

@@ -16,6 +16,7 @@ from aiohttp import HttpVersion11, hdrs, web
 
 from receiver.config import Config, DatabaseConfig
 from receiver.errors import DatabaseRefused, DatabaseUnavailable
+from receiver.events.forwarder import forwarding
 from receiver.gateways import Gateway, OrderQuerier
 from receiver.gateways.queriers import build_queriers
 from receiver.gateways.registry import build_gateways
@@ -85,6 +86,7 @@ def create_app(
     app.cleanup_ctx.append(database_ctx)
     app.cleanup_ctx.append(nonce_pruner_ctx)
     app.cleanup_ctx.append(reconciler_ctx)
+    app.cleanup_ctx.append(forwarder_ctx)
     app.on_response_prepare.append(_server_header)
     app.router.add_route(
         "*",
@@ -281,6 +283,12 @@ async def _reconcile(app: web.Application) -> None:
 
 
 reconciler_ctx = background(_reconcile)
+
+
+async def forwarder_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Forward order events to the `[[forward]]` destinations while serve runs."""
+    async with forwarding(app[POOL], app[CONFIG].forward):
+        yield
 
 
 async def readyz(request: web.Request) -> web.Response:

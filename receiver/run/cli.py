@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     from receiver.simulate.command import add_simulate_parser  # noqa: PLC0415 - imports this module
 
     add_simulate_parser(sub, _Parser)
+    from receiver.run.events_cli import add_parsers  # noqa: PLC0415 - imports this module
+
+    add_parsers(sub, _Parser)
     _add_operations(sub, osub)
     return parser
 
@@ -261,6 +264,10 @@ def _run_configured(args: argparse.Namespace, config: Config) -> int:
         return serve(config, host=args.host, port=args.port, workers=args.workers)
     if args.command == "migrate":
         return asyncio.run(_migrate(config))
+    if args.command in ("events", "deliveries"):
+        from receiver.run import events_cli as command  # noqa: PLC0415 - imports this module
+
+        return command.run(args, config)
     return asyncio.run(_command(args)(config, args))
 
 

@@ -14,7 +14,7 @@ import contextlib
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -27,6 +27,7 @@ from receiver.config import (
     BaofooMerchant,
     Config,
     DatabaseConfig,
+    ForwardDestination,
     GoPayConfig,
     GoPayMerchant,
     LogConfig,
@@ -37,6 +38,7 @@ from receiver.http.appkeys import POOL
 from receiver.http.connections import Runner
 from receiver.logging import configure_logging
 from receiver.simulate import BaofooSimulator, GoPaySimulator
+from receiver.simulate.downstream import StandInDownstream, new_secret, serving_downstream
 from receiver.simulate.gateway import GoPayClient, StandInGateway
 from receiver.simulate.keys import (
     MERCHANT_PRIVATE,
@@ -142,17 +144,24 @@ async def _demo(workdir: Path, *, log: TextIO | None = None) -> int:
     else:
         configure_logging(fmt="json", level="info", stream=log)
     print(f"Starting an embedded PostgreSQL under {workdir}, the receiver, a stand-in gateway ...")
-    async with serving(stand_in) as gateway_url:
+    downstream = StandInDownstream(secret=new_secret(), fail_first=1)
+    async with (
+        serving(stand_in) as gateway_url,
+        serving_downstream(downstream, host="127.0.0.1", port=0) as hook_url,
+    ):
         if log is not None:
             _write_config(workdir, keys, gateway_url)
-        runner = Runner(create_app(_config(workdir, keys, gateway_url)))
+        config = _config(workdir, keys, gateway_url)
+        config = replace(config, forward=(_destination(hook_url, downstream.secret),))
+        runner = Runner(create_app(config))
         await runner.setup()
         try:
             seen, orders = await _run(runner, _steps(gopay, keys.md5_key), stand_in)
+            forwarded = await _forwarded(downstream)
         finally:
             await runner.cleanup()
-    wrong = problems(seen, orders)
-    _print_summary(seen, orders, wrong)
+    wrong = problems(seen, orders) + _forwarding_problems(downstream, forwarded)
+    _print_summary(seen, orders, wrong, forwarded)
     return 1 if wrong else 0
 
 
@@ -187,6 +196,44 @@ def _print_kept(workdir: Path) -> None:
         f"\n  receiver orders show --config {config} {order}"
         f"\nRemove it with: rm -rf {workdir}"
     )
+
+
+def _destination(url: str, secret: str) -> ForwardDestination:
+    """The stand-in downstream service; retried half a second after its first refusal."""
+    return ForwardDestination(name="stand-in", url=url, secret=secret, retry_s=(0.5,))
+
+
+async def _forwarded(downstream: StandInDownstream) -> list[tuple[str, ...]]:
+    """Once every paid order's event reached the stand-in (or the wait ends): one row each."""
+    for _ in range(int(RECOVERY_TIMEOUT_S / RECOVERY_POLL_S)):
+        if len(downstream.accepted) >= _PAID_ORDERS:
+            break
+        await asyncio.sleep(RECOVERY_POLL_S)
+    return [
+        (
+            event["id"],
+            event["type"],
+            event["data"]["provider"],
+            event["data"]["out_trade_no"],
+            event["data"]["paid_amount"],
+            str(downstream.attempts[event["id"]]),
+            "verified",
+        )
+        for event in downstream.accepted
+    ]
+
+
+def _forwarding_problems(
+    downstream: StandInDownstream, forwarded: Sequence[tuple[str, ...]]
+) -> list[str]:
+    wrong = []
+    if len(forwarded) != _PAID_ORDERS:
+        wrong.append(
+            f"{len(forwarded)} events reached the downstream stand-in, expected {_PAID_ORDERS}"
+        )
+    if downstream.refused:
+        wrong.append(f"{downstream.refused} forwarded events failed signature verification")
+    return wrong
 
 
 async def _run(
@@ -242,6 +289,7 @@ def _config(workdir: Path, keys: SimulatorKeys, gateway_url: str) -> Config:
 
 
 _GATEWAYS = ("gopay", "baofoo")
+_PAID_ORDERS = 4  # a payment and a lost notification recovered, per gateway
 
 _ORDERS = (
     NewOrder(provider="gopay", merchant_id=GOPAY_MCHID, out_trade_no="G-1001", amount_minor=10000),
@@ -424,7 +472,10 @@ def _money(minor: int | None) -> str:
 
 
 def _print_summary(
-    seen: Sequence[Seen], orders: Sequence[tuple[str, ...]], wrong: Sequence[str]
+    seen: Sequence[Seen],
+    orders: Sequence[tuple[str, ...]],
+    wrong: Sequence[str],
+    forwarded: Sequence[tuple[str, ...]],
 ) -> None:
     print("\nWhat reached the receiver, and what it made of it:\n")
     _table(
@@ -433,6 +484,8 @@ def _print_summary(
     )
     print("\nOrders afterwards:\n")
     _table(("gateway", "order", "amount", "status", "paid", "events"), orders)
+    print("\nWhat the downstream stand-in received (signed webhooks, checked on arrival):\n")
+    _table(("webhook-id", "type", "gateway", "order", "paid", "attempts", "signature"), forwarded)
     if wrong:
         print("\nNot as it should be:\n" + "\n".join(f"  {line}" for line in wrong))
         return
@@ -443,6 +496,9 @@ def _print_summary(
         "\nnotifications' orders were paid at the gateway, which never said so; the service's"
         "\nreconciler asked the gateway about them (here a second after they were created:"
         "\nreconcile.first_after_s = 1) and applied the signed answers like notifications."
+        "\nEvery status change was forwarded to the downstream stand-in, signed as Standard"
+        "\nWebhooks; it refused each event's first attempt on purpose (HTTP 500), and the"
+        "\nreceiver sent it again with the same webhook-id until it was accepted."
     )
 
 

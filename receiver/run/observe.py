@@ -20,7 +20,8 @@ import asyncpg
 from aiohttp import web
 
 from receiver import metrics
-from receiver.config import Config, DatabaseConfig
+from receiver.config import Config, DatabaseConfig, ForwardDestination
+from receiver.events.forwarder import public_url
 from receiver.http.app import STARTUP_PATIENCE_S, CleanupContext, background, open_pool
 from receiver.http.appkeys import CONFIG, HEALTH, MIGRATED, POOL
 from receiver.logging import get_logger
@@ -84,6 +85,17 @@ def summary(config: Config) -> dict[str, Any]:
         },
         "reconciler": reconciler_on(config),
         "metrics": metrics.listen_address(config.metrics),
+        "forward": [_destination(d) for d in config.forward],
+    }
+
+
+def _destination(d: ForwardDestination) -> dict[str, Any]:
+    """A forwarding destination as the operator checks it: where, which events; no secret."""
+    return {
+        "name": d.name,
+        "url": public_url(d.url),
+        "types": list(d.types),
+        "providers": list(d.providers),
     }
 
 

@@ -19,8 +19,15 @@ from typing import Any
 import aiohttp
 
 from receiver.core.notification import Status, parse_money
+from receiver.events.signing import secret_key
 from receiver.gateways.baofoo.notify import PROVIDER as BAOFOO
 from receiver.gateways.gopay.notify import PROVIDER as GOPAY
+from receiver.simulate.downstream import (
+    StandInDownstream,
+    forward_snippet,
+    new_secret,
+    serving_downstream,
+)
 from receiver.simulate.gateway import Event, Fault, GoPayClient, StandInGateway
 from receiver.simulate.keys import SimulatorKeys, config_snippet, load_or_create
 from receiver.simulate.sender import ATTEMPT_TIMEOUT_S
@@ -28,6 +35,7 @@ from receiver.simulate.server import PAYMENTS_PATH, serving
 from receiver.simulate.signers import GoPaySimulator
 
 DEFAULT_PORT = 8090
+DEFAULT_DOWNSTREAM_PORT = 8091
 DEFAULT_GATEWAY = f"http://127.0.0.1:{DEFAULT_PORT}"
 DEFAULT_GOPAY_MERCHANT = "100001"
 DEFAULT_BAOFOO_MERCHANT = "100000178/10000001"
@@ -77,6 +85,15 @@ def add_simulate_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -
         default=Fault.NONE.value,
         help="misbehave this way when asked (default: none)",
     )
+    down = ssub.add_parser(
+        "downstream", help="a stand-in downstream service: receive and verify forwarded events"
+    )
+    down.add_argument("--host", default="127.0.0.1")
+    down.add_argument("--port", type=int, default=DEFAULT_DOWNSTREAM_PORT)
+    down.add_argument("--secret", help="whsec_... (default: a new one, printed)")
+    down.add_argument(
+        "--fail-first", type=int, default=0, metavar="N", help="answer 500 to N attempts per event"
+    )
     pay = ssub.add_parser("pay", help="hand a running stand-in gateway a payment")
     pay.add_argument(
         "--gateway",
@@ -114,6 +131,8 @@ def run_simulate(args: argparse.Namespace) -> int:
     try:
         if args.simulate_command == "serve":
             return _run_serve(args)
+        if args.simulate_command == "downstream":
+            return _run_downstream(args)
         return asyncio.run(_pay(_pay_request(args), gateway=args.gateway.rstrip("/")))
     except UsageError as exc:
         return _fail(2, f"usage: {exc} (see receiver simulate --help)")
@@ -192,6 +211,41 @@ async def _serve(
     except OSError as exc:
         if listening:
             raise
+        raise Failure(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return 0
+
+
+# --- downstream ---------------------------------------------------------------------------------
+
+
+def _run_downstream(args: argparse.Namespace) -> int:
+    if not 0 <= args.port <= 65535:
+        raise UsageError("--port must be a port number (0-65535)")
+    if args.fail_first < 0:
+        raise UsageError("--fail-first must be 0 or more")
+    secret = args.secret or new_secret()
+    try:
+        secret_key(secret)
+    except ValueError:
+        raise UsageError('--secret must be "whsec_" followed by base64') from None
+    downstream = StandInDownstream(
+        secret=secret,
+        fail_first=args.fail_first,
+        on_report=lambda report: _print(json.dumps(report, ensure_ascii=False)),
+    )
+    return asyncio.run(_serve_downstream(downstream, host=args.host, port=args.port))
+
+
+async def _serve_downstream(downstream: StandInDownstream, *, host: str, port: int) -> int:
+    try:
+        async with serving_downstream(downstream, host=host, port=port) as url:
+            _print(
+                f"# receiver configuration for the stand-in downstream service\n"
+                f"{forward_snippet(url, downstream.secret)}"
+            )
+            _print(f"# listening on {url}; Ctrl-C stops")
+            await asyncio.Event().wait()  # until interrupted
+    except OSError as exc:
         raise Failure(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     return 0
 
