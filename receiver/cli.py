@@ -14,7 +14,7 @@ import re
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
@@ -252,16 +252,38 @@ def _try_bind(host: str, port: int) -> None:
 @asynccontextmanager
 async def _connect(config: Config, *, create: bool = False) -> AsyncIterator[asyncpg.Connection]:
     """A connection to the configured (or embedded) database; only migrate may `create` an
-    embedded one (see database.database_url)."""
+    embedded one (see database.database_url), and every other command finds the schema current
+    (it never migrates: older `serve` processes may be using this database).
+
+    Through PgBouncer in transaction mode, the connection is inside one transaction throughout
+    (see database.TransactionPool).
+    """
+    pgbouncer = config.database.pgbouncer
     async with database.database_url(config.database, create=create) as url:
         try:
-            conn = await asyncpg.connect(url, timeout=database.CONNECT_TIMEOUT_S)
+            conn = await asyncpg.connect(
+                url,
+                timeout=database.CONNECT_TIMEOUT_S,
+                **database.connect_options(pgbouncer=pgbouncer),
+            )
         except database.CONNECT_ERRORS as exc:
             raise database.connection_failure(exc) from exc
         try:
-            yield conn
+            async with AsyncExitStack() as stack:
+                if pgbouncer:
+                    await stack.enter_async_context(conn.transaction())
+                if not create:
+                    await _require_current(conn)
+                yield conn
         finally:
             await conn.close()
+
+
+async def _require_current(conn: asyncpg.Connection) -> None:
+    try:
+        await database.require_current(conn)
+    except database.SchemaNotCurrent as exc:
+        raise Failure(str(exc)) from None
 
 
 async def _migrate(config: Config) -> int:
@@ -288,7 +310,6 @@ async def _orders_add(config: Config, args: argparse.Namespace) -> int:
         channel=args.channel,
     )
     async with _connect(config) as conn:
-        await database.migrate(conn)
         try:
             row = await ledger.create_order(conn, order)
         except ledger.OrderExists as exc:
@@ -327,7 +348,6 @@ def _configured_merchants(config: Config, provider: str) -> set[str]:
 
 async def _orders_show(config: Config, args: argparse.Namespace) -> int:
     async with _connect(config) as conn:
-        await database.migrate(conn)
         order, notes = await ledger.find_order(
             conn, provider=args.provider, merchant_id=args.merchant, out_trade_no=args.out_trade_no
         )
@@ -473,7 +493,6 @@ async def _orders_resolve(config: Config, args: argparse.Namespace) -> int:
     if not args.note.strip():
         raise UsageError("--note must say what was done")
     async with _connect(config) as conn:
-        await database.migrate(conn)
         row = await ops.resolve_order(
             conn,
             provider=args.provider,
@@ -505,7 +524,6 @@ async def _read(
 ) -> list[asyncpg.Record]:
     """Rows fetched on a connection to the configured database, its schema current."""
     async with _connect(config) as conn:
-        await database.migrate(conn)
         return await fetch(conn)
 
 
@@ -513,9 +531,12 @@ async def _read(
 async def _ledger(config: Config) -> AsyncIterator[tuple[asyncpg.Pool, ledger.Ledger]]:
     """A small pool on the configured database, its schema current, and a ledger on it."""
     async with database.database_url(config.database) as url:
-        pool = await database.create_pool(url, min_size=1, max_size=4)
+        pool = await database.create_pool(
+            url, min_size=1, max_size=4, pgbouncer=config.database.pgbouncer
+        )
         try:
-            await database.wait_and_migrate(pool, patience_s=0)
+            async with pool.acquire() as conn:
+                await _require_current(conn)
             yield pool, ledger.Ledger(pool, nonce_window_s=config.gopay.timestamp_tolerance_s)
         finally:
             await pool.close()
@@ -531,14 +552,15 @@ async def _replay(config: Config, args: argparse.Namespace) -> int:
         ids=args.ids or (), outcome=args.outcome, provider=args.provider, since=args.since
     )
     async with _ledger(config) as (pool, book):
-        async with pool.acquire() as conn:
-            try:
-                rows = await replay.select(conn, selection)
-            except replay.NoSuchNotification as exc:
-                raise Failure(str(exc)) from None
-        for row in rows:
-            done = await replay.replay(row, gateways=gateways, ledger=book, dry_run=args.dry_run)
-            _print_line(done.as_dict())
+        try:
+            async for rows in replay.select(pool, selection):
+                for row in rows:
+                    done = await replay.replay(
+                        row, gateways=gateways, ledger=book, dry_run=args.dry_run
+                    )
+                    _print_line(done.as_dict())
+        except replay.NoSuchNotification as exc:
+            raise Failure(str(exc)) from None
     return 0
 
 

@@ -158,7 +158,7 @@ def observing_workers(config: Config, *, url: str, path: str) -> Iterator[None]:
     loop = _LoopThread("receiver-orders-watch")
     pool: asyncpg.Pool | None = None
     try:
-        pool = loop.call(_open_pool(url))
+        pool = loop.call(_open_pool(url, pgbouncer=config.database.pgbouncer))
         log_starting(config, migrations_applied=loop.call(_migrate(pool)))
         health = database.Health()
         health.worked()
@@ -172,8 +172,10 @@ def observing_workers(config: Config, *, url: str, path: str) -> Iterator[None]:
         listener.stop()
 
 
-async def _open_pool(url: str) -> asyncpg.Pool:
-    return await open_pool(url, min_size=1, max_size=1, patience_s=STARTUP_PATIENCE_S)
+async def _open_pool(url: str, *, pgbouncer: bool) -> asyncpg.Pool:
+    return await open_pool(
+        url, min_size=1, max_size=1, patience_s=STARTUP_PATIENCE_S, pgbouncer=pgbouncer
+    )
 
 
 async def _migrate(pool: asyncpg.Pool) -> list[str]:
