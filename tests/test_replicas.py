@@ -17,18 +17,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
 import asyncpg
 import pytest
 
 from receiver.ledger import NewOrder, create_order
+from tests import rawhttp
 from tests.gopay_signer import GoPaySigner
 from tests.pgbouncer import PgBouncer
-from tests.service_process import ServiceProcess, write_config
+from tests.service_process import HOST, ServiceProcess, write_config
 from tests.test_gopay_http import charge
 
 READY_S = 90.0  # three processes starting at once on two shared cores
-ORDERS = 40
+ORDERS = 320
+BLOCK = 16  # orders whose notifications every replica gets at once, each in its own order
 FRESH_PER_ORDER = 2  # notifications with a nonce of their own, besides the one every replica gets
 
 
@@ -80,27 +81,51 @@ async def deadlocks(conn: asyncpg.Connection) -> int:
 async def storm(
     services: list[ServiceProcess], signer: GoPaySigner, orders: list[str]
 ) -> Counter[int]:
-    """Every order's notification sent once to every replica (one nonce), and FRESH_PER_ORDER
-    more with nonces of their own, all at once in a shuffled order; the replies' statuses."""
-    urls = [s.base_url + "/notify/gopay" for s in services]
-    sends: list[tuple[str, bytes, dict[str, str]]] = []
-    for i, no in enumerate(orders):
-        body, headers = signer.notify(charge(no))
-        sends += [(url, body, headers) for url in urls]
-        for k in range(FRESH_PER_ORDER):
-            fresh_body, fresh_headers = signer.notify(charge(no))
-            sends.append((urls[(i + k) % len(urls)], fresh_body, fresh_headers))
-    random.Random(21).shuffle(sends)
+    """FRESH_PER_ORDER notifications per order with nonces of their own, then every order's
+    notification once more, sent to every replica with one nonce; the replies' statuses.
 
-    async def send(session: aiohttp.ClientSession, url: str, body: bytes, h: Any) -> int:
-        async with session.post(url, data=body, headers=h) as resp:
-            await resp.read()
-            return resp.status
-
-    connector = aiohttp.TCPConnector(limit=90)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        statuses = await asyncio.gather(*(send(session, *s) for s in sends))
+    The second wave comes in bursts of BLOCK orders: every replica gets the block at the same
+    moment (written at once on connections opened beforehand), each in an order of its own (as
+    given, reversed, shuffled). The orders are paid by then, so these batches move no order and
+    only claim nonces, the same ones in different orders: what deadlocks a ledger that claims
+    them in arrival order.
+    """
+    rng = random.Random(21)
+    fresh = [
+        (services[(i + k) % len(services)].port, notify_request(signer, no))
+        for i, no in enumerate(orders)
+        for k in range(FRESH_PER_ORDER)
+    ]
+    statuses = await burst(fresh)
+    for start in range(0, len(orders), BLOCK):
+        shared = [notify_request(signer, no) for no in orders[start : start + BLOCK]]
+        orderings = [shared, shared[::-1], *(rng.sample(shared, len(shared)) for _ in range(9))]
+        statuses += await burst(
+            [
+                (svc.port, data)
+                for svc, ordering in zip(services, orderings[: len(services)], strict=True)
+                for data in ordering
+            ]
+        )
     return Counter(statuses)
+
+
+def notify_request(signer: GoPaySigner, out_trade_no: str) -> bytes:
+    body, headers = signer.notify(charge(out_trade_no))
+    return rawhttp.request(headers=headers, body=body)
+
+
+async def burst(sends: list[tuple[int, bytes]]) -> list[int]:
+    """Open a connection per request, then write every request at once; the reply statuses."""
+    streams = [await asyncio.open_connection(HOST, port) for port, _ in sends]
+    try:
+        for (_, writer), (_, data) in zip(streams, sends, strict=True):
+            writer.write(data)
+        async with asyncio.timeout(30):
+            return [(await rawhttp.read_reply(reader)).status for reader, _ in streams]
+    finally:
+        for _, writer in streams:
+            writer.close()
 
 
 async def assert_storm_kept_every_guarantee(
