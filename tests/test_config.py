@@ -168,7 +168,8 @@ def test_database_urls_libpq_takes_are_taken(tmp_path, url):
 
 
 def test_pgbouncer_listen_url_and_metrics_connections(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # no receiver.toml here: the defaults
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # no receiver.toml here: the defaults
     text = (
         '[database]\nurl = "postgresql://u:secret@pooler:6432/db"\npgbouncer = true\n'
         'listen_url = "postgresql://u:secret@postgres:5432/db"\n'
