@@ -82,7 +82,13 @@ class Tuning:
 
 
 def write_config(
-    directory: Path, *, port: int, platform_key_pem: str, tolerance_s: int, tuning: Tuning
+    directory: Path,
+    *,
+    port: int,
+    platform_key_pem: str,
+    tolerance_s: int,
+    tuning: Tuning,
+    extra_toml: str = "",
 ) -> Path:
     """The service's TOML configuration with one GoPay merchant and the bench's platform key."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -97,15 +103,23 @@ def write_config(
             batch_max=tuning.batch_max,
             batch_concurrency=tuning.batch_concurrency,
         )
+        + extra_toml
     )
     return path
 
 
 @asynccontextmanager
 async def receiver(
-    workdir: Path, *, database_url: str, platform_key_pem: str, tolerance_s: int, tuning: Tuning
+    workdir: Path,
+    *,
+    database_url: str,
+    platform_key_pem: str,
+    tolerance_s: int,
+    tuning: Tuning,
+    extra_toml: str = "",
 ) -> AsyncIterator[Running]:
-    """`receiver serve` as a subprocess, ready (its /readyz says 200) until the context ends."""
+    """`receiver serve` as a subprocess, ready (its /readyz says 200) until the context ends;
+    `extra_toml` is appended to its configuration."""
     port = free_port()
     config = write_config(
         workdir,
@@ -113,6 +127,7 @@ async def receiver(
         platform_key_pem=platform_key_pem,
         tolerance_s=tolerance_s,
         tuning=tuning,
+        extra_toml=extra_toml,
     )
     command = [sys.executable, "-m", "receiver.cli", "serve", "--config", str(config)]
     command += ["--host", "127.0.0.1", "--workers", str(tuning.workers)]
