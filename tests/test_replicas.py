@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from receiver import database
 from receiver.ledger import NewOrder, create_order
 from tests import rawhttp
 from tests.gopay_signer import GoPaySigner
@@ -292,3 +293,27 @@ def cli(config: Path, env: dict[str, str], *args: str) -> subprocess.CompletedPr
         timeout=60,
         check=False,
     )
+
+
+async def test_migrations_wait_for_the_lock_only_when_something_is_left_to_apply(empty_database):
+    holder = await asyncpg.connect(empty_database)
+    conn = await asyncpg.connect(empty_database)
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", database.MIGRATION_LOCK_KEY)
+        migrating = asyncio.create_task(database.migrate(conn))
+        await asyncio.sleep(0.5)
+        assert not migrating.done()  # another migrator holds the lock: wait for it
+        await holder.execute("SELECT pg_advisory_unlock($1)", database.MIGRATION_LOCK_KEY)
+        applied = await asyncio.wait_for(migrating, 10)
+        assert applied == [m.version for m in database.migrations()]
+        await holder.execute("SELECT pg_advisory_lock($1)", database.MIGRATION_LOCK_KEY)
+        # The schema is current: seen without the lock, so a held lock delays nothing.
+        assert await asyncio.wait_for(database.migrate(conn), 2) == []
+        # The lock is the transaction's: nothing left held in the session afterwards.
+        held = await conn.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+        )
+        assert held == 0
+    finally:
+        await conn.close()
+        await holder.close()
