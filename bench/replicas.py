@@ -93,7 +93,9 @@ async def run(args: argparse.Namespace) -> None:
                         _request_set(sim, workdir, label=f"S{n}R{r}", args=args, share=share)
                         for r, share in enumerate(_shares(setup))
                     ]
-                    await conn.execute("TRUNCATE order_events, notifications, orders, gopay_nonces")
+                    await conn.execute(
+                        "TRUNCATE order_events, notifications, orders, gopay_nonces CASCADE"
+                    )
                     await create_orders(conn, [no for s in sets for no in s.out_trade_nos])
                     await conn.execute("CHECKPOINT")
                     results.append(
@@ -111,7 +113,7 @@ async def run(args: argparse.Namespace) -> None:
                     )
             finally:
                 await conn.close()
-    print()
+    print("\nside by side (committed notifications per second; CPU per committed notification):")
     for figures in results:
         print(figures.line())
 
