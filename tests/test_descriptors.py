@@ -186,6 +186,7 @@ async def hold_idle_silent(host: str, port: int, count: int) -> list[asyncio.Str
 
 
 async def get_text(url: str) -> str:
-    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as resp:
         assert resp.status == 200
         return await resp.text()
