@@ -176,13 +176,17 @@ async def test_a_silent_metrics_connection_is_closed_after_the_header_timeout(
 
 
 async def hold_idle_silent(host: str, port: int, count: int) -> list[asyncio.StreamWriter]:
-    """Open `count` connections that send nothing."""
-    writers = []
-    for _ in range(count):
-        with contextlib.suppress(OSError):
-            _reader, writer = await asyncio.open_connection(host, port)
-            writers.append(writer)
-    return writers
+    """Open `count` connections at once that send nothing (those not accepted within 3 s, when
+    the listener's backlog is full, are given up)."""
+
+    async def connect() -> asyncio.StreamWriter | None:
+        with contextlib.suppress(OSError, TimeoutError):
+            _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 3)
+            return writer
+        return None
+
+    opened = await asyncio.gather(*(connect() for _ in range(count)))
+    return [w for w in opened if w is not None]
 
 
 async def get_text(url: str) -> str:
