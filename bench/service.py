@@ -92,6 +92,7 @@ def write_config(
     tolerance_s: int,
     tuning: Tuning,
     forward_url: str = "",
+    extra_toml: str = "",
 ) -> Path:
     """The service's TOML configuration with one GoPay merchant and the bench's platform key."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -107,16 +108,24 @@ def write_config(
             batch_concurrency=tuning.batch_concurrency,
         )
         + (forward_table(forward_url) if forward_url else "")
+        + extra_toml
     )
     return path
 
 
 @asynccontextmanager
 async def receiver(
-    workdir: Path, *, database_url: str, platform_key_pem: str, tolerance_s: int, tuning: Tuning
+    workdir: Path,
+    *,
+    database_url: str,
+    platform_key_pem: str,
+    tolerance_s: int,
+    tuning: Tuning,
+    extra_toml: str = "",
 ) -> AsyncIterator[Running]:
     """`receiver serve` as a subprocess, ready (its /readyz says 200) until the context ends;
-    with `tuning.forward`, forwarding to a bare endpoint of its own."""
+    with `tuning.forward`, forwarding to a bare endpoint of its own; `extra_toml` is appended to
+    its configuration."""
     async with contextlib.AsyncExitStack() as stack:
         forward_url = ""
         if tuning.forward:
@@ -129,6 +138,7 @@ async def receiver(
             tolerance_s=tolerance_s,
             tuning=tuning,
             forward_url=forward_url,
+            extra_toml=extra_toml,
         )
         command = [sys.executable, "-m", "receiver.run.cli", "serve", "--config", str(config)]
         command += ["--host", "127.0.0.1", "--workers", str(tuning.workers)]

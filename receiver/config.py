@@ -48,6 +48,7 @@ class ServerConfig:
 class MetricsConfig:
     host: str = "127.0.0.1"
     port: int = 9464  # 0: no metrics listener
+    max_connections: int = 64  # more open scrape connections are closed at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,8 @@ class DatabaseConfig:
     data_dir: Path = Path(".receiver")
     pool_min: int = 2
     pool_max: int = 10
+    pgbouncer: bool = False  # no session state between transactions (transaction pooling)
+    listen_url: str = field(default="", repr=False)  # a direct connection for LISTEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,10 +380,12 @@ class _Reader:
         return value.rstrip("/")
 
     def metrics(self, t: Table) -> MetricsConfig:
-        self.only(t, "metrics.", {"host", "port"})
+        self.only(t, "metrics.", {"host", "port", "max_connections"})
         d = MetricsConfig()
         return MetricsConfig(
-            host=self.get(t, "metrics.host", str, d.host), port=self.port(t, "metrics.port", d.port)
+            host=self.get(t, "metrics.host", str, d.host),
+            port=self.port(t, "metrics.port", d.port),
+            max_connections=self.positive(t, "metrics.max_connections", d.max_connections),
         )
 
     def reconcile(self, t: Table) -> ReconcileConfig:
@@ -446,7 +451,9 @@ class _Reader:
         return tuple(float(i) for i in items)
 
     def database(self, t: Table) -> DatabaseConfig:
-        self.only(t, "database.", {"url", "data_dir", "pool_min", "pool_max"})
+        self.only(
+            t, "database.", {"url", "data_dir", "pool_min", "pool_max", "pgbouncer", "listen_url"}
+        )
         d = DatabaseConfig()
         url = self.database_url(t)
         pool_min = self.get(t, "database.pool_min", int, d.pool_min)
@@ -460,7 +467,15 @@ class _Reader:
             ),
             pool_min=pool_min,
             pool_max=pool_max,
+            pgbouncer=self.get(t, "database.pgbouncer", bool, d.pgbouncer),
+            listen_url=self.listen_url(t),
         )
+
+    def listen_url(self, t: Table) -> str:
+        url = self.get(t, "database.listen_url", str, "")
+        if problem := _database_url_problem(url):
+            raise self.fail("database.listen_url", problem)
+        return url
 
     def database_url(self, t: Table) -> str:
         from_environment = self.environ.get(DATABASE_URL_VARIABLE, "")

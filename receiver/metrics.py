@@ -16,33 +16,40 @@ counts of a worker that exited stay in the totals, and its live gauges leave wit
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 import asyncpg
+from aiohttp import web
 from prometheus_client import (
+    PLATFORM_COLLECTOR,
     REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     multiprocess,
-    start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from receiver.config import MetricsConfig
+from receiver.config import MetricsConfig, ServerConfig
 from receiver.core.notification import Outcome
 from receiver.gateways import QueryResult
 
 PROVIDERS = ("gopay", "baofoo")
+
+# `python_info` names the Python version and implementation: nothing a scrape needs to show.
+with contextlib.suppress(KeyError):
+    REGISTRY.unregister(PLATFORM_COLLECTOR)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 NOTIFICATIONS = Counter(
@@ -307,29 +314,80 @@ class ListenerError(OSError):
     """The metrics listener could not bind its address."""
 
 
+# What a scrape may ask for besides the metrics: nothing.
+METRICS_PATH = "/metrics"
+
+
 @dataclass
 class Listener:
-    """`/metrics` over HTTP on its own address, served from a thread."""
+    """`/metrics` over HTTP on its own address, served on the running event loop.
+
+    It holds up like the notify listener (the same connection handler): a connection that has
+    not sent a whole request head within `header_timeout_s`, or sits idle that long after a
+    reply, is closed, and past `config.max_connections` open at once a new one is closed at
+    once, so however many connections it is sent it holds at most that many descriptors (which
+    the notify listener leaves aside: see connections.connection_limit).
+    """
 
     config: MetricsConfig
     registry: CollectorRegistry
+    header_timeout_s: float = 10.0
     _server: Any = field(default=None, init=False)
+    _web: Any = field(default=None, init=False)
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Listen, unless `[metrics] port` is 0; ListenerError when the address is refused."""
         if not self.config.port:
             return
+        self._web = web.Server(self._scrape, access_log=None)
+        loop = asyncio.get_running_loop()
         try:
-            self._server, _thread = start_http_server(
-                self.config.port, addr=self.config.host, registry=self.registry
+            self._server = await loop.create_server(
+                self._handler_factory(), self.config.host, self.config.port, reuse_address=True
             )
         except OSError as exc:
-            problem = exc.strerror or str(exc)
+            # asyncio words it "error while attempting to bind on address (...)": the plain one.
+            problem = os.strerror(exc.errno) if exc.errno else str(exc)
             raise ListenerError(
                 f"metrics listener {listen_address(self.config)}: {problem}"
             ) from None
 
-    def stop(self) -> None:
+    def _handler_factory(self) -> Callable[[], web.RequestHandler]:
+        # Here, not at the top: connections counts refusals through this module.
+        from receiver.http.connections import OpenConnections, ReceiverRequestHandler  # noqa: PLC0415
+
+        timeouts = ServerConfig(
+            header_timeout_s=self.header_timeout_s, keepalive_timeout_s=self.header_timeout_s
+        )
+        connections = OpenConnections(self.config.max_connections)
+        manager = self._web
+
+        def handler() -> web.RequestHandler:
+            return ReceiverRequestHandler(
+                manager,
+                loop=asyncio.get_running_loop(),
+                server=timeouts,
+                connections=connections,
+                gateways={},
+                access_log=None,
+            )
+
+        return handler
+
+    async def _scrape(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.path != METRICS_PATH:
+            return web.Response(status=404, text="Not Found\n")
+        if request.method not in ("GET", "HEAD"):
+            return web.Response(status=405, text="Method Not Allowed\n")
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        resp = web.Response(body=encoder(self.registry))
+        resp.headers["Content-Type"] = content_type  # with its version parameter, as written
+        return resp
+
+    async def stop(self) -> None:
+        """Close the listening socket and every connection."""
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.close()
+            await self._web.shutdown(1.0)
+            await self._server.wait_closed()
             self._server = None

@@ -10,6 +10,7 @@ import pytest
 
 from receiver.config import load_config, parse_config
 from receiver.errors import ConfigError
+from receiver.store import database
 
 SPEC_EXAMPLE = """
 [server]
@@ -105,6 +106,9 @@ def test_secrets_stay_out_of_reprs(tmp_path):
         ),
         ("[[baofoo.merchants]]\nmember_id = 1\n", "baofoo.merchants[0].terminal_id", "missing"),
         ("not toml at all", "(file)", "TOML"),
+        ('[database]\npgbouncer = "yes"\n', "database.pgbouncer", "true or false"),
+        ('[database]\nlisten_url = "mysql://x"\n', "database.listen_url", "postgresql://"),
+        ("[metrics]\nmax_connections = 0\n", "metrics.max_connections", "greater than 0"),
     ],
 )
 def test_errors_name_file_key_and_problem(tmp_path, text, key, problem):
@@ -161,3 +165,31 @@ def test_error_never_echoes_a_secret(tmp_path):
 def test_database_urls_libpq_takes_are_taken(tmp_path, url):
     path = write(tmp_path, f'[database]\nurl = "{url}"\n')
     assert load_config(str(path), {}).database.url == url
+
+
+def test_pgbouncer_listen_url_and_metrics_connections(tmp_path, monkeypatch):
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # no receiver.toml here: the defaults
+    text = (
+        '[database]\nurl = "postgresql://u:secret@pooler:6432/db"\npgbouncer = true\n'
+        'listen_url = "postgresql://u:secret@postgres:5432/db"\n'
+        "[metrics]\nmax_connections = 16\n"
+    )
+    cfg = load_config(str(write(tmp_path, text)), {})
+    assert cfg.database.pgbouncer and cfg.metrics.max_connections == 16
+    assert (
+        database.listen_url(cfg, url=cfg.database.url) == "postgresql://u:secret@postgres:5432/db"
+    )
+    assert "secret" not in repr(cfg)
+    defaults = load_config(None, {})
+    assert not defaults.database.pgbouncer and defaults.metrics.max_connections == 64
+    assert database.listen_url(defaults, url="postgresql://h/db") == "postgresql://h/db"
+
+
+def test_through_pgbouncer_listening_needs_a_direct_listen_url(tmp_path):
+    path = write(tmp_path, '[database]\nurl = "postgresql://pooler:6432/db"\npgbouncer = true\n')
+    cfg = load_config(str(path), {})
+    with pytest.raises(ConfigError) as err:
+        database.listen_url(cfg, url=cfg.database.url)
+    assert (err.value.source, err.value.key) == (str(path), "database.listen_url")
+    assert "direct connection" in err.value.problem

@@ -225,7 +225,8 @@ async def test_explain_never_migrates_an_older_schema(
         done = explain(config, baofoo_md5_key, "--id", "1")
         assert done.returncode == 1
         assert done.stderr == (
-            "receiver: the database schema is older than this receiver: run receiver migrate\n"
+            "receiver: the database has no receiver schema:"
+            " run `receiver migrate` (or start serve) first\n"
         )
         conn = await asyncpg.connect(empty_url)
         try:

@@ -40,9 +40,11 @@ async def replay_all(
     pool: asyncpg.Pool, config: Config, selection: Selection, *, dry_run: bool = False
 ) -> list[Replayed]:
     gateways, ledger = build_gateways(config), Ledger(pool)
-    async with pool.acquire() as conn:
-        rows = await select(conn, selection)
-    return [await replay(r, gateways=gateways, ledger=ledger, dry_run=dry_run) for r in rows]
+    return [
+        await replay(r, gateways=gateways, ledger=ledger, dry_run=dry_run)
+        async for rows in select(pool, selection, batch=2)
+        for r in rows
+    ]
 
 
 async def events(db: asyncpg.Connection) -> list[tuple[Any, ...]]:

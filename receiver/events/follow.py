@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager, suppress
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 
 import asyncpg
@@ -34,9 +34,12 @@ class SchemaBehind(Exception):
     """The database's schema is older than this receiver's (a reader never migrates)."""
 
 
-def listen_url(config: Config) -> AbstractAsyncContextManager[str]:
-    """The database URL `events follow` holds a session on."""
-    return database.database_url(config.database)
+@asynccontextmanager
+async def listen_url(config: Config) -> AsyncIterator[str]:
+    """The database URL `events follow` holds a session on: `database.listen_url` when set (a
+    direct connection beside a pooler), else the service's database."""
+    async with database.database_url(config.database) as url:
+        yield database.listen_url(config, url=url)
 
 
 @dataclass(kw_only=True)

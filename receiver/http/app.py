@@ -169,6 +169,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
             min_size=config.database.pool_min,
             max_size=config.database.pool_max,
             patience_s=STARTUP_PATIENCE_S,
+            pgbouncer=config.database.pgbouncer,
         )
         try:
             app[MIGRATED] = await database.wait_and_migrate(pool, patience_s=STARTUP_PATIENCE_S)
@@ -187,7 +188,9 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
             await pool.close()
 
 
-async def open_pool(url: str, *, min_size: int, max_size: int, patience_s: float) -> asyncpg.Pool:
+async def open_pool(
+    url: str, *, min_size: int, max_size: int, patience_s: float, pgbouncer: bool = False
+) -> asyncpg.Pool:
     """A pool on `url`, waiting up to `patience_s` for the database to answer.
 
     The wait is logged at once and then at doubling intervals (an outage of the whole patience
@@ -198,7 +201,9 @@ async def open_pool(url: str, *, min_size: int, max_size: int, patience_s: float
     next_log_at, gap = loop.time(), WAITING_LOG_FIRST_GAP_S
     while True:
         try:
-            return await database.create_pool(url, min_size=min_size, max_size=max_size)
+            return await database.create_pool(
+                url, min_size=min_size, max_size=max_size, pgbouncer=pgbouncer
+            )
         except DatabaseRefused:
             raise  # no such database or role: waiting will not make one
         except DatabaseUnavailable as exc:

@@ -57,12 +57,13 @@ def raise_open_files_limit() -> int:
     return soft
 
 
-def connection_limit(configured: int) -> int:
-    """`server.max_connections`, lowered to leave descriptors for everything else."""
+def connection_limit(configured: int, *, metrics_connections: int = 0) -> int:
+    """`server.max_connections`, lowered to leave descriptors for everything else: the reserve,
+    and the metrics listener's own connections (at most `metrics_connections`)."""
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return configured
-    return max(1, min(configured, soft - RESERVED_DESCRIPTORS))
+    return max(1, min(configured, soft - RESERVED_DESCRIPTORS - metrics_connections))
 
 
 class Throttle:
@@ -231,8 +232,12 @@ class Runner(ProtocolRunner):
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
         kwargs.setdefault("access_log", None)
         super().__init__(app, **kwargs)
-        configured = app[CONFIG].server.max_connections
-        self._connections = OpenConnections(connection_limit(configured))
+        config = app[CONFIG]
+        configured = config.server.max_connections
+        scrapes = config.metrics.max_connections if config.metrics.port else 0
+        self._connections = OpenConnections(
+            connection_limit(configured, metrics_connections=scrapes)
+        )
         if self._connections.limit < configured:
             log.warning(
                 "max_connections_lowered",

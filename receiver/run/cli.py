@@ -14,7 +14,7 @@ import re
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
@@ -340,16 +340,38 @@ def _try_bind(host: str, port: int) -> None:
 @asynccontextmanager
 async def _connect(config: Config, *, create: bool = False) -> AsyncIterator[asyncpg.Connection]:
     """A connection to the configured (or embedded) database; only migrate may `create` an
-    embedded one (see database.database_url)."""
+    embedded one (see database.database_url), and every other command finds the schema current
+    (it never migrates: older `serve` processes may be using this database).
+
+    Through PgBouncer in transaction mode, the connection is inside one transaction throughout
+    (see database.TransactionPool).
+    """
+    pgbouncer = config.database.pgbouncer
     async with database.database_url(config.database, create=create) as url:
         try:
-            conn = await asyncpg.connect(url, timeout=database.CONNECT_TIMEOUT_S)
+            conn = await asyncpg.connect(
+                url,
+                timeout=database.CONNECT_TIMEOUT_S,
+                **database.connect_options(pgbouncer=pgbouncer),
+            )
         except database.CONNECT_ERRORS as exc:
             raise database.connection_failure(exc) from exc
         try:
-            yield conn
+            async with AsyncExitStack() as stack:
+                if pgbouncer:
+                    await stack.enter_async_context(conn.transaction())
+                if not create:
+                    await _require_current(conn)
+                yield conn
         finally:
             await conn.close()
+
+
+async def _require_current(conn: asyncpg.Connection) -> None:
+    try:
+        await database.require_current(conn)
+    except database.SchemaNotCurrent as exc:
+        raise Failure(str(exc)) from None
 
 
 async def _migrate(config: Config) -> int:
@@ -376,7 +398,6 @@ async def _orders_add(config: Config, args: argparse.Namespace) -> int:
         channel=args.channel,
     )
     async with _connect(config) as conn:
-        await database.migrate(conn)
         try:
             row = await ledger.create_order(conn, order)
         except ledger.OrderExists as exc:
@@ -415,7 +436,6 @@ def _configured_merchants(config: Config, provider: str) -> set[str]:
 
 async def _orders_show(config: Config, args: argparse.Namespace) -> int:
     async with _connect(config) as conn:
-        await database.migrate(conn)
         order, notes = await ledger.find_order(
             conn, provider=args.provider, merchant_id=args.merchant, out_trade_no=args.out_trade_no
         )
@@ -587,7 +607,6 @@ async def _orders_list(config: Config, args: argparse.Namespace) -> int:
         limit=args.limit,
     )
     async with _connect(config) as conn:
-        await database.migrate(conn)
         rows = await ops.list_orders(conn, found)
         if args.needs_review:
             ids = [row["id"] for row in rows]
@@ -604,7 +623,6 @@ async def _orders_resolve(config: Config, args: argparse.Namespace) -> int:
     if not args.note.strip():
         raise UsageError("--note must say what was done")
     async with _connect(config) as conn:
-        await database.migrate(conn)
         try:
             closed = await ops.resolve_reviews(conn, review_ids=args.reviews, note=args.note)
         except ops.NotOpen as exc:
@@ -632,7 +650,6 @@ async def _read(
 ) -> list[asyncpg.Record]:
     """Rows fetched on a connection to the configured database, its schema current."""
     async with _connect(config) as conn:
-        await database.migrate(conn)
         return await fetch(conn)
 
 
@@ -640,9 +657,12 @@ async def _read(
 async def _ledger(config: Config) -> AsyncIterator[tuple[asyncpg.Pool, ledger.Ledger]]:
     """A small pool on the configured database, its schema current, and a ledger on it."""
     async with database.database_url(config.database) as url:
-        pool = await database.create_pool(url, min_size=1, max_size=4)
+        pool = await database.create_pool(
+            url, min_size=1, max_size=4, pgbouncer=config.database.pgbouncer
+        )
         try:
-            await database.wait_and_migrate(pool, patience_s=0)
+            async with pool.acquire() as conn:
+                await _require_current(conn)
             yield pool, ledger.Ledger(pool, nonce_window_s=config.gopay.timestamp_tolerance_s)
         finally:
             await pool.close()
@@ -658,18 +678,19 @@ async def _replay(config: Config, args: argparse.Namespace) -> int:
         ids=args.ids or (), outcome=args.outcome, provider=args.provider, since=args.since
     )
     async with _ledger(config) as (pool, book):
-        async with pool.acquire() as conn:
-            try:
-                rows = await replay.select(conn, selection)
-            except replay.NoSuchNotification as exc:
-                raise Failure(str(exc)) from None
         unverifiable = _unverifiable(config)
-        for row in rows:
-            if row["provider"] in unverifiable:
-                _print_line(_not_verified(row, why=unverifiable[row["provider"]]))
-                continue
-            done = await replay.replay(row, gateways=gateways, ledger=book, dry_run=args.dry_run)
-            _print_line(done.as_dict())
+        try:
+            async for rows in replay.select(pool, selection):
+                for row in rows:
+                    if row["provider"] in unverifiable:
+                        _print_line(_not_verified(row, why=unverifiable[row["provider"]]))
+                        continue
+                    done = await replay.replay(
+                        row, gateways=gateways, ledger=book, dry_run=args.dry_run
+                    )
+                    _print_line(done.as_dict())
+        except replay.NoSuchNotification as exc:
+            raise Failure(str(exc)) from None
     return 0
 
 
@@ -737,9 +758,7 @@ async def _explain(config: Config, args: argparse.Namespace) -> int:
     from receiver.run import explain  # noqa: PLC0415
 
     gateways = build_gateways(config)  # the verification keys only, never an API key
-    async with _connect(config) as conn:
-        if not await database.schema_is_current(conn):
-            raise Failure("the database schema is older than this receiver: run receiver migrate")
+    async with _connect(config) as conn:  # checks the schema, never migrates
         try:
             found = await explain.explain(conn, args.id, gateways=gateways)
         except explain.NoSuchNotification as exc:
@@ -750,4 +769,9 @@ async def _explain(config: Config, args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run main() of the module receiver.run.cli, not of this __main__ copy: the commands that
+    # live in other modules import receiver.run.cli, and the exceptions they raise must be the
+    # classes main() catches.
+    from receiver.run.cli import main as module_main
+
+    sys.exit(module_main())

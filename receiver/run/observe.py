@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from receiver import metrics
 from receiver.config import Config, DatabaseConfig, ForwardDestination
@@ -136,23 +137,38 @@ def observing_process(config: Config) -> Iterator[CleanupContext]:
     """/metrics for this process alone; yields the cleanup context to add to its application."""
     watch = metrics.OrdersWatch(build_version=version())
     registry = metrics.process_registry(watch)
-    listener = metrics.Listener(config.metrics, registry)
+    listener = _listener(config, registry)
     try:
-        listener.start()
-        yield _observer_ctx(watch)
+        yield _observer_ctx(watch, listener)
     finally:
-        listener.stop()
         registry.unregister(watch)
 
 
-def _observer_ctx(watch: metrics.OrdersWatch) -> CleanupContext:
+def _listener(config: Config, registry: CollectorRegistry) -> metrics.Listener:
+    return metrics.Listener(
+        config.metrics, registry, header_timeout_s=config.server.header_timeout_s
+    )
+
+
+def _observer_ctx(watch: metrics.OrdersWatch, listener: metrics.Listener) -> CleanupContext:
     async def observe(app: web.Application) -> None:
         """After the database context: the starting line, then the orders watch."""
         config = app[CONFIG]
         log_starting(config, migrations_applied=app[MIGRATED])
         await watch_orders(app[POOL], watch, config=config, health=app[HEALTH])
 
-    return background(observe)
+    watching = contextlib.asynccontextmanager(background(observe))
+
+    async def observer_ctx(app: web.Application) -> AsyncIterator[None]:
+        """/metrics on this process's event loop, and the watch beside it."""
+        await listener.start()
+        try:
+            async with watching(app):
+                yield
+        finally:
+            await listener.stop()
+
+    return observer_ctx
 
 
 # --- the supervisor of workers ------------------------------------------------------------
@@ -166,12 +182,12 @@ def observing_workers(config: Config, *, url: str, path: str) -> Iterator[None]:
     database is now.
     """
     watch = metrics.OrdersWatch(build_version=version())
-    listener = metrics.Listener(config.metrics, metrics.workers_registry(path, watch))
-    listener.start()
-    loop = _LoopThread("receiver-orders-watch")
+    listener = _listener(config, metrics.workers_registry(path, watch))
+    loop = _LoopThread("receiver-observer")
     pool: asyncpg.Pool | None = None
     try:
-        pool = loop.call(_open_pool(url))
+        loop.call(listener.start())
+        pool = loop.call(_open_pool(url, pgbouncer=config.database.pgbouncer))
         log_starting(config, migrations_applied=loop.call(_migrate(pool)))
         health = database.Health()
         health.worked()
@@ -181,12 +197,14 @@ def observing_workers(config: Config, *, url: str, path: str) -> Iterator[None]:
         loop.cancel_tasks()
         if pool is not None:
             loop.call(pool.close())
+        loop.call(listener.stop())
         loop.stop()
-        listener.stop()
 
 
-async def _open_pool(url: str) -> asyncpg.Pool:
-    return await open_pool(url, min_size=1, max_size=1, patience_s=STARTUP_PATIENCE_S)
+async def _open_pool(url: str, *, pgbouncer: bool) -> asyncpg.Pool:
+    return await open_pool(
+        url, min_size=1, max_size=1, patience_s=STARTUP_PATIENCE_S, pgbouncer=pgbouncer
+    )
 
 
 async def _migrate(pool: asyncpg.Pool) -> list[str]:

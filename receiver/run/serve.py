@@ -291,7 +291,9 @@ def _reserved_port(host: str, port: int) -> Iterator[int]:
 def _shared_database(config: Config) -> Iterator[Config]:
     """The configuration with a database URL: the embedded server's, started here, once."""
     if config.database.url:
-        asyncio.run(database.check_not_refused(config.database.url))  # one line, not N workers'
+        asyncio.run(
+            database.check_not_refused(config.database.url, pgbouncer=config.database.pgbouncer)
+        )  # one line, not N workers'
         yield config
         return
     server = database.EmbeddedPostgres(config.database.data_dir)

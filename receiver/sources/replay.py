@@ -11,7 +11,7 @@ because they came before the order existed.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
@@ -30,10 +30,17 @@ from receiver.store.ledger import QUERY, REPLAY, Ledger
 USUAL_CONTENT_TYPE = {"gopay": "application/json", "baofoo": FORM_TYPE}
 CONTENT_TYPE = "content-type"
 
+# A selection is read in batches of at most BATCH rows, each after the last id of the one before
+# (a keyset): bodies can be 64 KB each, and a selection can name every row of a month.
+BATCH = 100
+
+FIND_IDS = "SELECT id FROM notifications WHERE id = ANY($1::bigint[])"
 SELECT_BY_IDS = """
 SELECT id, provider, remote_addr, headers, body, outcome, source
-FROM notifications WHERE id = ANY($1::bigint[]) ORDER BY id
+FROM notifications WHERE id = ANY($1::bigint[]) AND id > $2 ORDER BY id LIMIT $3
 """
+# What is there when the replay starts: the replays it stores come after, and are not its own.
+LAST_ID = "SELECT coalesce(max(id), 0) FROM notifications"
 # By outcome: what gateways pushed (not earlier replays or query replies), oldest first.
 SELECT_BY_OUTCOME = """
 SELECT id, provider, remote_addr, headers, body, outcome, source
@@ -41,7 +48,9 @@ FROM notifications
 WHERE outcome = $1 AND source = 'notify'
   AND ($2::text IS NULL OR provider = $2)
   AND ($3::interval IS NULL OR received_at >= now() - $3::interval)
+  AND id > $4 AND id <= $5
 ORDER BY id
+LIMIT $6
 """
 
 
@@ -80,16 +89,44 @@ class NoSuchNotification(Exception):
     """An id given to replay names no stored notification."""
 
 
-async def select(conn: asyncpg.Connection, selection: Selection) -> list[asyncpg.Record]:
-    """The stored notifications a selection names, oldest first; every id must exist."""
+async def select(
+    pool: asyncpg.Pool, selection: Selection, *, batch: int = BATCH
+) -> AsyncIterator[list[asyncpg.Record]]:
+    """The stored notifications a selection names, oldest first, `batch` rows at a time; every
+    id must exist (checked before the first batch, without reading any body)."""
+    async with pool.acquire() as conn:
+        if selection.ids:
+            found = {r["id"] for r in await conn.fetch(FIND_IDS, list(selection.ids))}
+            if missing := sorted(set(selection.ids) - found):
+                raise NoSuchNotification(f"no stored notification with id {missing[0]}")
+        last_id: int = await conn.fetchval(LAST_ID)
+    after = 0
+    while True:
+        async with pool.acquire() as conn:
+            rows: list[asyncpg.Record] = await _batch(
+                conn, selection, after=after, until=last_id, limit=batch
+            )
+        if not rows:
+            return
+        yield rows
+        after = rows[-1]["id"]
+
+
+async def _batch(
+    conn: asyncpg.Connection, selection: Selection, *, after: int, until: int, limit: int
+) -> list[asyncpg.Record]:
     if selection.ids:
-        rows: list[asyncpg.Record] = await conn.fetch(SELECT_BY_IDS, list(selection.ids))
-        missing = sorted(set(selection.ids) - {r["id"] for r in rows})
-        if missing:
-            raise NoSuchNotification(f"no stored notification with id {missing[0]}")
-        return rows
+        return list(await conn.fetch(SELECT_BY_IDS, list(selection.ids), after, limit))
     return list(
-        await conn.fetch(SELECT_BY_OUTCOME, selection.outcome, selection.provider, selection.since)
+        await conn.fetch(
+            SELECT_BY_OUTCOME,
+            selection.outcome,
+            selection.provider,
+            selection.since,
+            after,
+            until,
+            limit,
+        )
     )
 
 

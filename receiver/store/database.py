@@ -23,8 +23,13 @@ from typing import Any
 import asyncpg
 
 from receiver import metrics
-from receiver.config import DatabaseConfig
-from receiver.errors import DatabaseRefused, DatabaseUnavailable, NoEmbeddedDatabase
+from receiver.config import Config, DatabaseConfig
+from receiver.errors import (
+    ConfigError,
+    DatabaseRefused,
+    DatabaseUnavailable,
+    NoEmbeddedDatabase,
+)
 from receiver.logging import get_logger
 
 log = get_logger(__name__)
@@ -92,6 +97,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 )
 """
 SELECT_APPLIED = "SELECT version, checksum FROM schema_migrations"
+MIGRATIONS_TABLE_EXISTS = "SELECT to_regclass('schema_migrations') IS NOT NULL"
 INSERT_APPLIED = "INSERT INTO schema_migrations (version, checksum) VALUES ($1, $2)"
 
 
@@ -100,29 +106,65 @@ class MigrationError(Exception):
 
 
 async def migrate(conn: asyncpg.Connection) -> list[str]:
-    """Apply every migration not yet applied, each once, in order, each in a transaction."""
-    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
-    try:
+    """Apply every migration not yet applied, each once, in order; [] when the schema is current.
+
+    A current schema is seen without taking any lock. Otherwise every pending migration runs in
+    one transaction holding a transaction-level advisory lock: concurrent migrators (replicas
+    starting at once) wait for it and then find nothing left to do. A session-level lock would
+    mean nothing through a pooler in transaction mode, where the unlock may reach another server
+    connection than the lock did.
+    """
+    if await _pending(conn) == []:
+        return []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
         await conn.execute(CREATE_MIGRATIONS_TABLE)
-        applied = {r["version"]: r["checksum"] for r in await conn.fetch(SELECT_APPLIED)}
         done = []
-        for m in migrations():
-            if m.version in applied:
-                if applied[m.version] != m.checksum:
-                    raise MigrationError(f"migration {m.version} changed after it was applied")
-                continue
-            async with conn.transaction():
-                await conn.execute(m.sql)
-                await conn.execute(INSERT_APPLIED, m.version, m.checksum)
+        for m in await _pending(conn) or []:
+            await conn.execute(m.sql)
+            await conn.execute(INSERT_APPLIED, m.version, m.checksum)
             done.append(m.version)
         return done
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+
+
+async def _pending(conn: asyncpg.Connection) -> list[Migration] | None:
+    """The packaged migrations not yet applied (None: no schema_migrations table yet); raises
+    MigrationError when an applied one was edited afterwards."""
+    if not await conn.fetchval(MIGRATIONS_TABLE_EXISTS):
+        return None
+    applied = {r["version"]: r["checksum"] for r in await conn.fetch(SELECT_APPLIED)}
+    for m in migrations():
+        if m.version in applied and applied[m.version] != m.checksum:
+            raise MigrationError(f"migration {m.version} changed after it was applied")
+    return [m for m in migrations() if m.version not in applied]
+
+
+class SchemaNotCurrent(Exception):
+    """The database's schema is older than this receiver's (a read-only command stops)."""
+
+
+async def require_current(conn: asyncpg.Connection) -> None:
+    """Raise SchemaNotCurrent, naming what is missing, unless every migration is applied.
+
+    For the commands that must not migrate: a newer command pointed at a database that older
+    `serve` processes use would otherwise change the schema under them.
+    """
+    pending = await _pending(conn)
+    if pending is None:
+        raise SchemaNotCurrent(
+            "the database has no receiver schema: run `receiver migrate` (or start serve) first"
+        )
+    if pending:
+        raise SchemaNotCurrent(
+            f"the database schema is older than this receiver (missing {pending[0].version}"
+            f"{f' and {len(pending) - 1} more' if len(pending) > 1 else ''}):"
+            " run `receiver migrate` first"
+        )
 
 
 async def schema_is_current(conn: asyncpg.Connection) -> bool:
     """True when every packaged migration has been applied."""
-    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    exists = await conn.fetchval(MIGRATIONS_TABLE_EXISTS)
     if not exists:
         return False
     applied = {r["version"] for r in await conn.fetch(SELECT_APPLIED)}
@@ -298,24 +340,88 @@ async def database_url(config: DatabaseConfig, *, create: bool = False) -> Async
         await server.stop()
 
 
+def listen_url(config: Config, *, url: str) -> str:
+    """Where a LISTEN connects: `database.listen_url` when set, else `url` (the database the
+    service uses, the embedded server's included).
+
+    A LISTEN needs a session of its own for as long as it listens; a pooler in transaction mode
+    hands the server connection to another client at the end of each transaction and the
+    notifications are lost, so with `database.pgbouncer` a direct `listen_url` is required.
+    """
+    if config.database.listen_url:
+        return config.database.listen_url
+    if config.database.pgbouncer:
+        raise ConfigError(
+            source=config.source,
+            key="database.listen_url",
+            problem="is empty: with database.pgbouncer = true, listening needs a direct"
+            " connection to PostgreSQL (a pooler in transaction mode cannot hold a LISTEN)",
+        )
+    return url
+
+
 # The ledger's statements take arrays, so PostgreSQL's default would plan them afresh on every
 # execution (a custom plan for the array it was given never looks dearer than the generic one);
 # planning cost more CPU than running them. Their generic plans are index lookups throughout.
+# Sent as a startup parameter on a direct connection only: PgBouncer refuses startup parameters
+# it does not know, and through it the setting belongs to the role (`ALTER ROLE ... SET`).
 SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
 
 
-async def create_pool(url: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
-    """A pool that survives the database going away: broken connections are replaced."""
+def connect_options(*, pgbouncer: bool) -> dict[str, Any]:
+    """asyncpg's connection arguments: direct, or through a pooler in transaction mode.
+
+    Through the pooler nothing may outlive a transaction in the server session: no statement
+    cache (a named prepared statement stays in a server connection another client gets next),
+    and no startup parameter PgBouncer would refuse.
+    """
+    if pgbouncer:
+        return {"statement_cache_size": 0}
+    return {"server_settings": SERVER_SETTINGS}
+
+
+class TransactionPool(asyncpg.Pool):  # type: ignore[misc]
+    """A pool whose every acquired connection is inside a transaction until it is released.
+
+    For a pooler in transaction mode: asyncpg sends a statement with parameters as two messages
+    each ending in Sync (Parse, then Bind and Execute); outside a transaction the pooler may give
+    the second to another server connection, where the unnamed statement is someone else's or
+    none. Inside one transaction, both reach the same server. A `conn.transaction()` within is
+    a savepoint; an exception rolls everything back.
+    """
+
+    def acquire(self, *, timeout: float | None = None) -> Any:
+        return _in_transaction(super().acquire(timeout=timeout))
+
+
+@asynccontextmanager
+async def _in_transaction(acquiring: Any) -> AsyncIterator[asyncpg.Connection]:
+    async with acquiring as conn, conn.transaction():
+        yield conn
+
+
+async def create_pool(
+    url: str, *, min_size: int, max_size: int, pgbouncer: bool = False
+) -> asyncpg.Pool:
+    """A pool that survives the database going away: broken connections are replaced.
+
+    `pgbouncer`: `url` is a pooler in transaction mode (see connect_options, TransactionPool).
+    """
+    pool_class = TransactionPool if pgbouncer else asyncpg.Pool
     try:
-        return await asyncpg.create_pool(
+        return await pool_class(
             url,
             min_size=min_size,
             max_size=max_size,
+            max_queries=50000,
+            max_inactive_connection_lifetime=60.0,
+            reset=keep_session,
+            loop=None,
+            connection_class=asyncpg.Connection,
+            record_class=asyncpg.Record,
             timeout=CONNECT_TIMEOUT_S,
             command_timeout=COMMAND_TIMEOUT_S,
-            max_inactive_connection_lifetime=60.0,
-            server_settings=SERVER_SETTINGS,
-            reset=keep_session,
+            **connect_options(pgbouncer=pgbouncer),
         )
     except CONNECT_ERRORS as exc:
         raise connection_failure(exc) from exc
@@ -327,7 +433,7 @@ async def keep_session(_conn: asyncpg.Connection) -> None:
     asyncpg's default reset is one more round trip per release (`pg_advisory_unlock_all(); CLOSE
     ALL; UNLISTEN *; RESET ALL`), a third of the ledger's per-batch round trips. The service
     leaves no session state behind: no LISTEN, no SET, no cursor outside a transaction, and the
-    migration's advisory lock is released in a `finally` (or its connection is dropped).
+    migrations' advisory lock is a transaction's.
     """
 
 
@@ -345,10 +451,13 @@ async def wait_and_migrate(pool: asyncpg.Pool, *, patience_s: float) -> list[str
             await asyncio.sleep(1.0)
 
 
-async def check_not_refused(url: str) -> None:
-    """Raise DatabaseRefused when the server refuses `url`; unreachable is not checked here."""
+async def check_not_refused(url: str, *, pgbouncer: bool = False) -> None:
+    """Raise DatabaseRefused when the server refuses `url` (with the pool's connection options);
+    unreachable is not checked here."""
     try:
-        conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT_S)
+        conn = await asyncpg.connect(
+            url, timeout=CONNECT_TIMEOUT_S, **connect_options(pgbouncer=pgbouncer)
+        )
     except CONNECT_ERRORS as exc:
         if refuses(exc):
             raise connection_failure(exc) from exc
@@ -358,7 +467,24 @@ async def check_not_refused(url: str) -> None:
 
 def refuses(exc: BaseException) -> bool:
     """True for a connection error that waiting will not cure: the server answered, no."""
-    return isinstance(exc, REFUSED_ERRORS) or not isinstance(exc, CONNECTION_ERRORS)
+    return (
+        isinstance(exc, REFUSED_ERRORS)
+        or not isinstance(exc, CONNECTION_ERRORS)
+        or bool(_refused_parameter(exc))
+    )
+
+
+# PgBouncer's answer to a startup parameter it does not pass on (a protocol violation, which
+# asyncpg files with the connection errors worth waiting out).
+_UNSUPPORTED_PARAMETER = re.compile(r"unsupported startup parameter:\s*(\S+)")
+
+
+def _refused_parameter(exc: BaseException) -> str:
+    """The startup parameter a pooler refused, or ""."""
+    if not isinstance(exc, asyncpg.ProtocolViolationError):
+        return ""
+    found = _UNSUPPORTED_PARAMETER.search(str(exc))
+    return found.group(1) if found else ""
 
 
 def connection_failure(exc: BaseException) -> DatabaseUnavailable:
@@ -369,6 +495,12 @@ def connection_failure(exc: BaseException) -> DatabaseUnavailable:
 
 def describe_connection_error(exc: BaseException) -> str:
     """A one-line reason for an operator, never the URL (it may hold a password)."""
+    if parameter := _refused_parameter(exc):
+        return (
+            f"database refused the connection: the startup parameter {parameter} is not"
+            " supported (a PgBouncer in front?): set database.pgbouncer = true, or add"
+            f" {parameter} to PgBouncer's ignore_startup_parameters"
+        )
     if refuses(exc):
         return f"database refused the connection: {_plain_reason(exc)}"
     return f"database unavailable: {_plain_reason(exc)}"

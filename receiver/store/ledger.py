@@ -47,8 +47,20 @@ NOTIFY, QUERY, REPLAY = "notify", "query", "replay"
 SOURCES = (NOTIFY, QUERY, REPLAY)
 
 RACE_RETRIES = 5  # then once more, and a loss after that fails the batch like any error
+# A lost race: another writer moved an order or claimed a nonce first (the batch's own check
+# raises serialization_failure), or PostgreSQL broke a deadlock by aborting this batch (locks are
+# taken in one order, see WRITE_BATCH, but a writer outside the ledger need not).
+LOST_RACE = (asyncpg.SerializationError, asyncpg.exceptions.DeadlockDetectedError)
 
-PRUNE_NONCES = "DELETE FROM gopay_nonces WHERE seen_at < now() - $1::interval"
+# In the same order as the batches claim them (code points: COLLATE "C" on UTF-8), which may
+# renew an old nonce while it is being pruned.
+PRUNE_NONCES = """
+DELETE FROM gopay_nonces WHERE nonce IN (
+    SELECT nonce FROM gopay_nonces WHERE seen_at < now() - $1::interval
+    ORDER BY nonce COLLATE "C"
+    FOR UPDATE
+)
+"""
 
 # What a batch is decided against: its orders, and those of its nonces seen within the window.
 READ_BATCH = """
@@ -73,6 +85,12 @@ WHERE n.nonce = ANY($4::text::text[]) AND n.seen_at >= now() - $5::interval
 # up front, in arrival order, so each caller learns its own id and each event points at the
 # notification that caused it. The trigger on order_events sends the NOTIFY. Columns typed
 # `$n::text::<type>[]` arrive as array literals (see `_text_array`).
+#
+# Every batch takes its row locks in one global order, so that concurrent batches (other
+# replicas, other workers) never deadlock: first its nonces, in code-point order (the caller
+# sorts them; the index takes them in the order given), then its orders by id (`locked`, which
+# `moved` waits for; `locked` waits for `claimed`). Each `(SELECT count(*) FROM x) >= 0` only
+# says "after x".
 WRITE_BATCH = """
 WITH input AS MATERIALIZED (
     SELECT t.*, nextval(pg_get_serial_sequence('notifications', 'id')) AS nid
@@ -91,6 +109,19 @@ inserted AS (
            outcome, detail, order_id, source, replay_of
     FROM input ORDER BY ord
 ),
+claimed AS (
+    INSERT INTO gopay_nonces (nonce) SELECT unnest($21::text::text[])
+    ON CONFLICT (nonce) DO UPDATE SET seen_at = now()
+        WHERE gopay_nonces.seen_at < now() - $22::interval
+    RETURNING nonce
+),
+locked AS (
+    SELECT o.id FROM orders o
+    WHERE (o.id = ANY($14::text::bigint[]) OR o.id = ANY($24::text::bigint[]))
+      AND (SELECT count(*) FROM claimed) >= 0
+    ORDER BY o.id
+    FOR NO KEY UPDATE
+),
 moved AS (
     UPDATE orders o
     SET status = m.new_status,
@@ -104,7 +135,7 @@ moved AS (
     FROM unnest($14::text::bigint[], $15::text::text[], $16::text::text[],
                 $17::text::boolean[], $18::text::bigint[], $19::timestamptz[], $20::text::text[])
          AS m (order_id, old_status, new_status, late, paid, paid_at, provider_trade_no)
-    WHERE o.id = m.order_id AND o.status = m.old_status
+    WHERE o.id = m.order_id AND o.status = m.old_status AND (SELECT count(*) FROM locked) >= 0
     RETURNING o.id
 ),
 events AS (
@@ -113,14 +144,9 @@ events AS (
     WHERE to_status IS NOT NULL
     ORDER BY ord
 ),
-claimed AS (
-    INSERT INTO gopay_nonces (nonce) SELECT unnest($21::text::text[])
-    ON CONFLICT (nonce) DO UPDATE SET seen_at = now()
-        WHERE gopay_nonces.seen_at < now() - $22::interval
-    RETURNING nonce
-),
 -- One open review per order, reason and amount (a partial unique index): a gateway's retry
--- opens none. The trigger on reviews sets orders.needs_review; orders are locked in id order.
+-- opens none. The trigger on reviews sets orders.needs_review; their orders were locked in id
+-- order with the moved ones (locked), before any review is written.
 reviewed AS (
     INSERT INTO reviews (order_id, reason, amount_minor, currency, detail, notification_id)
     SELECT r.order_id, r.reason, r.amount_minor, r.currency, r.detail, i.nid
@@ -128,6 +154,7 @@ reviewed AS (
                 $26::text::bigint[], $27::text::text[], $28::text::text[])
          AS r (ord, order_id, reason, amount_minor, currency, detail)
     JOIN input i ON i.ord = r.ord
+    WHERE (SELECT count(*) FROM locked) >= 0
     ORDER BY r.order_id, r.ord
     ON CONFLICT DO NOTHING
 )
@@ -248,7 +275,7 @@ class Ledger:
         for _ in range(RACE_RETRIES):
             try:
                 return await self._write(batch)
-            except asyncpg.SerializationError:
+            except LOST_RACE:
                 continue
         return await self._write(batch)
 
@@ -299,7 +326,7 @@ class Ledger:
         self, conn: asyncpg.Connection, batch: Sequence[_Item], plan: Plan
     ) -> list[int]:
         rows = [_notification_row(item, d) for item, d in zip(batch, plan.decisions, strict=True)]
-        moves = [_move_row(m) for m in plan.moves.values()]
+        moves = [_move_row(plan.moves[order_id]) for order_id in sorted(plan.moves)]
         reviews = [
             _review_row(ord_, d)
             for ord_, d in enumerate(plan.decisions, start=1)
@@ -309,7 +336,7 @@ class Ledger:
             WRITE_BATCH,
             *_columns(rows, NOTIFICATION_COLUMNS),
             *_columns(moves, MOVE_COLUMNS),
-            _text_array(plan.claims),
+            _text_array(sorted(plan.claims)),
             self._nonce_window,
             *_columns(reviews, REVIEW_COLUMNS),
         )
