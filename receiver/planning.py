@@ -87,6 +87,13 @@ def plan_batch(
     return plan
 
 
+def changes_nothing(d: Decision) -> bool:
+    """True for a decision that moves nothing and opens nothing: the gateway says still
+    waiting, or the status the order already has. An order-query reply that comes to this is
+    counted, not stored (it would add a row per order per query interval)."""
+    return d.to_status is None and d.outcome in (Outcome.NOOP, Outcome.DUPLICATE)
+
+
 def _decide_one(
     n: Notification,
     orders: Mapping[OrderKey, OrderState],
