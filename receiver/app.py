@@ -35,6 +35,7 @@ from receiver.gateways.registry import build_gateways
 from receiver.handlers import NOTIFY_ROUTE, SERVER_NAME, healthz, notify, response
 from receiver.ledger import Ledger
 from receiver.logging import bind_request_id, get_logger
+from receiver.store import retention
 from receiver.unverified import UnverifiedLimiter
 
 log = get_logger(__name__)
@@ -76,6 +77,7 @@ def create_app(
     app.cleanup_ctx.append(database_ctx)
     app.cleanup_ctx.append(nonce_pruner_ctx)
     app.cleanup_ctx.append(reconciler_ctx)
+    app.cleanup_ctx.append(retention_ctx)
     app.on_response_prepare.append(_server_header)
     app.router.add_route(
         "*",
@@ -222,6 +224,14 @@ async def _prune_nonces(app: web.Application) -> None:
 
 
 nonce_pruner_ctx = background(_prune_nonces)
+
+
+async def _retention(app: web.Application) -> None:
+    """Partitions ahead and `[retention]` applied once a day (see store/retention.py)."""
+    await retention.prune_daily(app[POOL], app[CONFIG].retention, log=log)
+
+
+retention_ctx = background(_retention)
 
 
 def reconciler_runs(app: web.Application) -> bool:

@@ -1,5 +1,5 @@
 """The `receiver` command: serve, migrate, orders add|show|list|resolve, notifications list,
-replay, reconcile, demo, check-config, --version.
+replay, reconcile, prune, demo, check-config, --version.
 
 Exit status: 0 success, 2 bad usage or configuration, 1 failure; one clear line on stderr.
 """
@@ -373,6 +373,7 @@ def _command(args: argparse.Namespace) -> Command:
         ("notifications", "list"): _notifications_list,
         ("replay", None): _replay,
         ("reconcile", None): _reconcile,
+        ("prune", None): _prune,
     }
     return commands[(args.command, getattr(args, f"{args.command}_command", None))]
 
@@ -390,6 +391,9 @@ def _add_operations(
     _notifications_list_args(nsub.add_parser("list", help="as JSON lines, newest first, no body"))
     _replay_args(sub.add_parser("replay", help="re-process stored notifications"))
     _reconcile_args(sub.add_parser("reconcile", help="one pass of order queries"))
+    prune = sub.add_parser("prune", help="apply [retention] now: drop (archive) old months")
+    _config_arg(prune)
+    prune.add_argument("--dry-run", action="store_true", help="say what would go; change nothing")
 
 
 def _orders_list_args(p: argparse.ArgumentParser) -> None:
@@ -575,6 +579,20 @@ async def _reconcile_pass(
         return [await reconciler.query_now(*args.order)]
     except reconcile.OrderNotFound as exc:
         raise Failure(str(exc)) from None
+
+
+async def _prune(config: Config, args: argparse.Namespace) -> int:
+    from receiver.store import retention  # noqa: PLC0415 - keeps the CLI quick to start
+
+    async with _connect(config) as conn:
+        await database.migrate(conn)
+        try:
+            months = await retention.prune(conn, config.retention, dry_run=args.dry_run)
+        except (retention.PruneBusy, retention.ArchiveError) as exc:
+            raise Failure(str(exc)) from None
+    for month in months:
+        _print_line(month.as_dict())
+    return 0
 
 
 if __name__ == "__main__":

@@ -110,6 +110,12 @@ class ReconcileConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    notifications_months: int = 0  # whole months kept before the current one; 0: keep for ever
+    archive_dir: Path | None = None  # when set, each month is archived here before it is dropped
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = ServerConfig()
     database: DatabaseConfig = DatabaseConfig()
@@ -119,9 +125,11 @@ class Config:
     baofoo: BaofooConfig = BaofooConfig()
     metrics: MetricsConfig = MetricsConfig()
     reconcile: ReconcileConfig = ReconcileConfig()
+    retention: RetentionConfig = RetentionConfig()
     source: str = "(defaults)"
 
 
+MAX_RETENTION_MONTHS = 1200  # a hundred years: past that, a typo
 DEFAULT_FILE = "receiver.toml"
 DATABASE_URL_VARIABLE = "RECEIVER_DATABASE_URL"
 CONFIG_VARIABLE = "RECEIVER_CONFIG"
@@ -165,7 +173,10 @@ def parse_config(data: Table, *, source: str, base: Path, environ: Mapping[str, 
     """Build a Config from parsed TOML; relative paths are relative to `base`."""
     r = _Reader(source=source, base=base, environ=environ)
     r.only(
-        data, "", {"server", "database", "log", "ledger", "gopay", "baofoo", "metrics", "reconcile"}
+        data,
+        "",
+        {"server", "database", "log", "ledger", "gopay", "baofoo", "metrics", "reconcile"}
+        | {"retention"},
     )
     return Config(
         server=r.server(r.table(data, "server")),
@@ -176,6 +187,7 @@ def parse_config(data: Table, *, source: str, base: Path, environ: Mapping[str, 
         baofoo=r.baofoo(r.table(data, "baofoo")),
         metrics=r.metrics(r.table(data, "metrics")),
         reconcile=r.reconcile(r.table(data, "reconcile")),
+        retention=r.retention(r.table(data, "retention")),
         source=source,
     )
 
@@ -317,6 +329,20 @@ class _Reader:
             give_up_after_s=self.positive(t, "reconcile.give_up_after_s", d.give_up_after_s),
             timeout_s=self.positive(t, "reconcile.timeout_s", d.timeout_s),
             concurrency=self.positive(t, "reconcile.concurrency", d.concurrency),
+        )
+
+    def retention(self, t: Table) -> RetentionConfig:
+        self.only(t, "retention.", {"notifications_months", "archive_dir"})
+        months = self.checked(
+            "retention.notifications_months",
+            self.get(t, "retention.notifications_months", int, 0),
+            lambda n: 0 <= n <= MAX_RETENTION_MONTHS,
+            f"must be a whole number of months, 0 (keep for ever) to {MAX_RETENTION_MONTHS}",
+        )
+        archive = self.get(t, "retention.archive_dir", str, "")
+        return RetentionConfig(
+            notifications_months=months,
+            archive_dir=self.path("retention.archive_dir", archive) if archive else None,
         )
 
     def database(self, t: Table) -> DatabaseConfig:

@@ -73,6 +73,22 @@ LANGUAGE sql AS $$
                          interval '1 month') AS m;
 $$;
 
+-- `receiver prune`: hold a month still while it is archived (rows cannot be added to or taken
+-- from it; other months are written as usual), then drop it whole.
+CREATE FUNCTION receiver_notifications_hold(month date) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('LOCK TABLE %I IN SHARE MODE', 'notifications_' || to_char(month, 'YYYY_MM'));
+END;
+$$;
+
+CREATE FUNCTION receiver_notifications_drop(month date) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('DROP TABLE %I', 'notifications_' || to_char(month, 'YYYY_MM'));
+END;
+$$;
+
 SELECT receiver_notifications_months(
     coalesce((SELECT min(received_at) AT TIME ZONE 'UTC' FROM notifications_unpartitioned),
              now() AT TIME ZONE 'UTC')::date,
