@@ -284,6 +284,7 @@ class Reconciler:
         self._report = report
         share = max(1, config.concurrency // max(1, len(self.queriers)))
         self._slots = {provider: asyncio.Semaphore(share) for provider in self.queriers}
+        self._share = share
         self._claim_batch = share * CLAIM_PER_SLOT
 
     async def run_pass(self, provider: str | None = None) -> list[Report]:
@@ -302,15 +303,41 @@ class Reconciler:
         began is done, and the rest is the next pass's).
         """
         reports: list[Report] = []
+        # The next page is claimed while this one is being asked about: a bounded queue
+        # between the claiming loop and one asker per query slot.
+        queue: asyncio.Queue[_Due | None] = asyncio.Queue(maxsize=self._claim_batch)
+        askers = self._share
+
+        async def ask() -> None:
+            while (due := await queue.get()) is not None:
+                reports.append(await self._query(due.order))
+
+        tasks = [asyncio.create_task(ask()) for _ in range(askers)]
+        try:
+            await self._claim_all(provider, queue)
+            for _ in tasks:
+                await queue.put(None)
+            await asyncio.gather(*tasks)
+        except BaseException:
+            # Orders claimed and not yet asked about are asked at their next due time.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        return reports
+
+    async def _claim_all(self, provider: str, queue: asyncio.Queue[_Due | None]) -> None:
+        """Claim page after page (see `drain`), handing each claimed order to the askers."""
         cursor = _Cursor()
         claimed_here: set[int] = set()
         await self._schedule_new(provider, every=True)
         while True:
             page = await self._claim(provider, after=cursor, stop_at=claimed_here)
-            claimed_here.update(due.order.order_id for due in page.claimed)
-            reports += await asyncio.gather(*(self._query(due.order) for due in page.claimed))
+            for due in page.claimed:
+                claimed_here.add(due.order.order_id)
+                await queue.put(due)
             if page.last:
-                return reports
+                return
             cursor = page.cursor
 
     async def query_now(self, provider: str, merchant_id: str, out_trade_no: str) -> Report:

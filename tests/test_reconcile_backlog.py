@@ -164,9 +164,9 @@ async def test_orders_that_come_due_while_a_backlog_drains_are_reached_by_that_p
     querier = Inflow(db, every=40, limit=3)
     async with asyncio.timeout(60):
         reports = await reconciler(pool, session, querier).run_pass()
-    asked = [r.out_trade_no for r in reports]
+    assert len(reports) == len({r.order_id for r in reports}) == 203  # each once
+    asked = querier.asked  # in the order they were asked
     assert sorted(n for n in asked if n.startswith("NEW")) == ["NEW1-1", "NEW2-1", "NEW3-1"]
-    assert len(asked) == len(set(asked)) == 203  # each once
     # The backlog first (it was due first), the newcomers after, in due order.
     assert asked.index("NEW1-1") > max(asked.index(f"B{i}") for i in range(1, 201))
 

@@ -7,7 +7,6 @@ import gzip
 import json
 import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -20,6 +19,7 @@ from receiver import database
 from receiver.config import RetentionConfig
 from receiver.store import retention
 from receiver.store.retention import add_months, month_start, months_to_drop
+from tests.test_cli import run
 
 TODAY = datetime.now(UTC).date()
 THIS_MONTH = month_start(TODAY)
@@ -258,33 +258,20 @@ async def test_keep_for_ever_drops_nothing(db, months):
 # --- the command ------------------------------------------------------------------------------
 
 
-def run_receiver(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "RECEIVER_DATABASE_URL"}
-    return subprocess.run(
-        [sys.executable, "-m", "receiver.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=60,
-        check=False,
-    )
-
-
 async def test_receiver_prune_and_its_dry_run(db, months, migrated, tmp_path):
     conf = tmp_path / "receiver.toml"
     conf.write_text(
         f'[database]\nurl = "{migrated}"\n'
         '[retention]\nnotifications_months = 3\narchive_dir = "archive"\n'
     )
-    dry = run_receiver("prune", "--dry-run", "--config", str(conf), cwd=tmp_path)
+    dry = run("prune", "--dry-run", "--config", str(conf), cwd=tmp_path)
     assert dry.returncode == 0, dry.stderr
     planned = [json.loads(line) for line in dry.stdout.splitlines()]
     assert [(p["month"], p["dry_run"], p["dropped"]) for p in planned] == [
         (f"{add_months(THIS_MONTH, -back):%Y-%m}", True, False) for back in (5, 4)
     ]
     assert len(await everything(db)) == 12
-    real = run_receiver("prune", "--config", str(conf), cwd=tmp_path)
+    real = run("prune", "--config", str(conf), cwd=tmp_path)
     assert real.returncode == 0, real.stderr
     assert [json.loads(line)["dropped"] for line in real.stdout.splitlines()] == [True, True]
     assert len(await everything(db)) == 8
@@ -294,7 +281,7 @@ async def test_receiver_prune_and_its_dry_run(db, months, migrated, tmp_path):
 def test_retention_configuration_is_checked(tmp_path):
     conf = tmp_path / "receiver.toml"
     conf.write_text("[retention]\nnotifications_months = -1\n")
-    bad = run_receiver("prune", "--config", str(conf), cwd=tmp_path)
+    bad = run("prune", "--config", str(conf), cwd=tmp_path)
     assert bad.returncode == 2
     assert "retention.notifications_months" in bad.stderr and "Traceback" not in bad.stderr
 
