@@ -32,9 +32,7 @@ from receiver.ledger import QUERY, Ledger, Result
 from receiver.logging import get_logger
 from receiver.planning import Decision, changes_nothing
 from receiver.schedule import (
-    QUERY as QUERY_NOW,
-)
-from receiver.schedule import (
+    ASK,
     RETIRE,
     disposition,
     first_query_at,
@@ -419,7 +417,7 @@ class Reconciler:
                 now=row["now"],
                 config=self.config,
             )
-            if what == QUERY_NOW:
+            if what == ASK:
                 query.append(_due(row))
             elif what == RETIRE:
                 later.append((row["id"], NEVER))

@@ -63,18 +63,18 @@ def poll_interval_s(config: ReconcileConfig) -> float:
 
 
 #: What a pass does with an `order_queries` row it meets (see `disposition`).
-QUERY, RETIRE, LATER = "query", "retire", "later"
+ASK, RETIRE, LATER = "ask", "retire", "later"
 
 
 def disposition(
     *, pending: bool, created_at: datetime, now: datetime, config: ReconcileConfig
 ) -> str:
-    """QUERY an order due now; RETIRE one no longer pending or past the window (never due
+    """ASK about an order due now; RETIRE one no longer pending or past the window (never due
     again); LATER one not old enough yet (its row was scheduled under another configuration)."""
     age_s = (now - created_at).total_seconds()
     if not pending or gave_up(age_s, config):
         return RETIRE
-    return QUERY if config.first_after_s <= age_s else LATER
+    return ASK if config.first_after_s <= age_s else LATER
 
 
 def first_query_at(created_at: datetime, config: ReconcileConfig) -> datetime:

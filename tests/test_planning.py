@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from receiver.notification import Notification, Outcome, Status
-from receiver.planning import PAYOUT_DETAIL, Move, OrderState, plan_batch
+from receiver.planning import PAYOUT_DETAIL, Decision, Move, OrderState, changes_nothing, plan_batch
 
 M = "100001"
 KEY = ("gopay", M, "P1")
@@ -142,3 +142,15 @@ def test_a_failure_records_no_payment():
         None,
         None,
     )
+
+
+def test_only_a_reply_that_moves_nothing_and_says_waiting_or_the_same_status_changes_nothing():
+    assert changes_nothing(Decision(Outcome.NOOP, 1))
+    assert changes_nothing(Decision(Outcome.DUPLICATE, 1, Status.PAID))
+    assert not changes_nothing(Decision(Outcome.APPLIED, 1, Status.PENDING, Status.PAID))
+    assert not changes_nothing(Decision(Outcome.APPLIED_LATE, 1, Status.FAILED, Status.PAID))
+    # Stale, held and refused replies are stored as before.
+    for outcome in (Outcome.STALE, Outcome.AMOUNT_MISMATCH, Outcome.UNKNOWN_ORDER):
+        assert not changes_nothing(Decision(outcome, 1))
+    # A decision that would move the order is never dropped, whatever its outcome says.
+    assert not changes_nothing(Decision(Outcome.DUPLICATE, 1, Status.PENDING, Status.PAID))
