@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from receiver.config import load_config, parse_config
+from receiver.config import RetentionConfig, load_config, parse_config
 from receiver.errors import ConfigError
 
 SPEC_EXAMPLE = """
@@ -105,6 +105,10 @@ def test_secrets_stay_out_of_reprs(tmp_path):
         ),
         ("[[baofoo.merchants]]\nmember_id = 1\n", "baofoo.merchants[0].terminal_id", "missing"),
         ("not toml at all", "(file)", "TOML"),
+        ("[retention]\nnotifications_months = -1\n", "retention.notifications_months", "0"),
+        ("[retention]\nnotifications_months = 1.5\n", "retention.notifications_months", "integer"),
+        ("[retention]\narchive_dir = 3\n", "retention.archive_dir", "string"),
+        ("[retention]\nkeep = 3\n", "retention.keep", "unknown"),
     ],
 )
 def test_errors_name_file_key_and_problem(tmp_path, text, key, problem):
@@ -161,3 +165,10 @@ def test_error_never_echoes_a_secret(tmp_path):
 def test_database_urls_libpq_takes_are_taken(tmp_path, url):
     path = write(tmp_path, f'[database]\nurl = "{url}"\n')
     assert load_config(str(path), {}).database.url == url
+
+
+def test_retention_keeps_for_ever_by_default_and_archives_relative_to_the_file(tmp_path):
+    assert load_config(str(write(tmp_path, ""))).retention == RetentionConfig(0, None)
+    text = '[retention]\nnotifications_months = 6\narchive_dir = "archive"\n'
+    cfg = load_config(str(write(tmp_path, text)), {})
+    assert cfg.retention == RetentionConfig(6, tmp_path / "archive")
