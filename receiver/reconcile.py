@@ -48,7 +48,6 @@ log = get_logger(__name__)
 
 TIMEOUT_GRACE_S = 1.0  # a querier that overruns its own timeout by this much is cut off
 CLAIM_PER_SLOT = 2  # orders claimed per round, per query slot
-SCHEDULE_PAGE = 1000  # never-scheduled rows given their first query time per statement
 BEFORE_ALL = datetime.min.replace(tzinfo=UTC)  # a new pass's cursor: asyncpg sends '-infinity'
 NEVER = datetime.max.replace(tzinfo=UTC)  # a retired row's next_at: asyncpg sends 'infinity'
 
@@ -58,25 +57,11 @@ TOO_SOON = "too_soon"  # report result: --order on a Baofoo order asked less tha
 
 # --- SQL --------------------------------------------------------------------------------------
 
-# Rows never scheduled get their first query time (which only the configuration knows); every
-# pending order has a row from its insert on (sql/008). SKIP LOCKED: two processes scheduling at
-# once take disjoint rows, never waiting for or deadlocking on each other.
-SCHEDULE_NEW = """
-WITH s AS (
-    SELECT q.order_id FROM order_queries q
-    WHERE q.provider = $1 AND q.next_at IS NULL
-    ORDER BY q.order_id
-    LIMIT $3
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE order_queries q SET next_at = o.created_at + $2::interval
-FROM s JOIN orders o ON o.id = s.order_id
-WHERE q.order_id = s.order_id
-"""
-
 # The next page of due rows after the pass's cursor, in (next_at, order_id) order: one index
 # range (order_queries_due_idx) whatever the backlog, and now() read afresh on every page, so
-# orders that come due while a pass drains a backlog are reached by that pass.
+# orders that come due while a pass drains a backlog are reached by that pass. A new order's row
+# is due at its created_at (sql/008): the first page that meets it puts it back to its first
+# query time.
 SELECT_DUE = """
 SELECT q.next_at AS due_at, o.id, o.provider, o.merchant_id, o.out_trade_no, o.amount_minor,
        o.currency, o.channel, o.created_at, o.status = 'pending' AS pending, now() AS now
@@ -328,7 +313,6 @@ class Reconciler:
         """Claim page after page (see `drain`), handing each claimed order to the askers."""
         cursor = _Cursor()
         claimed_here: set[int] = set()
-        await self._schedule_new(provider, every=True)
         while True:
             page = await self._claim(provider, after=cursor, stop_at=claimed_here)
             for due in page.claimed:
@@ -376,18 +360,8 @@ class Reconciler:
                 log.exception("reconcile_error", provider=provider)
             await asyncio.sleep(poll_interval_s(self.config))
 
-    async def _schedule_new(self, provider: str, *, every: bool = False) -> None:
-        """Give never-scheduled rows their first query time (`every`: all of them, else a page)."""
-        first = timedelta(seconds=self.config.first_after_s)
-        async with _database(self._pool, self._ledger.health) as conn:
-            while True:
-                done = await conn.execute(SCHEDULE_NEW, provider, first, SCHEDULE_PAGE)
-                if not every or int(done.split()[-1]) < SCHEDULE_PAGE:
-                    return
-
     async def _claim(self, provider: str, *, after: _Cursor, stop_at: set[int]) -> _Page:
         """The next page of due orders after `after`, and those of them this process claimed."""
-        await self._schedule_new(provider)  # orders inserted since the pass began
         async with _database(self._pool, self._ledger.health) as conn:
             rows = await conn.fetch(
                 SELECT_DUE, provider, after.due_at, after.order_id, self._claim_batch
