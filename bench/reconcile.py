@@ -3,7 +3,8 @@
     python -m bench.reconcile [--sizes 1000,10000,100000] [--provider baofoo] [--concurrency 8]
 
 Not part of `python -m bench`. For each size: a fresh database with that many due pending
-orders (inserted as a merchant's checkout inserts them), a stand-in gateway in its own process
+orders (inserted as a merchant's checkout inserts them, after an untimed pass over 200 others
+has opened the connections and planned the statements), a stand-in gateway in its own process
 that holds each as a pending payment and answers at once, and one `Reconciler.run_pass()` as
 `receiver reconcile` runs it (the real query clients, over HTTP on loopback). Every order must be
 queried exactly once and no reply stored (a still-pending reply is counted in `order_queries`).
@@ -59,10 +60,11 @@ API_KEY = "bench-api-key"
 AGE = timedelta(seconds=400)  # every order past its first query point (300 s)
 TARGET = 0.20
 
+WARM_UP = 200  # orders of a first, untimed pass: connections opened, statements planned
 INSERT_DUE = """
 INSERT INTO orders (provider, merchant_id, out_trade_no, amount_minor, currency, channel,
                     created_at)
-SELECT $1, $2, 'BR' || g, 10000, 'CNY', $4, now() - $5::interval
+SELECT $1, $2, $6 || g, 10000, 'CNY', $4, now() - $5::interval
 FROM generate_series(1, $3::int) AS g
 """
 
@@ -102,12 +104,13 @@ def _stand_in_main(port: int, keys: Keys, provider: str, count: int) -> None:
         baofoo_keys={(BAOFOO_MEMBER, BAOFOO_TERMINAL): keys.md5_key},
     )
     gopay = provider == "gopay"
-    for i in range(1, count + 1):
+    names = [f"BR{i}" for i in range(1, count + 1)] + [f"WU{i}" for i in range(1, WARM_UP + 1)]
+    for name in names:
         gateway.hold(
             Payment(
                 provider=provider,
                 merchant_id=GOPAY_MCHID if gopay else BAOFOO_MEMBER,
-                out_trade_no=f"BR{i}",
+                out_trade_no=name,
                 amount_minor=10000,
                 status=Status.PENDING,
                 terminal_id="" if gopay else BAOFOO_TERMINAL,
@@ -205,8 +208,7 @@ async def _measure(config: Config, *, size: int, provider: str) -> dict[str, Any
         await database.migrate(conn)
         merchant = GOPAY_MCHID if provider == "gopay" else BAOFOO_MEMBER
         channel = "gopay_banktransfer" if provider == "gopay" else None
-        await conn.execute(INSERT_DUE, provider, merchant, size, channel, AGE)
-        await conn.execute("VACUUM ANALYZE orders, order_queries")
+        await conn.execute(INSERT_DUE, provider, merchant, WARM_UP, channel, AGE, "WU")
         pool = await database.create_pool(url, min_size=1, max_size=12)
         try:
             async with aiohttp.ClientSession() as session:
@@ -217,13 +219,19 @@ async def _measure(config: Config, *, size: int, provider: str) -> dict[str, Any
                     session=session,
                     config=config.reconcile,
                 )
+                await reconciler.run_pass(provider)
+                await conn.execute(INSERT_DUE, provider, merchant, size, channel, AGE, "BR")
+                await conn.execute("VACUUM ANALYZE orders, order_queries")
                 started = time.perf_counter()
                 reports = await reconciler.run_pass(provider)
                 elapsed = time.perf_counter() - started
         finally:
             await pool.close()
         stored = await conn.fetchval("SELECT count(*) FROM notifications")
-        counted = await conn.fetchval("SELECT sum(unstored) FROM order_queries")
+        counted = await conn.fetchval(
+            "SELECT sum(unstored) FROM order_queries q JOIN orders o ON o.id = q.order_id"
+            " WHERE o.out_trade_no LIKE 'BR%'"
+        )
     finally:
         await conn.close()
     asked = {r.order_id for r in reports}
