@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
     try:
         rows = asyncio.run(bench(options))
-    except pg.BenchError as exc:
+    except (pg.BenchError, asyncpg.PostgresError, OSError) as exc:
         print(f"bench.reconcile: {exc}", file=sys.stderr)
         return 1
     rates = [r["per_second"] for r in rows]

@@ -54,6 +54,8 @@ BEGIN
     END IF;
     EXECUTE format('CREATE TABLE %I (LIKE notifications INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
                    name);
+    -- No row of that month may reach the default between the move and the attach.
+    LOCK TABLE notifications_default IN SHARE ROW EXCLUSIVE MODE;
     EXECUTE format('WITH moved AS (DELETE FROM notifications_default
                                    WHERE received_at >= $1 AND received_at < $2 RETURNING *)
                     INSERT INTO %I SELECT * FROM moved', name) USING since, before;
