@@ -234,11 +234,18 @@ async def _measure(config: Config, *, size: int, provider: str) -> dict[str, Any
         )
     finally:
         await conn.close()
-    asked = {r.order_id for r in reports}
-    if len(reports) != size or len(asked) != size or stored != 0 or counted != size:
-        what = f"{len(reports)} reports, {len(asked)} orders, {stored} stored, {counted} counted"
-        raise pg.BenchError(f"a pass over {size} orders went wrong: {what}")
-    return {"due": size, "seconds": round(elapsed, 2), "per_second": round(size / elapsed, 1)}
+    # Warm-up orders come due again (their next schedule point) during a long pass, and are
+    # rightly asked again: the rate counts every query, the check only the measured orders.
+    measured = [r.order_id for r in reports if r.out_trade_no.startswith("BR")]
+    if len(measured) != size or len(set(measured)) != size or stored != 0 or counted != size:
+        what = f"{len(measured)} queries, {len(set(measured))} orders, {stored} stored"
+        raise pg.BenchError(f"a pass over {size} orders went wrong: {what}, {counted} counted")
+    return {
+        "due": size,
+        "queried": len(reports),
+        "seconds": round(elapsed, 2),
+        "per_second": round(len(reports) / elapsed, 1),
+    }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
