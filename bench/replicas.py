@@ -198,7 +198,7 @@ async def _setup(
     async with contextlib.AsyncExitStack() as stack:
         target, extra, bouncer_pid = url, "", 0
         if setup.startswith("2 replicas"):
-            from tests.pgbouncer import PgBouncer  # noqa: PLC0415 - the tests' real PgBouncer
+            from tests.support.pgbouncer import PgBouncer  # noqa: PLC0415 - the tests' real PgBouncer
 
             bouncer = stack.enter_context(PgBouncer(url, pool_mode="transaction", pool_size=8))
             assert bouncer.proc is not None

@@ -132,6 +132,12 @@ class ForwardDestination:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    notifications_months: int = 0  # whole months kept before the current one; 0: keep for ever
+    archive_dir: Path | None = None  # when set, each month is archived here before it is dropped
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = ServerConfig()
     database: DatabaseConfig = DatabaseConfig()
@@ -142,6 +148,7 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     reconcile: ReconcileConfig = ReconcileConfig()
     forward: tuple[ForwardDestination, ...] = ()
+    retention: RetentionConfig = RetentionConfig()
     source: str = "(defaults)"
     # The secrets (`*_env` variables) this command did not read, being of sections it does not
     # use: left empty in the configuration, so that the command does not need them.
@@ -160,6 +167,8 @@ class DeferredSecret:
 BAOFOO_TEST_MD5_KEY = "abcdefg"
 TEST_KEY_PROBLEM = "is Baofoo's published test key: anyone can sign with it"
 
+
+MAX_RETENTION_MONTHS = 1200  # a hundred years: past that, a typo
 DEFAULT_FILE = "receiver.toml"
 DEFAULTS = "(defaults)"  # the source of a configuration read from no file
 DATABASE_URL_VARIABLE = "RECEIVER_DATABASE_URL"
@@ -245,6 +254,7 @@ def parse_config(
             "metrics",
             "reconcile",
             "forward",
+            "retention",
         },
     )
     return Config(
@@ -257,6 +267,7 @@ def parse_config(
         metrics=r.metrics(r.table(data, "metrics")),
         reconcile=r.reconcile(r.table(data, "reconcile")),
         forward=r.forward(data),
+        retention=r.retention(r.table(data, "retention")),
         source=source,
         deferred=tuple(r.deferred),
     )
@@ -449,6 +460,20 @@ class _Reader:
         ):
             raise self.fail(key, "must be a non-empty list of seconds > 0")
         return tuple(float(i) for i in items)
+
+    def retention(self, t: Table) -> RetentionConfig:
+        self.only(t, "retention.", {"notifications_months", "archive_dir"})
+        months = self.checked(
+            "retention.notifications_months",
+            self.get(t, "retention.notifications_months", int, 0),
+            lambda n: 0 <= n <= MAX_RETENTION_MONTHS,
+            f"must be a whole number of months, 0 (keep for ever) to {MAX_RETENTION_MONTHS}",
+        )
+        archive = self.get(t, "retention.archive_dir", str, "")
+        return RetentionConfig(
+            notifications_months=months,
+            archive_dir=self.path("retention.archive_dir", archive) if archive else None,
+        )
 
     def database(self, t: Table) -> DatabaseConfig:
         self.only(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from receiver.config import load_config, parse_config
+from receiver.config import RetentionConfig, load_config, parse_config
 from receiver.errors import ConfigError
 from receiver.store import database
 
@@ -109,6 +109,10 @@ def test_secrets_stay_out_of_reprs(tmp_path):
         ('[database]\npgbouncer = "yes"\n', "database.pgbouncer", "true or false"),
         ('[database]\nlisten_url = "mysql://x"\n', "database.listen_url", "postgresql://"),
         ("[metrics]\nmax_connections = 0\n", "metrics.max_connections", "greater than 0"),
+        ("[retention]\nnotifications_months = -1\n", "retention.notifications_months", "0"),
+        ("[retention]\nnotifications_months = 1.5\n", "retention.notifications_months", "integer"),
+        ("[retention]\narchive_dir = 3\n", "retention.archive_dir", "string"),
+        ("[retention]\nkeep = 3\n", "retention.keep", "unknown"),
     ],
 )
 def test_errors_name_file_key_and_problem(tmp_path, text, key, problem):
@@ -193,3 +197,10 @@ def test_through_pgbouncer_listening_needs_a_direct_listen_url(tmp_path):
         database.listen_url(cfg, url=cfg.database.url)
     assert (err.value.source, err.value.key) == (str(path), "database.listen_url")
     assert "direct connection" in err.value.problem
+
+
+def test_retention_keeps_for_ever_by_default_and_archives_relative_to_the_file(tmp_path):
+    assert load_config(str(write(tmp_path, ""))).retention == RetentionConfig(0, None)
+    text = '[retention]\nnotifications_months = 6\narchive_dir = "archive"\n'
+    cfg = load_config(str(write(tmp_path, text)), {})
+    assert cfg.retention == RetentionConfig(6, tmp_path / "archive")

@@ -13,6 +13,7 @@ from receiver.core.planning import (
     OrderState,
     Plan,
     Review,
+    changes_nothing,
     plan_batch,
 )
 
@@ -345,3 +346,21 @@ def test_a_waiting_report_with_the_wrong_amount_is_reviewed_as_pending():
     assert decision.review.detail.startswith(
         "gopay reported pending no amount for an order of 100.00 CNY (pending)"
     )
+
+
+def test_only_a_reply_that_moves_nothing_and_says_waiting_or_the_same_status_changes_nothing():
+    assert changes_nothing(Decision(Outcome.NOOP, 1))
+    assert changes_nothing(Decision(Outcome.DUPLICATE, 1, Status.PAID))
+    assert not changes_nothing(Decision(Outcome.APPLIED, 1, Status.PENDING, Status.PAID))
+    assert not changes_nothing(Decision(Outcome.APPLIED_LATE, 1, Status.FAILED, Status.PAID))
+    # Stale, held and refused replies are stored as before.
+    for outcome in (Outcome.STALE, Outcome.AMOUNT_MISMATCH, Outcome.UNKNOWN_ORDER):
+        assert not changes_nothing(Decision(outcome, 1))
+    # A decision that would move the order is never dropped, whatever its outcome says.
+    assert not changes_nothing(Decision(Outcome.DUPLICATE, 1, Status.PENDING, Status.PAID))
+
+
+def test_a_duplicate_that_opens_a_review_is_stored_not_counted():
+    # A second verified payment with other money: the order stays paid, a person must look.
+    review = Review(ReviewReason.PAID_AMOUNT_DIFFERS, 7000, "CNY", "recorded paid 30.00 CNY")
+    assert not changes_nothing(Decision(Outcome.DUPLICATE, 1, Status.PAID, review=review))

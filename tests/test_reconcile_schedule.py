@@ -8,6 +8,11 @@ import pytest
 
 from receiver.config import ReconcileConfig
 from receiver.core.schedule import (
+    ASK,
+    LATER,
+    RETIRE,
+    disposition,
+    first_query_at,
     gave_up,
     is_due,
     min_gap_s,
@@ -119,3 +124,23 @@ def test_durations_are_a_number_and_a_unit(text, seconds):
 def test_anything_else_is_not_a_duration(text):
     with pytest.raises(ValueError, match="not a duration"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("pending", "age_s", "what"),
+    [
+        (True, 299.9, LATER),  # not old enough: back to its first query time
+        (True, 300, ASK),  # its first point reached
+        (True, 86399.9, ASK),
+        (True, 86400, RETIRE),  # past give_up_after_s: never asked again
+        (False, 300, RETIRE),  # paid (or failed, closed) meanwhile
+        (False, 10, RETIRE),
+    ],
+)
+def test_what_a_pass_does_with_a_row_it_meets(pending, age_s, what):
+    now = CREATED + timedelta(seconds=age_s)
+    assert disposition(pending=pending, created_at=CREATED, now=now, config=CONFIG) == what
+
+
+def test_the_first_query_is_first_after_s_after_creation():
+    assert first_query_at(CREATED, CONFIG) == CREATED + timedelta(seconds=300)

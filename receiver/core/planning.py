@@ -117,6 +117,15 @@ def _moved(order: OrderState, n: Notification, status: Status) -> OrderState:
     return order._replace(status=status)
 
 
+def changes_nothing(d: Decision) -> bool:
+    """True for a decision that moves nothing and opens nothing: the gateway says still
+    waiting, or the status the order already has, with no review to open. An order-query
+    reply that comes to this is counted, not stored (a row per order per query interval)."""
+    return (
+        d.to_status is None and d.review is None and d.outcome in (Outcome.NOOP, Outcome.DUPLICATE)
+    )
+
+
 def _decide_one(
     n: Notification,
     orders: Mapping[OrderKey, OrderState],

@@ -60,3 +60,23 @@ def gave_up(age_s: float, config: ReconcileConfig) -> bool:
 def poll_interval_s(config: ReconcileConfig) -> float:
     """How often serve looks for due orders: never slower than the shortest schedule step."""
     return float(min(POLL_S, config.first_after_s, *config.intervals_s))
+
+
+#: What a pass does with an `order_queries` row it meets (see `disposition`).
+ASK, RETIRE, LATER = "ask", "retire", "later"
+
+
+def disposition(
+    *, pending: bool, created_at: datetime, now: datetime, config: ReconcileConfig
+) -> str:
+    """ASK about an order due now; RETIRE one no longer pending or past the window (never due
+    again); LATER one not old enough yet (its row was scheduled under another configuration)."""
+    age_s = (now - created_at).total_seconds()
+    if not pending or gave_up(age_s, config):
+        return RETIRE
+    return ASK if config.first_after_s <= age_s else LATER
+
+
+def first_query_at(created_at: datetime, config: ReconcileConfig) -> datetime:
+    """When an order is first due."""
+    return created_at + timedelta(seconds=config.first_after_s)

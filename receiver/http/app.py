@@ -44,7 +44,7 @@ from receiver.http.replies import SERVER_NAME, Refusal, refuse
 from receiver.http.unverified import UnverifiedLimiter
 from receiver.logging import bind_request_id, get_logger
 from receiver.sources import reconcile
-from receiver.store import database
+from receiver.store import database, retention
 from receiver.store.ledger import Ledger
 
 log = get_logger(__name__)
@@ -87,6 +87,7 @@ def create_app(
     app.cleanup_ctx.append(nonce_pruner_ctx)
     app.cleanup_ctx.append(reconciler_ctx)
     app.cleanup_ctx.append(forwarder_ctx)
+    app.cleanup_ctx.append(retention_ctx)
     app.on_response_prepare.append(_server_header)
     app.router.add_route(
         "*",
@@ -263,6 +264,14 @@ async def _prune_nonces(app: web.Application) -> None:
 
 
 nonce_pruner_ctx = background(_prune_nonces)
+
+
+async def _retention(app: web.Application) -> None:
+    """Partitions ahead and `[retention]` applied once a day (see store/retention.py)."""
+    await retention.prune_daily(app[POOL], app[CONFIG].retention, log=log)
+
+
+retention_ctx = background(_retention)
 
 
 def reconciler_runs(app: web.Application) -> bool:

@@ -1,5 +1,5 @@
 """The `receiver` command: serve, migrate, orders add|show|list|resolve, notifications list,
-replay, reconcile, demo, check-config, --version.
+replay, reconcile, prune, demo, check-config, --version.
 
 Exit status: 0 success, 2 bad usage or configuration, 1 failure; one clear line on stderr.
 """
@@ -487,6 +487,7 @@ def _command(args: argparse.Namespace) -> Command:
         ("replay", None): _replay,
         ("reconcile", None): _reconcile,
         ("explain", None): _explain,
+        ("prune", None): _prune,
     }
     return commands[(args.command, getattr(args, f"{args.command}_command", None))]
 
@@ -517,6 +518,9 @@ def _add_operations(
     _config_arg(explain)
     explain.add_argument("--id", type=_positive, required=True, help="the notification's id")
     explain.add_argument("--text", action="store_true", help="readable text instead of JSON")
+    prune = sub.add_parser("prune", help="apply [retention] now: drop (archive) old months")
+    _config_arg(prune)
+    prune.add_argument("--dry-run", action="store_true", help="say what would go; change nothing")
 
 
 def _orders_list_args(p: argparse.ArgumentParser) -> None:
@@ -765,6 +769,19 @@ async def _explain(config: Config, args: argparse.Namespace) -> int:
             raise Failure(str(exc)) from None
     text = explain.render_text(found) if args.text else json.dumps(found, ensure_ascii=False)
     print(text)
+    return 0
+
+
+async def _prune(config: Config, args: argparse.Namespace) -> int:
+    from receiver.store import retention  # noqa: PLC0415 - keeps the CLI quick to start
+
+    async with _connect(config) as conn:
+        try:
+            months = await retention.prune(conn, config.retention, dry_run=args.dry_run)
+        except (retention.PruneBusy, retention.ArchiveError) as exc:
+            raise Failure(str(exc)) from None
+    for month in months:
+        _print_line(month.as_dict())
     return 0
 
 

@@ -17,15 +17,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
 from receiver import metrics
 from receiver.config import ReconcileConfig
-from receiver.core.schedule import is_due, min_gap_s, next_query_at, poll_interval_s
+from receiver.core.planning import changes_nothing
+from receiver.core.schedule import (
+    ASK,
+    RETIRE,
+    disposition,
+    first_query_at,
+    min_gap_s,
+    next_query_at,
+    poll_interval_s,
+)
 from receiver.errors import DatabaseUnavailable
 from receiver.gateways import OrderQuerier, OrderRef, QueryAnswer, QueryResult
 from receiver.gateways.asking import classified
@@ -42,6 +51,8 @@ log = get_logger(__name__)
 
 TIMEOUT_GRACE_S = 1.0  # a querier that overruns its own timeout by this much is cut off
 CLAIM_PER_SLOT = 2  # orders claimed per round, per query slot
+BEFORE_ALL = datetime.min.replace(tzinfo=UTC)  # a new pass's cursor: asyncpg sends '-infinity'
+NEVER = datetime.max.replace(tzinfo=UTC)  # a retired row's next_at: asyncpg sends 'infinity'
 
 NOT_QUERYABLE = "not_queryable"  # report result: the querier cannot ask about this order
 TOO_SOON = "too_soon"  # report result: --order on a Baofoo order asked less than a minute ago
@@ -49,41 +60,67 @@ TOO_SOON = "too_soon"  # report result: --order on a Baofoo order asked less tha
 
 # --- SQL --------------------------------------------------------------------------------------
 
-# Pending orders inside the query window whose next query is due (or that were never asked).
+# The next page of due rows after the pass's cursor, in (next_at, order_id) order: one index
+# range (order_queries_due_idx) whatever the backlog, and now() read afresh on every page, so
+# orders that come due while a pass drains a backlog are reached by that pass. A new order's row
+# is due at its created_at (sql/008): the first page that meets it puts it back to its first
+# query time.
 SELECT_DUE = """
-SELECT o.id, o.provider, o.merchant_id, o.out_trade_no, o.amount_minor, o.currency, o.channel,
-       o.created_at, now() AS now
-FROM orders o
-LEFT JOIN order_queries q ON q.order_id = o.id
-WHERE o.status = 'pending'
-  AND o.provider = $1
-  AND o.created_at <= now() - $2::interval
-  AND o.created_at > now() - $3::interval
-  AND (q.next_at IS NULL OR q.next_at <= now())
-  AND o.id <> ALL($4::bigint[])
-ORDER BY o.created_at
-LIMIT $5
+SELECT q.next_at AS due_at, o.id, o.provider, o.merchant_id, o.out_trade_no, o.amount_minor,
+       o.currency, o.channel, o.created_at, o.status = 'pending' AS pending, now() AS now
+FROM order_queries q
+JOIN orders o ON o.id = q.order_id
+WHERE q.provider = $1
+  AND q.next_at <= now()
+  AND (q.next_at, q.order_id) > ($2::timestamptz, $3::bigint)
+ORDER BY q.next_at, q.order_id
+LIMIT $4
 """
 
-# The claim: only where the order is still pending and still due does next_at move on; a
-# concurrent claimer waits for the row and then finds it no longer due. Ids in order, so two
-# claimers lock rows in the same order and cannot deadlock.
+# The claim: only where the order is still pending and still due does next_at move on. Rows
+# locked by another claimer are skipped (it is claiming them); one locked and released while
+# this statement runs is re-read and, its next_at moved, no longer due. Either way each due
+# order is claimed once per interval, by one process.
 CLAIM_DUE = """
-INSERT INTO order_queries AS q (order_id, attempts, next_at, last_at)
-SELECT c.order_id, 1, c.next_at, now()
-FROM unnest($1::bigint[], $2::timestamptz[]) AS c (order_id, next_at)
-JOIN orders o ON o.id = c.order_id AND o.status = 'pending'
-ORDER BY c.order_id
-ON CONFLICT (order_id) DO UPDATE
-SET attempts = q.attempts + 1, next_at = EXCLUDED.next_at, last_at = EXCLUDED.last_at
-WHERE q.next_at <= now()
+WITH c AS (
+    SELECT * FROM unnest($1::bigint[], $2::timestamptz[]) AS c (order_id, next_at)
+),
+locked AS (
+    SELECT q.order_id FROM order_queries q
+    JOIN c USING (order_id)
+    JOIN orders o ON o.id = q.order_id AND o.status = 'pending'
+    WHERE q.next_at <= now()
+    ORDER BY q.order_id
+    FOR UPDATE OF q SKIP LOCKED
+)
+UPDATE order_queries q
+SET attempts = q.attempts + 1, next_at = c.next_at, last_at = now()
+FROM locked JOIN c USING (order_id)
+WHERE q.order_id = locked.order_id
 RETURNING q.order_id
+"""
+
+# Rows a pass met but must not query: retired ('infinity': no longer pending, or past the query
+# window) or put back to their first query time. Only rows still due are touched.
+RESCHEDULE = """
+WITH c AS (
+    SELECT * FROM unnest($1::bigint[], $2::timestamptz[]) AS c (order_id, next_at)
+),
+locked AS (
+    SELECT q.order_id FROM order_queries q JOIN c USING (order_id)
+    WHERE q.next_at <= now()
+    ORDER BY q.order_id
+    FOR UPDATE OF q SKIP LOCKED
+)
+UPDATE order_queries q SET next_at = c.next_at
+FROM locked JOIN c USING (order_id)
+WHERE q.order_id = locked.order_id
 """
 
 # An operator's "this order, now": whatever the schedule says, but never within the gap.
 CLAIM_NOW = """
-INSERT INTO order_queries AS q (order_id, attempts, next_at, last_at)
-VALUES ($1, 1, $2, now())
+INSERT INTO order_queries AS q (order_id, provider, attempts, next_at, last_at)
+VALUES ($1, $4, 1, $2, now())
 ON CONFLICT (order_id) DO UPDATE
 SET attempts = q.attempts + 1, last_at = now(), next_at = greatest(q.next_at, EXCLUDED.next_at)
 WHERE q.last_at IS NULL OR q.last_at <= now() - $3::interval
@@ -97,7 +134,13 @@ FROM orders
 WHERE provider = $1 AND merchant_id = $2 AND out_trade_no = $3
 """
 
-RECORD_RESULT = "UPDATE order_queries SET last_result = $2 WHERE order_id = $1"
+# What the last reply was and came to; a reply not stored (it changed nothing) is counted.
+RECORD_RESULT = """
+UPDATE order_queries
+SET last_result = $2, last_outcome = $3, last_notification_id = $4,
+    unstored = unstored + CASE WHEN $3::text IS NOT NULL AND $4::bigint IS NULL THEN 1 ELSE 0 END
+WHERE order_id = $1
+"""
 
 
 # --- what a pass reports ----------------------------------------------------------------------
@@ -142,6 +185,33 @@ class _Due:
     order: OrderRef
     created_at: datetime
     now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _Cursor:
+    """Where a pass is: after this (due time, order id). The start is before every row."""
+
+    due_at: datetime = BEFORE_ALL
+    order_id: int = 0
+
+
+@dataclass(slots=True)
+class _Page:
+    rows: list[asyncpg.Record]
+    cursor: _Cursor
+    last: bool  # nothing due after it, or the pass has gone round
+    claimed: list[_Due] = field(default_factory=list)
+
+
+def _page(rows: Sequence[asyncpg.Record], *, stop_at: set[int], batch: int) -> _Page:
+    """A page of SELECT_DUE, cut before the first order this pass already claimed."""
+    kept = list(rows)
+    for i, row in enumerate(rows):
+        if row["id"] in stop_at:
+            kept = kept[:i]
+            break
+    cursor = _Cursor(kept[-1]["due_at"], kept[-1]["id"]) if kept else _Cursor()
+    return _Page(kept, cursor, last=len(kept) < batch)
 
 
 def order_ref(row: Mapping[str, Any]) -> OrderRef:
@@ -200,6 +270,7 @@ class Reconciler:
         self._report = report
         share = max(1, config.concurrency // max(1, len(self.queriers)))
         self._slots = {provider: asyncio.Semaphore(share) for provider in self.queriers}
+        self._share = share
         self._claim_batch = share * CLAIM_PER_SLOT
         self._pacers = {provider: Pacer(config.max_per_second) for provider in self.queriers}
         # (provider, merchant) whose `misconfigured` answer was logged in the current pass
@@ -212,16 +283,51 @@ class Reconciler:
         return [report for reports in passes for report in reports]
 
     async def drain(self, provider: str) -> list[Report]:
-        """Claim and query `provider`'s due orders until none is left for this pass."""
+        """Claim and query `provider`'s due orders, in due order, each at most once.
+
+        The pass walks a cursor over (due time, order id) instead of remembering what it saw, so
+        a page costs the same however long the backlog. Orders that come due meanwhile are after
+        the cursor and reached by this pass; it ends when nothing due is left after the cursor,
+        or when it meets an order it claimed itself (it has gone round: everything due when it
+        began is done, and the rest is the next pass's).
+        """
         reports: list[Report] = []
-        seen: list[int] = []
         self._told = {told for told in self._told if told[0] != provider}  # a new pass
+        # The next page is claimed while this one is being asked about: a bounded queue
+        # between the claiming loop and one asker per query slot.
+        queue: asyncio.Queue[_Due | None] = asyncio.Queue(maxsize=self._claim_batch)
+        askers = self._share
+
+        async def ask() -> None:
+            while (due := await queue.get()) is not None:
+                reports.append(await self._query(due.order))
+
+        tasks = [asyncio.create_task(ask()) for _ in range(askers)]
+        try:
+            await self._claim_all(provider, queue)
+            for _ in tasks:
+                await queue.put(None)
+            await asyncio.gather(*tasks)
+        except BaseException:
+            # Orders claimed and not yet asked about are asked at their next due time.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        return reports
+
+    async def _claim_all(self, provider: str, queue: asyncio.Queue[_Due | None]) -> None:
+        """Claim page after page (see `drain`), handing each claimed order to the askers."""
+        cursor = _Cursor()
+        claimed_here: set[int] = set()
         while True:
-            looked_at, claimed = await self._claim(provider, exclude=seen)
-            if not looked_at:
-                return reports
-            seen += looked_at  # claimed here or by another process: either way, done with
-            reports += await asyncio.gather(*(self._query(due.order) for due in claimed))
+            page = await self._claim(provider, after=cursor, stop_at=claimed_here)
+            for due in page.claimed:
+                claimed_here.add(due.order.order_id)
+                await queue.put(due)
+            if page.last:
+                return
+            cursor = page.cursor
 
     async def query_now(self, provider: str, merchant_id: str, out_trade_no: str) -> Report:
         """Query one order at once, whatever its schedule (the gap between queries kept)."""
@@ -236,6 +342,7 @@ class Reconciler:
                 due.order.order_id,
                 self._next_at(due),
                 timedelta(seconds=min_gap_s(provider)),
+                provider,
             )
         if claimed is None:
             gap = min_gap_s(provider)
@@ -260,25 +367,44 @@ class Reconciler:
                 log.exception("reconcile_error", provider=provider)
             await asyncio.sleep(poll_interval_s(self.config))
 
-    async def _claim(
-        self, provider: str, *, exclude: Sequence[int]
-    ) -> tuple[list[int], list[_Due]]:
-        """The due orders looked at, and those of them this process claimed."""
-        first = timedelta(seconds=self.config.first_after_s)
-        give_up = timedelta(seconds=self.config.give_up_after_s)
+    async def _claim(self, provider: str, *, after: _Cursor, stop_at: set[int]) -> _Page:
+        """The next page of due orders after `after`, and those of them this process claimed."""
         async with _database(self._pool, self._ledger.health) as conn:
             rows = await conn.fetch(
-                SELECT_DUE, provider, first, give_up, list(exclude), self._claim_batch
+                SELECT_DUE, provider, after.due_at, after.order_id, self._claim_batch
             )
-            looked_at = [row["id"] for row in rows]
-            # SELECT_DUE applies the same window; the pure rule has the last word.
-            due = [d for d in map(_due, rows) if is_due(d.created_at, d.now, self.config)]
-            if not due:
-                return looked_at, []
-            ids = [d.order.order_id for d in due]
-            next_at = [self._next_at(d) for d in due]
+            page = _page(rows, stop_at=stop_at, batch=self._claim_batch)
+            query, later = self._sort(page.rows)
+            if later:
+                await conn.execute(RESCHEDULE, *zip(*later, strict=True))
+            if not query:
+                return page
+            ids = [d.order.order_id for d in query]
+            next_at = [self._next_at(d) for d in query]
             claimed = {r["order_id"] for r in await conn.fetch(CLAIM_DUE, ids, next_at)}
-        return looked_at, [d for d in due if d.order.order_id in claimed]
+        page.claimed = [d for d in query if d.order.order_id in claimed]
+        return page
+
+    def _sort(
+        self, rows: Sequence[asyncpg.Record]
+    ) -> tuple[list[_Due], list[tuple[int, datetime]]]:
+        """Rows to query, and (order id, next_at) for those to retire or put back."""
+        query: list[_Due] = []
+        later: list[tuple[int, datetime]] = []
+        for row in rows:
+            what = disposition(
+                pending=row["pending"],
+                created_at=row["created_at"],
+                now=row["now"],
+                config=self.config,
+            )
+            if what == ASK:
+                query.append(_due(row))
+            elif what == RETIRE:
+                later.append((row["id"], NEVER))
+            else:
+                later.append((row["id"], first_query_at(row["created_at"], self.config)))
+        return query, later
 
     def _next_at(self, due: _Due) -> datetime:
         return next_query_at(
@@ -299,7 +425,7 @@ class Reconciler:
             report = await self._apply(order, answer)
             metrics.reconcile_query_answered(order.provider, QueryResult(report.result))
             self._tell_misconfigured(order, report)
-            await self._record(order, report.result)
+            await self._record(report)
         self._report(report)
         return report
 
@@ -319,6 +445,18 @@ class Reconciler:
         """The answer through the ledger, as a notification; NOT_FOUND and ERROR store nothing."""
         if answer.inbound is None or (answer.notification is None and answer.rejected is None):
             return _report(order, answer.result, reason=answer.reason)
+        if answer.notification is not None:
+            try:
+                # A reply that changes nothing now never will (pending is first and paid is
+                # final), so deciding it against the order as read, without the write, is safe:
+                # it is counted in order_queries, not stored.
+                decision = await self._ledger.preview(answer.notification)
+            except (DatabaseUnavailable, asyncpg.PostgresError) as exc:
+                reason = f"{answer.reason}; not stored: {exc}"
+                return _report(order, answer.result, reason=reason)
+            if changes_nothing(decision):
+                report = _report(order, answer.result, reason=answer.reason)
+                return replace(report, outcome=decision.outcome.value)
         try:
             received = await record(
                 self._ledger,
@@ -351,10 +489,16 @@ class Reconciler:
             reason=report.reason,
         )
 
-    async def _record(self, order: OrderRef, result: str) -> None:
+    async def _record(self, report: Report) -> None:
         try:
             async with _database(self._pool, self._ledger.health) as conn:
-                await conn.execute(RECORD_RESULT, order.order_id, result)
+                await conn.execute(
+                    RECORD_RESULT,
+                    report.order_id,
+                    report.result,
+                    report.outcome,
+                    report.notification_id,
+                )
         except DatabaseUnavailable:
             pass  # only bookkeeping: the schedule already moved on when the order was claimed
 
