@@ -4,8 +4,8 @@ Notifications that arrive together are written together, and every caller gets e
 outcome it would have had alone, after the commit. A batch costs two round trips: one read (the
 orders it names, and which of its nonces were already seen) and one statement that writes
 everything as a single implicit transaction. Batches form while earlier ones are being written
-("group commit"): an idle service writes a lone notification at once, and under load a
-notification waits at most for the batches in flight.
+("group commit", store/batching.py): an idle service writes a lone notification at once, and
+under load a notification waits at most for the batches in flight.
 
 Within a batch, notifications are decided in arrival order against the statuses read, so two
 deliveries of one order behave as if sequential. The write is an optimistic lock: each order
@@ -40,6 +40,7 @@ from receiver.core.notification import (
 from receiver.core.planning import Decision, Move, OrderKey, OrderState, Plan, order_key, plan_batch
 from receiver.errors import Rejected
 from receiver.logging import json_dumps
+from receiver.store.batching import Batcher
 from receiver.store.database import CONNECTION_ERRORS, Health
 
 #: `notifications.source`: pushed by the gateway, an order-query reply, an operator's replay.
@@ -209,11 +210,14 @@ class Ledger:
         self._pool = pool
         self.health = health or Health()
         self._nonce_window = timedelta(seconds=max(nonce_window_s, 1) * 2)
-        self._batch_max = batch_max
-        self._concurrency = batch_concurrency
-        self._queue: list[_Item] = []
-        self._in_flight = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._batcher: Batcher[_Item] = Batcher(
+            self._write_counted,
+            batch_max=batch_max,
+            batch_concurrency=batch_concurrency,
+            # Any other database error: one notification at a time, so that one bad row cannot
+            # sink the others (a connection error arrives here as DatabaseUnavailable).
+            split_on=(asyncpg.PostgresError,),
+        )
 
     async def apply(
         self,
@@ -229,46 +233,20 @@ class Ledger:
         (`source="query"`) and an operator's replay (`source="replay"`, `replay_of`).
         """
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Item(inbound, n, future, source, replay_of))
-        self._dispatch()
+        self._batcher.add(_Item(inbound, n, future, source, replay_of))
         return await future
 
-    def _dispatch(self) -> None:
-        while self._queue and self._in_flight < self._concurrency:
-            batch = self._queue[: self._batch_max]
-            del self._queue[: self._batch_max]
-            self._in_flight += 1
-            task = asyncio.create_task(self._run(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _run(self, batch: list[_Item]) -> None:
-        try:
-            await self._settle(batch)
-        finally:
-            self._in_flight -= 1
-            self._dispatch()
-
-    async def _settle(self, batch: list[_Item]) -> None:
+    async def _write_counted(self, batch: list[_Item]) -> list[Result]:
+        """Write a batch (see `Batcher`), reporting to `health` and counting what committed."""
         try:
             results = await self._write_retrying(batch)
         except CONNECTION_ERRORS as exc:
-            _fail(batch, self.health.unavailable(exc))
-        except asyncpg.PostgresError as exc:
-            if len(batch) == 1:
-                _fail(batch, exc)
-            else:
-                for item in batch:
-                    await self._settle([item])
-        except Exception as exc:  # a bug: every caller must still hear back
-            _fail(batch, exc)
-        else:
-            self.health.worked()
-            metrics.batch_written(len(batch))
-            for item, result in zip(batch, results, strict=True):
-                _counted(item.inbound.provider, result, item.source)
-                if not item.future.done():
-                    item.future.set_result(result)
+            raise self.health.unavailable(exc) from exc
+        self.health.worked()
+        metrics.batch_written(len(batch))
+        for item, result in zip(batch, results, strict=True):
+            _counted(item.inbound.provider, result, item.source)
+        return results
 
     async def _write_retrying(self, batch: Sequence[_Item]) -> list[Result]:
         """Read, decide, write; again while another writer moves the same orders first."""
@@ -407,12 +385,6 @@ def _counted(provider: str, result: Result, source: str) -> Result:
     # Counted here, after the commit, so that the counters agree with the notifications table.
     metrics.notification_recorded(provider, result.outcome, source)
     return result
-
-
-def _fail(batch: Iterable[_Item], exc: BaseException) -> None:
-    for item in batch:
-        if not item.future.done():
-            item.future.set_exception(exc)
 
 
 def _result(n: Notification, d: Decision, nid: int) -> Result:
