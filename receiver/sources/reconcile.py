@@ -15,8 +15,7 @@ interval: the first claimer wins, the others find it no longer due.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -32,7 +31,7 @@ from receiver.gateways.asking import classified
 from receiver.logging import get_logger
 from receiver.sources.intake import Received, record
 from receiver.sources.pacing import Pacer
-from receiver.store.database import CONNECTION_ERRORS, Health
+from receiver.store.database import connection
 from receiver.store.ledger import QUERY, Ledger
 
 if TYPE_CHECKING:
@@ -161,17 +160,6 @@ def _due(row: asyncpg.Record) -> _Due:
     return _Due(order_ref(row), row["created_at"], row["now"])
 
 
-@contextlib.asynccontextmanager
-async def _database(pool: asyncpg.Pool, health: Health) -> AsyncIterator[asyncpg.Connection]:
-    """A connection; what came of it reported to `health` (database.Health: one log per outage)."""
-    try:
-        async with pool.acquire() as conn:
-            yield conn
-    except CONNECTION_ERRORS as exc:
-        raise health.unavailable(exc) from exc
-    health.worked()
-
-
 # --- the shell --------------------------------------------------------------------------------
 
 
@@ -225,7 +213,7 @@ class Reconciler:
 
     async def query_now(self, provider: str, merchant_id: str, out_trade_no: str) -> Report:
         """Query one order at once, whatever its schedule (the gap between queries kept)."""
-        async with _database(self._pool, self._ledger.health) as conn:
+        async with connection(self._pool, self._ledger.health) as conn:
             row = await conn.fetchrow(SELECT_ORDER, provider, merchant_id, out_trade_no)
             if row is None:
                 what = f"no {provider} order {out_trade_no} for merchant {merchant_id}"
@@ -266,7 +254,7 @@ class Reconciler:
         """The due orders looked at, and those of them this process claimed."""
         first = timedelta(seconds=self.config.first_after_s)
         give_up = timedelta(seconds=self.config.give_up_after_s)
-        async with _database(self._pool, self._ledger.health) as conn:
+        async with connection(self._pool, self._ledger.health) as conn:
             rows = await conn.fetch(
                 SELECT_DUE, provider, first, give_up, list(exclude), self._claim_batch
             )
@@ -353,7 +341,7 @@ class Reconciler:
 
     async def _record(self, order: OrderRef, result: str) -> None:
         try:
-            async with _database(self._pool, self._ledger.health) as conn:
+            async with connection(self._pool, self._ledger.health) as conn:
                 await conn.execute(RECORD_RESULT, order.order_id, result)
         except DatabaseUnavailable:
             pass  # only bookkeeping: the schedule already moved on when the order was claimed

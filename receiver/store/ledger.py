@@ -41,7 +41,7 @@ from receiver.core.planning import Decision, Move, OrderKey, OrderState, Plan, o
 from receiver.errors import Rejected
 from receiver.logging import json_dumps
 from receiver.store.batching import Batcher
-from receiver.store.database import CONNECTION_ERRORS, Health
+from receiver.store.database import Health, connection, guarded
 
 #: `notifications.source`: pushed by the gateway, an order-query reply, an operator's replay.
 NOTIFY, QUERY, REPLAY = "notify", "query", "replay"
@@ -238,11 +238,8 @@ class Ledger:
 
     async def _write_counted(self, batch: list[_Item]) -> list[Result]:
         """Write a batch (see `Batcher`), reporting to `health` and counting what committed."""
-        try:
+        with guarded(self.health):
             results = await self._write_retrying(batch)
-        except CONNECTION_ERRORS as exc:
-            raise self.health.unavailable(exc) from exc
-        self.health.worked()
         metrics.batch_written(len(batch))
         for item, result in zip(batch, results, strict=True):
             _counted(item.inbound.provider, result, item.source)
@@ -329,25 +326,21 @@ class Ledger:
         replay_of: int | None = None,
     ) -> Result:
         """Record a refused notification with its outcome and reason."""
-        try:
-            async with self._pool.acquire() as conn:
-                nid = await conn.fetchval(
-                    INSERT_NOTIFICATION,
-                    inbound.provider,
-                    inbound.remote_addr,
-                    stored_headers(inbound, rejected.headers),
-                    inbound.body,
-                    _storable(rejected.merchant_id),
-                    _storable(rejected.out_trade_no),
-                    rejected.outcome.value,
-                    _text(rejected.reason),
-                    None,
-                    source,
-                    replay_of,
-                )
-        except CONNECTION_ERRORS as exc:
-            raise self.health.unavailable(exc) from exc
-        self.health.worked()
+        async with connection(self._pool, self.health) as conn:
+            nid = await conn.fetchval(
+                INSERT_NOTIFICATION,
+                inbound.provider,
+                inbound.remote_addr,
+                stored_headers(inbound, rejected.headers),
+                inbound.body,
+                _storable(rejected.merchant_id),
+                _storable(rejected.out_trade_no),
+                rejected.outcome.value,
+                _text(rejected.reason),
+                None,
+                source,
+                replay_of,
+            )
         return _counted(
             inbound.provider,
             Result(
@@ -362,22 +355,14 @@ class Ledger:
 
     async def preview(self, n: Notification) -> Decision:
         """What `apply` would decide for `n` against the orders as they are now; writes nothing."""
-        try:
-            async with self._pool.acquire() as conn:
-                orders, seen = await self._read(conn, [n])
-        except CONNECTION_ERRORS as exc:
-            raise self.health.unavailable(exc) from exc
-        self.health.worked()
+        async with connection(self._pool, self.health) as conn:
+            orders, seen = await self._read(conn, [n])
         return plan_batch([n], orders, seen).decisions[0]
 
     async def prune_nonces(self) -> int:
         """Forget nonces older than the replay window; returns how many went."""
-        try:
-            async with self._pool.acquire() as conn:
-                status = await conn.execute(PRUNE_NONCES, self._nonce_window)
-        except CONNECTION_ERRORS as exc:
-            raise self.health.unavailable(exc) from exc
-        self.health.worked()
+        async with connection(self._pool, self.health) as conn:
+            status = await conn.execute(PRUNE_NONCES, self._nonce_window)
         return int(status.split()[-1])
 
 
