@@ -19,10 +19,9 @@ others.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import asyncpg
 
@@ -42,6 +41,7 @@ from receiver.errors import Rejected
 from receiver.logging import json_dumps
 from receiver.store.batching import Batcher
 from receiver.store.database import Health, connection, guarded
+from receiver.store.literals import Column, bool_array, column_arrays, int_array, text_array
 
 #: `notifications.source`: pushed by the gateway, an order-query reply, an operator's replay.
 NOTIFY, QUERY, REPLAY = "notify", "query", "replay"
@@ -85,7 +85,7 @@ WHERE n.nonce = ANY($4::text::text[]) AND n.seen_at >= now() - $5::interval
 # Everything a batch writes, in one statement and so one transaction. Notification ids are drawn
 # up front, in arrival order, so each caller learns its own id and each event points at the
 # notification that caused it. The trigger on order_events sends the NOTIFY. Columns typed
-# `$n::text::<type>[]` arrive as array literals (see `_text_array`).
+# `$n::text::<type>[]` arrive as array literals (see store/literals.py).
 #
 # Every batch takes its row locks in one global order, so that concurrent batches (other
 # replicas, other workers) never deadlock: first its nonces, in code-point order (the caller
@@ -270,8 +270,8 @@ class Ledger:
     ) -> tuple[dict[OrderKey, OrderState], set[str]]:
         keys = list(dict.fromkeys(order_key(n) for n in notes))
         nonces = [n.nonce for n in notes if n.nonce is not None]
-        columns = [_text_array(column) for column in zip(*keys, strict=True)]
-        rows = await conn.fetch(READ_BATCH, *columns, _text_array(nonces), self._nonce_window)
+        columns = [text_array(column) for column in zip(*keys, strict=True)]
+        rows = await conn.fetch(READ_BATCH, *columns, text_array(nonces), self._nonce_window)
         orders: dict[OrderKey, OrderState] = {}
         seen: set[str] = set()
         # Unpacked in READ_BATCH's column order (a record's fields by name cost a lookup each).
@@ -309,11 +309,11 @@ class Ledger:
         ]
         record = await conn.fetchrow(
             WRITE_BATCH,
-            *_columns(rows, NOTIFICATION_COLUMNS),
-            *_columns(moves, MOVE_COLUMNS),
-            _text_array(sorted(plan.claims)),
+            *column_arrays(rows, NOTIFICATION_COLUMNS),
+            *column_arrays(moves, MOVE_COLUMNS),
+            text_array(sorted(plan.claims)),
             self._nonce_window,
-            *_columns(reviews, REVIEW_COLUMNS),
+            *column_arrays(reviews, REVIEW_COLUMNS),
         )
         return list(record["nids"])
 
@@ -430,74 +430,42 @@ def _review_row(ord_: int, d: Decision) -> tuple[object, ...]:
     return (ord_, d.order_id, review.reason, review.amount_minor, review.currency, review.detail)
 
 
-def _text_array(values: Iterable[str | None]) -> str:
-    """A text[] literal (`{"a","b\\"c",NULL}`) for a `$n::text::text[]` parameter.
-
-    Why not a list: asyncpg's array encoder runs two isinstance checks against collections.abc
-    ABCs on every element, most of a batch's client CPU. Every element is quoted, with `\\` and
-    `"` escaped, so that none can read as NULL, a separator, a brace or lose its spaces.
-    """
-    quoted = [
-        "NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        for v in values
-    ]
-    return "{" + ",".join(quoted) + "}"
-
-
-def _int_array(values: Iterable[int | None]) -> str:
-    """A bigint[] literal for a `$n::text::bigint[]` parameter (why: see `_text_array`)."""
-    return "{" + ",".join(["NULL" if v is None else str(v) for v in values]) + "}"
-
-
-def _bool_array(values: Iterable[bool]) -> str:
-    """A boolean[] literal for a `$n::text::boolean[]` parameter (why: see `_text_array`)."""
-    return "{" + ",".join(["t" if v else "f" for v in values]) + "}"
-
-
-Column = Callable[[tuple[Any, ...]], object]  # one column of rows to its query parameter
-
 # How each column of `_notification_row` and `_move_row` goes to WRITE_BATCH. Headers (long JSON
 # text) and bodies (bytes) stay lists: quoting them in Python costs as much as asyncpg's checks,
 # and timestamps keep asyncpg's binary encoding of time zones.
 NOTIFICATION_COLUMNS: tuple[Column, ...] = (
-    _text_array,  # provider
-    _text_array,  # remote_addr
+    text_array,  # provider
+    text_array,  # remote_addr
     list,  # headers
     list,  # body
-    _text_array,  # merchant_id
-    _text_array,  # out_trade_no
-    _text_array,  # outcome
-    _text_array,  # detail
-    _int_array,  # order_id
-    _text_array,  # from_status
-    _text_array,  # to_status
-    _text_array,  # source
-    _int_array,  # replay_of
+    text_array,  # merchant_id
+    text_array,  # out_trade_no
+    text_array,  # outcome
+    text_array,  # detail
+    int_array,  # order_id
+    text_array,  # from_status
+    text_array,  # to_status
+    text_array,  # source
+    int_array,  # replay_of
 )
 MOVE_COLUMNS: tuple[Column, ...] = (
-    _int_array,  # order_id
-    _text_array,  # old_status
-    _text_array,  # new_status
-    _bool_array,  # late
-    _int_array,  # paid_amount_minor
+    int_array,  # order_id
+    text_array,  # old_status
+    text_array,  # new_status
+    bool_array,  # late
+    int_array,  # paid_amount_minor
     list,  # paid_at
-    _text_array,  # provider_trade_no
+    text_array,  # provider_trade_no
 )
 
 REVIEW_COLUMNS: tuple[Column, ...] = (
-    _int_array,  # ord: the notification's position in the batch
-    _int_array,  # order_id
-    _text_array,  # reason
-    _int_array,  # amount_minor
-    _text_array,  # currency
-    _text_array,  # detail (our own words: amounts, statuses, the provider's name)
+    int_array,  # ord: the notification's position in the batch
+    int_array,  # order_id
+    text_array,  # reason
+    int_array,  # amount_minor
+    text_array,  # currency
+    text_array,  # detail (our own words: amounts, statuses, the provider's name)
 )
-
-
-def _columns(rows: Sequence[tuple[object, ...]], encoders: Sequence[Column]) -> list[object]:
-    """Rows to the column arrays that unnest() takes back apart, each as its parameter wants."""
-    columns = zip(*rows, strict=True) if rows else [()] * len(encoders)
-    return [encode(column) for encode, column in zip(encoders, columns, strict=True)]
 
 
 def _text(text: str) -> str:
@@ -507,64 +475,3 @@ def _text(text: str) -> str:
 def _storable(hint: str | None) -> str | None:
     # A refused notification's identifiers are unverified: keep them only if they can be stored.
     return hint if hint is not None and is_identifier(hint) else None
-
-
-INSERT_ORDER = """
-INSERT INTO orders (provider, merchant_id, out_trade_no, amount_minor, currency, channel)
-VALUES ($1, $2, $3, $4, $5, $6)
-RETURNING *
-"""
-
-SELECT_ORDER_ROW = """
-SELECT * FROM orders WHERE provider = $1 AND merchant_id = $2 AND out_trade_no = $3
-"""
-
-SELECT_ORDER_NOTIFICATIONS = """
-SELECT id, provider, received_at, remote_addr, headers, body, merchant_id, out_trade_no,
-       outcome, detail, order_id, source, replay_of
-FROM notifications
-WHERE provider = $1 AND merchant_id = $2 AND out_trade_no = $3
-ORDER BY id
-"""
-
-
-class OrderExists(Exception):
-    """An order with that provider, merchant and number is already there."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NewOrder:
-    """A pending order as a merchant's checkout would create it."""
-
-    provider: str
-    merchant_id: str
-    out_trade_no: str
-    amount_minor: int
-    currency: str = "CNY"
-    channel: str | None = None
-
-
-async def create_order(conn: asyncpg.Connection, order: NewOrder) -> asyncpg.Record:
-    """Insert a pending order; raise OrderExists when its key is taken."""
-    try:
-        row: asyncpg.Record = await conn.fetchrow(
-            INSERT_ORDER,
-            order.provider,
-            order.merchant_id,
-            order.out_trade_no,
-            order.amount_minor,
-            order.currency,
-            order.channel,
-        )
-    except asyncpg.UniqueViolationError:
-        raise OrderExists(f"{order.provider} order {order.out_trade_no} exists") from None
-    return row
-
-
-async def find_order(
-    conn: asyncpg.Connection, *, provider: str, merchant_id: str, out_trade_no: str
-) -> tuple[asyncpg.Record | None, list[asyncpg.Record]]:
-    """An order (or None) and every notification received for it."""
-    order = await conn.fetchrow(SELECT_ORDER_ROW, provider, merchant_id, out_trade_no)
-    notes = await conn.fetch(SELECT_ORDER_NOTIFICATIONS, provider, merchant_id, out_trade_no)
-    return order, notes
