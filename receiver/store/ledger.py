@@ -1,4 +1,11 @@
-"""The ledger: the only place that writes orders, notifications and order_events.
+"""The ledger: the only place that moves orders and writes notifications and order_events.
+
+Two other writes touch `orders`, both operators' and neither moving a status: store/orders.py
+inserts pending orders (`orders create`, the demo), and store/ops.py's `resolve_reviews` closes
+reviews, whose trigger (sql/006_reviews.sql) recomputes `orders.needs_review` under the order's
+row lock (a batch only ever sets that flag, from the row as locked). resolve_reviews locks its
+orders in its own order: a deadlock with a batch aborts one side, and a batch that loses is
+decided again (LOST_RACE).
 
 Notifications that arrive together are written together, and every caller gets exactly the
 outcome it would have had alone, after the commit. A batch costs two round trips: one read (the
