@@ -29,7 +29,7 @@ from receiver.config import (
 from receiver.http.app import create_app
 from receiver.http.connections import Runner
 from receiver.store import database
-from receiver.store.ledger import NewOrder, create_order
+from receiver.store.orders import NewOrder, create_order
 from tests.support.gopay_signer import GoPaySigner, new_rsa_key, public_key_text
 from tests.support.pgproxy import PgProxy
 from tests.support.service_process import ServiceProcess, write_config

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from receiver.simulate import GoPaySimulator
 from receiver.store import database
-from receiver.store.ledger import NewOrder, create_order
+from receiver.store.orders import NewOrder, create_order
 from tests.conftest import GOPAY_MCHID
 from tests.support.gateways import charge
 from tests.support.service_process import ServiceProcess, free_port, write_config

@@ -15,7 +15,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from receiver.core.notification import Inbound, Notification, Outcome, Status
 from receiver.core.planning import OrderState, plan_batch
 from receiver.store.database import create_pool
-from receiver.store.ledger import Ledger, _bool_array, _int_array, _text_array
+from receiver.store.ledger import Ledger
+from receiver.store.literals import bool_array, int_array, text_array
 
 M = "100001"
 
@@ -232,15 +233,15 @@ async def test_text_array_literals_round_trip_any_text(db):
     cases += [[awkward_text(rng) for _ in range(rng.randrange(20))] for _ in range(300)]
     echo = await db.prepare("SELECT $1::text::text[]")
     for values in cases:
-        assert await echo.fetchval(_text_array(values)) == values
+        assert await echo.fetchval(text_array(values)) == values
 
 
 async def test_int_and_bool_array_literals_round_trip(db):
     ints = [0, -1, 1, None, 2**63 - 1, -(2**63), 10000]
-    assert await db.fetchval("SELECT $1::text::bigint[]", _int_array(ints)) == ints
-    assert await db.fetchval("SELECT $1::text::bigint[]", _int_array([])) == []
+    assert await db.fetchval("SELECT $1::text::bigint[]", int_array(ints)) == ints
+    assert await db.fetchval("SELECT $1::text::bigint[]", int_array([])) == []
     bools = [True, False, True]
-    assert await db.fetchval("SELECT $1::text::boolean[]", _bool_array(bools)) == bools
+    assert await db.fetchval("SELECT $1::text::boolean[]", bool_array(bools)) == bools
 
 
 async def test_awkward_text_and_bytes_are_stored_verbatim(db, pool, make_order):

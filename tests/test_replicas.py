@@ -21,7 +21,7 @@ import asyncpg
 import pytest
 
 from receiver.store import database
-from receiver.store.ledger import NewOrder, create_order
+from receiver.store.orders import NewOrder, create_order
 from tests.support import rawhttp
 from tests.support.gateways import charge
 from tests.support.gopay_signer import GoPaySigner

@@ -54,8 +54,6 @@ READY_TIMEOUT_S = 2.0
 NONCE_PRUNE_INTERVAL_S = 300.0
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
-_READY_ERRORS: tuple[type[BaseException], ...] = (*database.CONNECTION_ERRORS, DatabaseUnavailable)
-
 # Request ids: a random prefix per process and a counter, as unique as uuid4 across restarts and
 # workers, without a urandom call per request.
 _ID_PREFIX = uuid.uuid4().hex[:16]
@@ -309,12 +307,12 @@ async def readyz(request: web.Request) -> web.Response:
     """200 when the database answers and the schema is current, else 503."""
     health = request.app[HEALTH]
     try:
-        async with asyncio.timeout(READY_TIMEOUT_S), request.app[POOL].acquire() as conn:
-            current = await database.schema_is_current(conn)
-    except _READY_ERRORS as exc:
-        health.unavailable(exc)
+        with database.guarded(health):
+            async with asyncio.timeout(READY_TIMEOUT_S), request.app[POOL].acquire() as conn:
+                current = await database.schema_is_current(conn)
+    except DatabaseUnavailable as exc:
+        health.unavailable(exc)  # reported already when guarded raised it: logs nothing more
         return web.json_response({"status": "database unavailable"}, status=503)
-    health.worked()
     if not current:
         return web.json_response({"status": "schema not current"}, status=503)
     return web.json_response({"status": "ready"})

@@ -29,6 +29,7 @@ from receiver.logging import configure_logging
 from receiver.metrics import ListenerError
 from receiver.sources import reconcile, replay
 from receiver.store import database, ledger, ops
+from receiver.store.orders import NewOrder, OrderExists, create_order, find_order
 
 PROVIDERS = ("gopay", "baofoo")
 
@@ -389,7 +390,7 @@ async def _orders_add(config: Config, args: argparse.Namespace) -> int:
     if amount <= 0:
         raise UsageError("--amount must be greater than zero")
     _check_new_order(config, args)
-    order = ledger.NewOrder(
+    order = NewOrder(
         provider=args.provider,
         merchant_id=args.merchant,
         out_trade_no=args.out_trade_no,
@@ -399,8 +400,8 @@ async def _orders_add(config: Config, args: argparse.Namespace) -> int:
     )
     async with _connect(config) as conn:
         try:
-            row = await ledger.create_order(conn, order)
-        except ledger.OrderExists as exc:
+            row = await create_order(conn, order)
+        except OrderExists as exc:
             raise Failure(str(exc)) from None
     print(json.dumps(_jsonable(dict(row)), indent=2))
     return 0
@@ -436,7 +437,7 @@ def _configured_merchants(config: Config, provider: str) -> set[str]:
 
 async def _orders_show(config: Config, args: argparse.Namespace) -> int:
     async with _connect(config) as conn:
-        order, notes = await ledger.find_order(
+        order, notes = await find_order(
             conn, provider=args.provider, merchant_id=args.merchant, out_trade_no=args.out_trade_no
         )
         ids = [] if order is None else [order["id"]]

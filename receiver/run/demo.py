@@ -50,7 +50,8 @@ from receiver.simulate.keys import (
 from receiver.simulate.payments import GOPAY_DEFAULT_CHANNEL, Payment
 from receiver.simulate.server import BAOFOO_QUERY_PATH, serving
 from receiver.store.database import LIBRARY_LOG
-from receiver.store.ledger import NOTIFY, QUERY, NewOrder, create_order
+from receiver.store.ledger import NOTIFY, QUERY
+from receiver.store.orders import NewOrder, create_order
 
 GOPAY_MCHID = "100001"
 BAOFOO_MEMBER, BAOFOO_TERMINAL = "100000178", "10000001"

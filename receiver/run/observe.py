@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from receiver import metrics
 from receiver.config import Config, DatabaseConfig, ForwardDestination
+from receiver.errors import DatabaseUnavailable
 from receiver.events.forwarder import public_url
 from receiver.http.app import STARTUP_PATIENCE_S, CleanupContext, background, open_pool
 from receiver.http.appkeys import CONFIG, HEALTH, MIGRATED, POOL
@@ -117,15 +118,14 @@ async def watch_orders(
     """Refresh the database-derived gauges now and every `interval_s`, reporting to `health`."""
     while True:
         try:
-            async with asyncio.timeout(REFRESH_TIMEOUT_S), pool.acquire() as conn:
-                await watch.refresh(conn, overdue_after_s=config.reconcile.first_after_s)
-        except database.CONNECTION_ERRORS as exc:
-            health.unavailable(exc)
+            with database.guarded(health):
+                async with asyncio.timeout(REFRESH_TIMEOUT_S), pool.acquire() as conn:
+                    await watch.refresh(conn, overdue_after_s=config.reconcile.first_after_s)
+        except DatabaseUnavailable:
+            pass  # reported to health; the next refresh tries again
         except asyncpg.PostgresError as exc:
             health.worked()
             log.warning("orders_watch_failed", reason=type(exc).__name__)
-        else:
-            health.worked()
         await asyncio.sleep(interval_s)
 
 

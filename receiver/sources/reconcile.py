@@ -15,8 +15,7 @@ interval: the first claimer wins, the others find it no longer due.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -41,7 +40,7 @@ from receiver.gateways.asking import classified
 from receiver.logging import get_logger
 from receiver.sources.intake import Received, record
 from receiver.sources.pacing import Pacer
-from receiver.store.database import CONNECTION_ERRORS, Health
+from receiver.store.database import connection
 from receiver.store.ledger import QUERY, Ledger
 
 if TYPE_CHECKING:
@@ -231,17 +230,6 @@ def _due(row: asyncpg.Record) -> _Due:
     return _Due(order_ref(row), row["created_at"], row["now"])
 
 
-@contextlib.asynccontextmanager
-async def _database(pool: asyncpg.Pool, health: Health) -> AsyncIterator[asyncpg.Connection]:
-    """A connection; what came of it reported to `health` (database.Health: one log per outage)."""
-    try:
-        async with pool.acquire() as conn:
-            yield conn
-    except CONNECTION_ERRORS as exc:
-        raise health.unavailable(exc) from exc
-    health.worked()
-
-
 # --- the shell --------------------------------------------------------------------------------
 
 
@@ -331,7 +319,7 @@ class Reconciler:
 
     async def query_now(self, provider: str, merchant_id: str, out_trade_no: str) -> Report:
         """Query one order at once, whatever its schedule (the gap between queries kept)."""
-        async with _database(self._pool, self._ledger.health) as conn:
+        async with connection(self._pool, self._ledger.health) as conn:
             row = await conn.fetchrow(SELECT_ORDER, provider, merchant_id, out_trade_no)
             if row is None:
                 what = f"no {provider} order {out_trade_no} for merchant {merchant_id}"
@@ -369,7 +357,7 @@ class Reconciler:
 
     async def _claim(self, provider: str, *, after: _Cursor, stop_at: set[int]) -> _Page:
         """The next page of due orders after `after`, and those of them this process claimed."""
-        async with _database(self._pool, self._ledger.health) as conn:
+        async with connection(self._pool, self._ledger.health) as conn:
             rows = await conn.fetch(
                 SELECT_DUE, provider, after.due_at, after.order_id, self._claim_batch
             )
@@ -491,7 +479,7 @@ class Reconciler:
 
     async def _record(self, report: Report) -> None:
         try:
-            async with _database(self._pool, self._ledger.health) as conn:
+            async with connection(self._pool, self._ledger.health) as conn:
                 await conn.execute(
                     RECORD_RESULT,
                     report.order_id,

@@ -561,3 +561,23 @@ class Health:
             reason = describe_connection_error(exc)
         self.failed(reason)
         return DatabaseUnavailable(reason)
+
+
+@contextmanager
+def guarded(health: Health) -> Iterator[None]:
+    """Database calls whose connection errors raise DatabaseUnavailable, reported to `health`
+    (one log per outage); a block that completes reports that the database worked. Any other
+    error passes through unreported."""
+    try:
+        yield
+    except CONNECTION_ERRORS as exc:
+        raise health.unavailable(exc) from exc
+    health.worked()
+
+
+@asynccontextmanager
+async def connection(pool: asyncpg.Pool, health: Health) -> AsyncIterator[asyncpg.Connection]:
+    """A connection from `pool`, guarded (see `guarded`): released before health hears of it."""
+    with guarded(health):
+        async with pool.acquire() as conn:
+            yield conn

@@ -1,11 +1,18 @@
-"""The ledger: the only place that writes orders, notifications and order_events.
+"""The ledger: the only place that moves orders and writes notifications and order_events.
+
+Two other writes touch `orders`, both operators' and neither moving a status: store/orders.py
+inserts pending orders (`orders create`, the demo), and store/ops.py's `resolve_reviews` closes
+reviews, whose trigger (sql/006_reviews.sql) recomputes `orders.needs_review` under the order's
+row lock (a batch only ever sets that flag, from the row as locked). resolve_reviews locks its
+orders in its own order: a deadlock with a batch aborts one side, and a batch that loses is
+decided again (LOST_RACE).
 
 Notifications that arrive together are written together, and every caller gets exactly the
 outcome it would have had alone, after the commit. A batch costs two round trips: one read (the
 orders it names, and which of its nonces were already seen) and one statement that writes
 everything as a single implicit transaction. Batches form while earlier ones are being written
-("group commit"): an idle service writes a lone notification at once, and under load a
-notification waits at most for the batches in flight.
+("group commit", store/batching.py): an idle service writes a lone notification at once, and
+under load a notification waits at most for the batches in flight.
 
 Within a batch, notifications are decided in arrival order against the statuses read, so two
 deliveries of one order behave as if sequential. The write is an optimistic lock: each order
@@ -19,10 +26,9 @@ others.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import asyncpg
 
@@ -40,7 +46,9 @@ from receiver.core.notification import (
 from receiver.core.planning import Decision, Move, OrderKey, OrderState, Plan, order_key, plan_batch
 from receiver.errors import Rejected
 from receiver.logging import json_dumps
-from receiver.store.database import CONNECTION_ERRORS, Health
+from receiver.store.batching import Batcher
+from receiver.store.database import Health, connection, guarded
+from receiver.store.literals import Column, bool_array, column_arrays, int_array, text_array
 
 #: `notifications.source`: pushed by the gateway, an order-query reply, an operator's replay.
 NOTIFY, QUERY, REPLAY = "notify", "query", "replay"
@@ -84,7 +92,7 @@ WHERE n.nonce = ANY($4::text::text[]) AND n.seen_at >= now() - $5::interval
 # Everything a batch writes, in one statement and so one transaction. Notification ids are drawn
 # up front, in arrival order, so each caller learns its own id and each event points at the
 # notification that caused it. The trigger on order_events sends the NOTIFY. Columns typed
-# `$n::text::<type>[]` arrive as array literals (see `_text_array`).
+# `$n::text::<type>[]` arrive as array literals (see store/literals.py).
 #
 # Every batch takes its row locks in one global order, so that concurrent batches (other
 # replicas, other workers) never deadlock: first its nonces, in code-point order (the caller
@@ -209,11 +217,14 @@ class Ledger:
         self._pool = pool
         self.health = health or Health()
         self._nonce_window = timedelta(seconds=max(nonce_window_s, 1) * 2)
-        self._batch_max = batch_max
-        self._concurrency = batch_concurrency
-        self._queue: list[_Item] = []
-        self._in_flight = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._batcher: Batcher[_Item] = Batcher(
+            self._write_counted,
+            batch_max=batch_max,
+            batch_concurrency=batch_concurrency,
+            # Any other database error: one notification at a time, so that one bad row cannot
+            # sink the others (a connection error arrives here as DatabaseUnavailable).
+            split_on=(asyncpg.PostgresError,),
+        )
 
     async def apply(
         self,
@@ -229,46 +240,17 @@ class Ledger:
         (`source="query"`) and an operator's replay (`source="replay"`, `replay_of`).
         """
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Item(inbound, n, future, source, replay_of))
-        self._dispatch()
+        self._batcher.add(_Item(inbound, n, future, source, replay_of))
         return await future
 
-    def _dispatch(self) -> None:
-        while self._queue and self._in_flight < self._concurrency:
-            batch = self._queue[: self._batch_max]
-            del self._queue[: self._batch_max]
-            self._in_flight += 1
-            task = asyncio.create_task(self._run(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _run(self, batch: list[_Item]) -> None:
-        try:
-            await self._settle(batch)
-        finally:
-            self._in_flight -= 1
-            self._dispatch()
-
-    async def _settle(self, batch: list[_Item]) -> None:
-        try:
+    async def _write_counted(self, batch: list[_Item]) -> list[Result]:
+        """Write a batch (see `Batcher`), reporting to `health` and counting what committed."""
+        with guarded(self.health):
             results = await self._write_retrying(batch)
-        except CONNECTION_ERRORS as exc:
-            _fail(batch, self.health.unavailable(exc))
-        except asyncpg.PostgresError as exc:
-            if len(batch) == 1:
-                _fail(batch, exc)
-            else:
-                for item in batch:
-                    await self._settle([item])
-        except Exception as exc:  # a bug: every caller must still hear back
-            _fail(batch, exc)
-        else:
-            self.health.worked()
-            metrics.batch_written(len(batch))
-            for item, result in zip(batch, results, strict=True):
-                _counted(item.inbound.provider, result, item.source)
-                if not item.future.done():
-                    item.future.set_result(result)
+        metrics.batch_written(len(batch))
+        for item, result in zip(batch, results, strict=True):
+            _counted(item.inbound.provider, result, item.source)
+        return results
 
     async def _write_retrying(self, batch: Sequence[_Item]) -> list[Result]:
         """Read, decide, write; again while another writer moves the same orders first."""
@@ -295,8 +277,8 @@ class Ledger:
     ) -> tuple[dict[OrderKey, OrderState], set[str]]:
         keys = list(dict.fromkeys(order_key(n) for n in notes))
         nonces = [n.nonce for n in notes if n.nonce is not None]
-        columns = [_text_array(column) for column in zip(*keys, strict=True)]
-        rows = await conn.fetch(READ_BATCH, *columns, _text_array(nonces), self._nonce_window)
+        columns = [text_array(column) for column in zip(*keys, strict=True)]
+        rows = await conn.fetch(READ_BATCH, *columns, text_array(nonces), self._nonce_window)
         orders: dict[OrderKey, OrderState] = {}
         seen: set[str] = set()
         # Unpacked in READ_BATCH's column order (a record's fields by name cost a lookup each).
@@ -334,11 +316,11 @@ class Ledger:
         ]
         record = await conn.fetchrow(
             WRITE_BATCH,
-            *_columns(rows, NOTIFICATION_COLUMNS),
-            *_columns(moves, MOVE_COLUMNS),
-            _text_array(sorted(plan.claims)),
+            *column_arrays(rows, NOTIFICATION_COLUMNS),
+            *column_arrays(moves, MOVE_COLUMNS),
+            text_array(sorted(plan.claims)),
             self._nonce_window,
-            *_columns(reviews, REVIEW_COLUMNS),
+            *column_arrays(reviews, REVIEW_COLUMNS),
         )
         return list(record["nids"])
 
@@ -351,25 +333,21 @@ class Ledger:
         replay_of: int | None = None,
     ) -> Result:
         """Record a refused notification with its outcome and reason."""
-        try:
-            async with self._pool.acquire() as conn:
-                nid = await conn.fetchval(
-                    INSERT_NOTIFICATION,
-                    inbound.provider,
-                    inbound.remote_addr,
-                    stored_headers(inbound, rejected.headers),
-                    inbound.body,
-                    _storable(rejected.merchant_id),
-                    _storable(rejected.out_trade_no),
-                    rejected.outcome.value,
-                    _text(rejected.reason),
-                    None,
-                    source,
-                    replay_of,
-                )
-        except CONNECTION_ERRORS as exc:
-            raise self.health.unavailable(exc) from exc
-        self.health.worked()
+        async with connection(self._pool, self.health) as conn:
+            nid = await conn.fetchval(
+                INSERT_NOTIFICATION,
+                inbound.provider,
+                inbound.remote_addr,
+                stored_headers(inbound, rejected.headers),
+                inbound.body,
+                _storable(rejected.merchant_id),
+                _storable(rejected.out_trade_no),
+                rejected.outcome.value,
+                _text(rejected.reason),
+                None,
+                source,
+                replay_of,
+            )
         return _counted(
             inbound.provider,
             Result(
@@ -384,22 +362,14 @@ class Ledger:
 
     async def preview(self, n: Notification) -> Decision:
         """What `apply` would decide for `n` against the orders as they are now; writes nothing."""
-        try:
-            async with self._pool.acquire() as conn:
-                orders, seen = await self._read(conn, [n])
-        except CONNECTION_ERRORS as exc:
-            raise self.health.unavailable(exc) from exc
-        self.health.worked()
+        async with connection(self._pool, self.health) as conn:
+            orders, seen = await self._read(conn, [n])
         return plan_batch([n], orders, seen).decisions[0]
 
     async def prune_nonces(self) -> int:
         """Forget nonces older than the replay window; returns how many went."""
-        try:
-            async with self._pool.acquire() as conn:
-                status = await conn.execute(PRUNE_NONCES, self._nonce_window)
-        except CONNECTION_ERRORS as exc:
-            raise self.health.unavailable(exc) from exc
-        self.health.worked()
+        async with connection(self._pool, self.health) as conn:
+            status = await conn.execute(PRUNE_NONCES, self._nonce_window)
         return int(status.split()[-1])
 
 
@@ -407,12 +377,6 @@ def _counted(provider: str, result: Result, source: str) -> Result:
     # Counted here, after the commit, so that the counters agree with the notifications table.
     metrics.notification_recorded(provider, result.outcome, source)
     return result
-
-
-def _fail(batch: Iterable[_Item], exc: BaseException) -> None:
-    for item in batch:
-        if not item.future.done():
-            item.future.set_exception(exc)
 
 
 def _result(n: Notification, d: Decision, nid: int) -> Result:
@@ -473,74 +437,42 @@ def _review_row(ord_: int, d: Decision) -> tuple[object, ...]:
     return (ord_, d.order_id, review.reason, review.amount_minor, review.currency, review.detail)
 
 
-def _text_array(values: Iterable[str | None]) -> str:
-    """A text[] literal (`{"a","b\\"c",NULL}`) for a `$n::text::text[]` parameter.
-
-    Why not a list: asyncpg's array encoder runs two isinstance checks against collections.abc
-    ABCs on every element, most of a batch's client CPU. Every element is quoted, with `\\` and
-    `"` escaped, so that none can read as NULL, a separator, a brace or lose its spaces.
-    """
-    quoted = [
-        "NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        for v in values
-    ]
-    return "{" + ",".join(quoted) + "}"
-
-
-def _int_array(values: Iterable[int | None]) -> str:
-    """A bigint[] literal for a `$n::text::bigint[]` parameter (why: see `_text_array`)."""
-    return "{" + ",".join(["NULL" if v is None else str(v) for v in values]) + "}"
-
-
-def _bool_array(values: Iterable[bool]) -> str:
-    """A boolean[] literal for a `$n::text::boolean[]` parameter (why: see `_text_array`)."""
-    return "{" + ",".join(["t" if v else "f" for v in values]) + "}"
-
-
-Column = Callable[[tuple[Any, ...]], object]  # one column of rows to its query parameter
-
 # How each column of `_notification_row` and `_move_row` goes to WRITE_BATCH. Headers (long JSON
 # text) and bodies (bytes) stay lists: quoting them in Python costs as much as asyncpg's checks,
 # and timestamps keep asyncpg's binary encoding of time zones.
 NOTIFICATION_COLUMNS: tuple[Column, ...] = (
-    _text_array,  # provider
-    _text_array,  # remote_addr
+    text_array,  # provider
+    text_array,  # remote_addr
     list,  # headers
     list,  # body
-    _text_array,  # merchant_id
-    _text_array,  # out_trade_no
-    _text_array,  # outcome
-    _text_array,  # detail
-    _int_array,  # order_id
-    _text_array,  # from_status
-    _text_array,  # to_status
-    _text_array,  # source
-    _int_array,  # replay_of
+    text_array,  # merchant_id
+    text_array,  # out_trade_no
+    text_array,  # outcome
+    text_array,  # detail
+    int_array,  # order_id
+    text_array,  # from_status
+    text_array,  # to_status
+    text_array,  # source
+    int_array,  # replay_of
 )
 MOVE_COLUMNS: tuple[Column, ...] = (
-    _int_array,  # order_id
-    _text_array,  # old_status
-    _text_array,  # new_status
-    _bool_array,  # late
-    _int_array,  # paid_amount_minor
+    int_array,  # order_id
+    text_array,  # old_status
+    text_array,  # new_status
+    bool_array,  # late
+    int_array,  # paid_amount_minor
     list,  # paid_at
-    _text_array,  # provider_trade_no
+    text_array,  # provider_trade_no
 )
 
 REVIEW_COLUMNS: tuple[Column, ...] = (
-    _int_array,  # ord: the notification's position in the batch
-    _int_array,  # order_id
-    _text_array,  # reason
-    _int_array,  # amount_minor
-    _text_array,  # currency
-    _text_array,  # detail (our own words: amounts, statuses, the provider's name)
+    int_array,  # ord: the notification's position in the batch
+    int_array,  # order_id
+    text_array,  # reason
+    int_array,  # amount_minor
+    text_array,  # currency
+    text_array,  # detail (our own words: amounts, statuses, the provider's name)
 )
-
-
-def _columns(rows: Sequence[tuple[object, ...]], encoders: Sequence[Column]) -> list[object]:
-    """Rows to the column arrays that unnest() takes back apart, each as its parameter wants."""
-    columns = zip(*rows, strict=True) if rows else [()] * len(encoders)
-    return [encode(column) for encode, column in zip(encoders, columns, strict=True)]
 
 
 def _text(text: str) -> str:
@@ -550,64 +482,3 @@ def _text(text: str) -> str:
 def _storable(hint: str | None) -> str | None:
     # A refused notification's identifiers are unverified: keep them only if they can be stored.
     return hint if hint is not None and is_identifier(hint) else None
-
-
-INSERT_ORDER = """
-INSERT INTO orders (provider, merchant_id, out_trade_no, amount_minor, currency, channel)
-VALUES ($1, $2, $3, $4, $5, $6)
-RETURNING *
-"""
-
-SELECT_ORDER_ROW = """
-SELECT * FROM orders WHERE provider = $1 AND merchant_id = $2 AND out_trade_no = $3
-"""
-
-SELECT_ORDER_NOTIFICATIONS = """
-SELECT id, provider, received_at, remote_addr, headers, body, merchant_id, out_trade_no,
-       outcome, detail, order_id, source, replay_of
-FROM notifications
-WHERE provider = $1 AND merchant_id = $2 AND out_trade_no = $3
-ORDER BY id
-"""
-
-
-class OrderExists(Exception):
-    """An order with that provider, merchant and number is already there."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NewOrder:
-    """A pending order as a merchant's checkout would create it."""
-
-    provider: str
-    merchant_id: str
-    out_trade_no: str
-    amount_minor: int
-    currency: str = "CNY"
-    channel: str | None = None
-
-
-async def create_order(conn: asyncpg.Connection, order: NewOrder) -> asyncpg.Record:
-    """Insert a pending order; raise OrderExists when its key is taken."""
-    try:
-        row: asyncpg.Record = await conn.fetchrow(
-            INSERT_ORDER,
-            order.provider,
-            order.merchant_id,
-            order.out_trade_no,
-            order.amount_minor,
-            order.currency,
-            order.channel,
-        )
-    except asyncpg.UniqueViolationError:
-        raise OrderExists(f"{order.provider} order {order.out_trade_no} exists") from None
-    return row
-
-
-async def find_order(
-    conn: asyncpg.Connection, *, provider: str, merchant_id: str, out_trade_no: str
-) -> tuple[asyncpg.Record | None, list[asyncpg.Record]]:
-    """An order (or None) and every notification received for it."""
-    order = await conn.fetchrow(SELECT_ORDER_ROW, provider, merchant_id, out_trade_no)
-    notes = await conn.fetch(SELECT_ORDER_NOTIFICATIONS, provider, merchant_id, out_trade_no)
-    return order, notes

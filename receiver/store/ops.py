@@ -1,6 +1,8 @@
 """Operators' queries: stuck and flagged orders, resolving reviews, stored notifications.
 
-Read-only except `resolve_reviews`, which closes the named reviews and keeps the note and when.
+Read-only except `resolve_reviews`, which closes the named reviews and keeps the note and when;
+the trigger on reviews then recomputes `orders.needs_review` (see store/ledger.py: the ledger
+moves orders, this only clears their flag).
 Newest first; the command line prints each row as one JSON line.
 """
 
