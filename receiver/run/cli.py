@@ -25,12 +25,11 @@ from receiver.config import Config, load_config, require_merchants
 from receiver.core.notification import MAX_IDENTIFIER_LENGTH, Outcome, is_identifier, parse_money
 from receiver.errors import ConfigError, DatabaseUnavailable, NoEmbeddedDatabase
 from receiver.gateways.queriers import build_queriers
+from receiver.gateways.registry import BY_PROVIDER, GATEWAYS, PROVIDERS
 from receiver.logging import configure_logging
 from receiver.metrics import ListenerError
 from receiver.sources import reconcile, replay
 from receiver.store import database, ledger, ops
-
-PROVIDERS = ("gopay", "baofoo")
 
 
 class UsageError(Exception):
@@ -218,7 +217,7 @@ def _run(args: argparse.Namespace) -> int:
 # reconcile those of the gateways it queries; replay the keys that verify signatures (GoPay's
 # are public key files, Baofoo's is its MD5 key); replay --dry-run those that are available;
 # every other command none: it only reads or writes the database.
-VERIFYING_SECRETS = frozenset({"baofoo"})
+VERIFYING_SECRETS = frozenset(g.provider for g in GATEWAYS if g.verify_needs_secret)
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -413,7 +412,7 @@ def _check_new_order(config: Config, args: argparse.Namespace) -> None:
             f"--out-trade-no must be 1 to {MAX_IDENTIFIER_LENGTH} printable characters,"
             " as notifications for any other are refused"
         )
-    merchants = _configured_merchants(config, args.provider)
+    merchants = BY_PROVIDER[args.provider].merchant_ids(config)
     if args.merchant not in merchants:
         listed = ", ".join(sorted(merchants)) or "none"
         raise UsageError(
@@ -425,13 +424,6 @@ def _check_new_order(config: Config, args: argparse.Namespace) -> None:
 
 
 _CURRENCY = re.compile(r"[A-Z]{3}")
-
-
-def _configured_merchants(config: Config, provider: str) -> set[str]:
-    """The merchant ids the configuration lists for `provider` (GoPay mchid, Baofoo member_id)."""
-    if provider == "gopay":
-        return {m.mchid for m in config.gopay.merchants}
-    return {m.member_id for m in config.baofoo.merchants}
 
 
 async def _orders_show(config: Config, args: argparse.Namespace) -> int:
@@ -474,7 +466,7 @@ def _json_value(value: Any) -> Any:
 Command = Callable[[Config, argparse.Namespace], Coroutine[Any, Any, int]]
 STATUSES = ("pending", "paid", "failed", "closed")
 OUTCOMES = tuple(o.value for o in Outcome)
-QUERY_URL_KEYS = {"gopay": "gopay.api_url", "baofoo": "baofoo.query_url"}
+QUERY_URL_KEYS = {g.provider: g.query_url_key for g in GATEWAYS}
 
 
 def _command(args: argparse.Namespace) -> Command:

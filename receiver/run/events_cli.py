@@ -15,6 +15,7 @@ from receiver.config import Config
 from receiver.events import deliveries
 from receiver.events.feed import TYPES, Cursor, EventFilter
 from receiver.events.follow import SchemaBehind, follow
+from receiver.gateways.registry import PROVIDERS
 from receiver.run import cli
 from receiver.store import database
 
@@ -26,7 +27,7 @@ def add_parsers(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     f = esub.add_parser("follow", help="order events as JSON lines: catch up, then follow live")
     f.add_argument("--config", help="TOML configuration file")
     f.add_argument("--after", type=_cursor, default=Cursor(), metavar="CURSOR")
-    f.add_argument("--provider", choices=cli.PROVIDERS)
+    f.add_argument("--provider", choices=PROVIDERS)
     f.add_argument("--type", choices=TYPES)
     f.add_argument("--once", action="store_true", help="stop when caught up")
     d = sub.add_parser("deliveries", help="forwarding deliveries")
