@@ -61,5 +61,7 @@ def order_ref(text: str) -> tuple[str, str, str]:
     if not (merchant and out_trade_no):
         raise argparse.ArgumentTypeError(f"{text!r} is not PROVIDER/MERCHANT/OUT_TRADE_NO")
     if provider not in PROVIDERS:
-        raise argparse.ArgumentTypeError(f"unknown provider {provider!r} (gopay or baofoo)")
+        raise argparse.ArgumentTypeError(
+            f"unknown provider {provider!r} ({' or '.join(PROVIDERS)})"
+        )
     return provider, merchant, out_trade_no
