@@ -441,7 +441,7 @@ class _Reader:
             url=url,
             secret=secret,
             types=self.choices(t, f"{key}.types", _EVENT_TYPES),
-            providers=self.choices(t, f"{key}.providers", ("gopay", "baofoo")),
+            providers=self.choices(t, f"{key}.providers", _providers()),
             timeout_s=self.positive(t, f"{key}.timeout_s", d.timeout_s),
             give_up_after_s=self.positive(t, f"{key}.give_up_after_s", d.give_up_after_s),
             retry_s=self.seconds_list(t, f"{key}.retry_s", d.retry_s),
@@ -689,6 +689,14 @@ def _database_url_problem(url: str) -> str:
 
 _DESTINATION_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _EVENT_TYPES = ("order.paid", "order.failed", "order.closed")
+
+
+def _providers() -> tuple[str, ...]:
+    """The gateways' names, from their registry (which imports this module: hence the import
+    at call time)."""
+    from receiver.gateways.registry import PROVIDERS  # noqa: PLC0415 - an import cycle otherwise
+
+    return PROVIDERS
 
 
 def _is_webhook_secret(value: str) -> bool:

@@ -44,8 +44,7 @@ from prometheus_client.registry import Collector
 from receiver.config import MetricsConfig, ServerConfig
 from receiver.core.notification import Outcome
 from receiver.gateways import QueryResult
-
-PROVIDERS = ("gopay", "baofoo")
+from receiver.gateways.registry import PROVIDERS
 
 # `python_info` names the Python version and implementation: nothing a scrape needs to show.
 with contextlib.suppress(KeyError):

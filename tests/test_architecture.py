@@ -145,3 +145,21 @@ def test_private_aiohttp_names_live_in_one_module() -> None:
         if private.search(p.read_text(encoding="utf-8"))
     )
     assert users == ["receiver/http/aiohttp_private.py"]
+
+
+# Outside gateways/ (and the simulator, which plays the gateways), a gateway is named only where
+# it cannot be otherwise: the configuration's per-gateway tables ([gopay], [baofoo]), the demo's
+# scripted cases, and the core's pure schedule (Baofoo's least gap between queries: the core
+# imports no gateway). Every other gateway fact comes from gateways/registry.py.
+GATEWAY_NAMES = re.compile(r'"gopay"|"baofoo"')
+NAMES_GATEWAYS = {"config.py", "run/demo.py", "core/schedule.py"}
+
+
+def test_gateways_are_named_only_in_gateways_and_the_allowed_files() -> None:
+    naming = {
+        path.relative_to(PACKAGE).as_posix()
+        for path in PACKAGE.rglob("*.py")
+        if GATEWAY_NAMES.search(path.read_text(encoding="utf-8"))
+    }
+    outside = {p for p in naming if not p.startswith(("gateways/", "simulate/"))}
+    assert outside == NAMES_GATEWAYS

@@ -1,7 +1,7 @@
 """`receiver events follow`, `receiver deliveries list|retry` on the command line.
 
-Errors are reported here (`run`): under `python -m receiver.run.cli` this module's import of
-receiver.run.cli is a second copy, whose exception classes main() would not catch.
+Errors are reported here (`run`), with this module's own exception, not by receiver.run.cli's
+main().
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ from receiver.config import Config
 from receiver.events import deliveries
 from receiver.events.feed import TYPES, Cursor, EventFilter
 from receiver.events.follow import SchemaBehind, follow
-from receiver.run import cli
+from receiver.gateways.registry import PROVIDERS
+from receiver.run.commands.args import positive
+from receiver.run.commands.connect import connect
+from receiver.run.commands.output import discard_stdout, print_line
 from receiver.store import database
 
 
@@ -26,7 +29,7 @@ def add_parsers(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     f = esub.add_parser("follow", help="order events as JSON lines: catch up, then follow live")
     f.add_argument("--config", help="TOML configuration file")
     f.add_argument("--after", type=_cursor, default=Cursor(), metavar="CURSOR")
-    f.add_argument("--provider", choices=cli.PROVIDERS)
+    f.add_argument("--provider", choices=PROVIDERS)
     f.add_argument("--type", choices=TYPES)
     f.add_argument("--once", action="store_true", help="stop when caught up")
     d = sub.add_parser("deliveries", help="forwarding deliveries")
@@ -35,13 +38,13 @@ def add_parsers(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     listing.add_argument("--config", help="TOML configuration file")
     listing.add_argument("--destination")
     listing.add_argument("--state", choices=deliveries.STATES)
-    listing.add_argument("--limit", type=cli._positive, default=1000)
+    listing.add_argument("--limit", type=positive, default=1000)
     retry = dsub.add_parser("retry", help="make failed (or named) deliveries due now")
     retry.add_argument("--config", help="TOML configuration file")
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument(
         "--event",
-        type=cli._positive,
+        type=positive,
         nargs="+",
         action="extend",
         dest="events",
@@ -72,23 +75,23 @@ async def events_follow(config: Config, args: argparse.Namespace) -> int:
     except SchemaBehind as exc:
         raise Failed(str(exc)) from None
     except BrokenPipeError:
-        cli._discard_stdout()
+        discard_stdout()
     return 0
 
 
 async def deliveries_list(config: Config, args: argparse.Namespace) -> int:
-    async with cli._connect(config) as conn:
+    async with connect(config) as conn:
         await _check_schema(conn)
         rows = await deliveries.list_deliveries(
             conn, destination=args.destination, state=args.state, limit=args.limit
         )
     for row in rows:
-        cli._print_line(dict(row))
+        print_line(dict(row))
     return 0
 
 
 async def deliveries_retry(config: Config, args: argparse.Namespace) -> int:
-    async with cli._connect(config) as conn:
+    async with connect(config) as conn:
         await _check_schema(conn)
         async with conn.transaction():
             if args.events and (missing := await _missing(conn, args)):
@@ -97,7 +100,7 @@ async def deliveries_retry(config: Config, args: argparse.Namespace) -> int:
                 conn, event_ids=args.events or [], failed=args.failed, destination=args.destination
             )
     for row in rows:
-        cli._print_line(dict(row))
+        print_line(dict(row))
     return 0
 
 

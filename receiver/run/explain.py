@@ -21,6 +21,7 @@ from receiver.errors import Rejected
 from receiver.gateways import Gateway
 from receiver.gateways.baofoo import BaofooGateway
 from receiver.gateways.gopay import GoPayGateway
+from receiver.gateways.registry import BY_PROVIDER
 from receiver.sources.replay import stored_inbound
 
 SELECT_NOTIFICATION = """
@@ -164,11 +165,7 @@ def _signature(found: Mapping[str, Any], checks: Mapping[str, Any]) -> str:
     if any(t["verified"] for t in tried):
         return f"nothing more: it verifies with today's keys (receiver replay --id {found['id']})"
     keys = ", ".join(sorted({t["key"] for t in tried})) or "none"
-    where = (
-        "gopay.merchants[].platform_public_keys"
-        if found["provider"] == "gopay"
-        else "the merchant's md5_key"
-    )
+    where = BY_PROVIDER[found["provider"]].key_setting
     return (
         f"a signature by the key of one of the keys tried ({keys}); none verifies, so the"
         f" sender signs with another key: configure its key in {where}"

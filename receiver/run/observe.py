@@ -24,6 +24,7 @@ from receiver import metrics
 from receiver.config import Config, DatabaseConfig, ForwardDestination
 from receiver.errors import DatabaseUnavailable
 from receiver.events.forwarder import public_url
+from receiver.gateways.registry import GATEWAYS
 from receiver.http.app import STARTUP_PATIENCE_S, CleanupContext, background, open_pool
 from receiver.http.appkeys import CONFIG, HEALTH, MIGRATED, POOL
 from receiver.logging import get_logger
@@ -81,10 +82,7 @@ def summary(config: Config) -> dict[str, Any]:
         "version": version(),
         "config": config.source,
         "database": describe_database(config.database),
-        "merchants": {
-            "gopay": [m.mchid for m in config.gopay.merchants],
-            "baofoo": [f"{m.member_id}/{m.terminal_id}" for m in config.baofoo.merchants],
-        },
+        "merchants": {g.provider: g.merchant_labels(config) for g in GATEWAYS},
         "reconciler": reconciler_on(config),
         "metrics": metrics.listen_address(config.metrics),
         "forward": [_destination(d) for d in config.forward],

@@ -52,6 +52,8 @@ from receiver.http.app import CleanupContext, background, create_app
 from receiver.http.appkeys import IN_FLIGHT
 from receiver.logging import configure_logging, get_logger, line_writer_factory
 from receiver.run import eventloop, observe
+from receiver.run.commands.args import MAX_WORKERS
+from receiver.run.commands.failures import Failure, UsageError
 from receiver.store import database
 
 log = get_logger(__name__)
@@ -397,3 +399,45 @@ class Supervisor:
             proc.kill()
         self.failed = True
         self.stop_deadline = time.monotonic() + STOP_GRACE_S
+
+
+# --- what `receiver serve` checks before the database or any worker starts -----------------
+
+
+def check_workers(workers: int) -> None:
+    if workers < 1:
+        raise UsageError("--workers must be 1 or more")
+    if workers > MAX_WORKERS:
+        # Each worker holds database.pool_min connections and more: thousands of processes
+        # would take every connection the database has before failing one by one.
+        raise UsageError(f"--workers {workers} is out of range (at most {MAX_WORKERS})")
+    if workers > 1 and not hasattr(socket, "SO_REUSEPORT"):
+        raise UsageError("--workers above 1 needs SO_REUSEPORT, which this system lacks")
+
+
+def check_listen(config: Config, *, host: str | None, port: int | None) -> None:
+    """Refuse, before the database or any worker starts, an address nobody can listen on;
+    `host` and `port` are the command line's (None: the configuration's)."""
+    listen_host = host or config.server.host
+    listen_port = config.server.port if port is None else port
+    try:
+        _try_bind(listen_host, listen_port)
+    except socket.gaierror as exc:
+        problem = f"{listen_host!r} is not a known host name or address ({exc.strerror})"
+        if host:
+            raise UsageError(f"--host {problem}") from None
+        raise ConfigError(source=config.source, key="server.host", problem=problem) from None
+    except OSError as exc:
+        raise Failure(f"cannot listen on {listen_host}:{listen_port}: {exc.strerror}") from None
+
+
+def _try_bind(host: str, port: int) -> None:
+    """Bind (as asyncio's server would) every address `host` names, and let go at once."""
+    for family, kind, proto, _, address in socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    ):
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)

@@ -22,12 +22,12 @@ from aiohttp.helpers import parse_mimetype
 from receiver.core.notification import Inbound
 from receiver.errors import DatabaseUnavailable
 from receiver.gateways import Gateway
-from receiver.gateways.baofoo.notify import FORM_TYPE
+from receiver.gateways.registry import GATEWAYS
 from receiver.sources.intake import receive
 from receiver.store.ledger import QUERY, REPLAY, Ledger
 
 #: The content type a gateway sends, for rows stored without one.
-USUAL_CONTENT_TYPE = {"gopay": "application/json", "baofoo": FORM_TYPE}
+USUAL_CONTENT_TYPE = {g.provider: g.usual_content_type for g in GATEWAYS}
 CONTENT_TYPE = "content-type"
 
 # A selection is read in batches of at most BATCH rows, each after the last id of the one before
