@@ -387,7 +387,8 @@ async def _service_phase(
 ) -> Phase:
     o = ctx.options
     await conn.execute(
-        "TRUNCATE deliveries, order_events, notifications, order_queries, orders, gopay_nonces"
+        "TRUNCATE deliveries, reviews, order_events, notifications, order_queries, orders,"
+        " gopay_nonces"
     )
     await create_orders(conn, warm.out_trade_nos + measured.out_trade_nos)
     await conn.execute("ANALYZE orders")
