@@ -28,8 +28,15 @@ from tests.support.fake_querier import FakeQuerier, gopay_answer, plain_answer
 from tests.support.gopay_signer import GoPaySigner, new_rsa_key
 from tests.support.stand_in import start_stand_in
 
+# No pacing: these tests are about the pass itself (the keyset, the claims), not about
+# `max_per_second`, which would hold a 3,000-order pass to 8 queries a second.
 SCHEDULE = ReconcileConfig(
-    first_after_s=300, intervals_s=(300, 600), give_up_after_s=86400, timeout_s=2, concurrency=8
+    first_after_s=300,
+    intervals_s=(300, 600),
+    give_up_after_s=86400,
+    timeout_s=2,
+    concurrency=8,
+    max_per_second=1_000_000,
 )
 
 # Orders created `age` ago, as a merchant's checkout inserts them (the trigger gives each its
