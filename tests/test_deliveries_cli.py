@@ -12,6 +12,7 @@ from pathlib import Path
 import asyncpg
 
 from tests.events_support import write_event
+from tests.support.db import database_url
 from tests.support.service_process import write_config
 
 MakeOrder = Callable[..., Awaitable[asyncpg.Record]]
@@ -93,7 +94,7 @@ async def test_readers_on_an_older_schema_say_so_and_never_migrate(
     await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        empty = migrated.rsplit("/", 1)[0] + "/" + name
+        empty = database_url(migrated, name)
         for args in (("events", "follow", "--once"), ("deliveries", "list")):
             proc = receiver(empty, tmp_path, *args)
             assert proc.returncode == 1, proc.stderr

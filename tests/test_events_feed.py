@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from receiver.events.feed import BEGINNING, Cursor, EventFilter, cursor_of, event_body, read_after
 from tests.events_support import read_visible, write_event
+from tests.support.db import database_url
 
 MakeOrder = Callable[..., Awaitable[asyncpg.Record]]
 
@@ -93,7 +95,11 @@ async def test_the_query_users_are_given_reads_the_feed_as_the_receiver_does(
 async def test_a_transaction_of_another_database_does_not_hold_the_feed_back(
     db: asyncpg.Connection, migrated: str, make_order: MakeOrder
 ) -> None:
-    other = await asyncpg.connect(migrated.rsplit("/", 1)[0] + "/postgres")
+    # A database of its own on the same server (the embedded server's tests run in "postgres").
+    name = f"receiver_other_{os.getpid()}"
+    await db.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    await db.execute(f'CREATE DATABASE "{name}"')
+    other = await asyncpg.connect(database_url(migrated, name))
     try:
         await other.execute("CREATE TEMP TABLE busy (x int)")
         held = other.transaction()
@@ -105,3 +111,4 @@ async def test_a_transaction_of_another_database_does_not_hold_the_feed_back(
         await held.rollback()
     finally:
         await other.close()
+        await db.execute(f'DROP DATABASE IF EXISTS "{name}"')

@@ -17,6 +17,7 @@ import pytest
 from receiver.gateways.gopay.signing import key_fingerprint, load_public_key
 from tests.conftest import BAOFOO_MEMBER, BAOFOO_TERMINAL, GOPAY_MCHID
 from tests.support.baofoo_signer import baofoo_fields, encode_form, sign_baofoo
+from tests.support.db import database_url
 from tests.support.gopay_signer import GoPaySigner, new_rsa_key
 
 
@@ -216,7 +217,7 @@ async def test_explain_never_migrates_an_older_schema(
     await admin.execute(f"DROP DATABASE IF EXISTS {name}")
     await admin.execute(f"CREATE DATABASE {name}")
     try:
-        empty_url = migrated.rsplit("/", 1)[0] + "/" + name
+        empty_url = database_url(migrated, name)
         config = tmp_path / "empty.toml"
         config.write_text(
             f'[database]\nurl = "{empty_url}"\n[[gopay.merchants]]\nmchid = "{GOPAY_MCHID}"\n'

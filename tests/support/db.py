@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 import asyncpg
 
 
@@ -21,3 +23,9 @@ async def events(db: asyncpg.Connection, order_id: int) -> list[tuple[str, str]]
         "SELECT from_status, to_status FROM order_events WHERE order_id = $1 ORDER BY id", order_id
     )
     return [(r["from_status"], r["to_status"]) for r in rows]
+
+
+def database_url(url: str, name: str) -> str:
+    """`url` pointing at database `name` on the same server (TCP, or a socket in the query)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
